@@ -1,0 +1,1 @@
+"""The hospital node: fed-client, its connection loop and local training."""

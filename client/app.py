@@ -1,0 +1,124 @@
+"""fed-client: a hospital node's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import grpc
+import torch
+
+from medfed.client.config import ClientConfig
+from medfed.client.node import HospitalNode, NodeError
+from medfed.client.trainer import TaskError, Trainer
+from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
+from medfed.common.config import build_config, field_default, load_toml
+from medfed.common.data import load_folder
+from medfed.common.training import pick_device
+from medfed.common.transport import channel_options
+from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger("medfed.client")
+
+EXAMPLES = """
+examples:
+  fed-client --data /hospital_a --server coordinator.example.org:8443 --insecure
+  fed-client --data ./parts/hospital_b --server 127.0.0.1:8443 --insecure --threads 2 --no-progress
+"""
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def d(name: str) -> object:
+        return field_default(ClientConfig, name)
+
+    p = argparse.ArgumentParser(
+        prog="fed-client",
+        description="Join a federation as a hospital: train on local images, send only model updates.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
+    p.add_argument("--data", type=Path, help="this hospital's folder (made by fed-partition); required")
+    p.add_argument("--server", help="coordinator HOST:PORT; required")
+    p.add_argument("--name", help="hospital name (default: the name in the folder's manifest)")
+    p.add_argument("--insecure", action="store_true", help="connect without TLS (plaintext)")
+    p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for training (default: PyTorch's choice)")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        help=f"seconds to keep retrying an unreachable coordinator (default {d('max_wait')})",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return p
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    flags = vars(build_parser().parse_args(argv))
+    file_values = load_toml(flags.pop("config")) if "config" in flags else {}
+    cfg = build_config(ClientConfig, file_values, flags)
+    setup_logging(cfg.verbose)
+    if not cfg.insecure:
+        raise CliError(
+            "refusing to connect without transport security: this version speaks plaintext only, "
+            "so pass --insecure to accept that",
+            EXIT_USAGE,
+        )
+    data = load_folder(cfg.data, require=("train",))
+    name = cfg.name or data.name
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    log.info(
+        "%s: %d training and %d validation images of %s on %s",
+        name,
+        len(data.split("train")),
+        len(data.split("val")),
+        data.info.dataset,
+        device,
+    )
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    with grpc.insecure_channel(cfg.server, options=channel_options()) as channel:
+        node = HospitalNode(
+            pb_grpc.FederationStub(channel),
+            data,
+            Trainer(data, device, progress=cfg.progress),
+            name=name,
+            server=cfg.server,
+            max_wait=cfg.max_wait,
+        )
+        try:
+            node.run()
+        except (NodeError, TaskError) as exc:
+            raise CliError(str(exc)) from None
+        except _Stop as stop:
+            log.info("stopping on %s; leaving the federation", stop)
+            node.leave(f"hospital stopped by {stop}")
+            return 128 + stop.signum
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("fed-client", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""A hospital's connection to the coordinator: join, long-poll for tasks, train, send the update back.
+
+The hospital only dials out. A coordinator that cannot be reached is retried with exponential backoff
+and jitter for at most ``max_wait`` seconds of continuous failure; a refusal (incompatible data, a
+rejected update) is final and ends the process with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import torch
+
+from medfed.client.trainer import LocalResult, Trainer
+from medfed.common import __version__
+from medfed.common.data import HospitalData
+from medfed.common.retry import Backoff
+from medfed.common.serde import WireFormatError, encode, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.wire import (
+    ModelSpec,
+    TrainSettings,
+    info_to_proto,
+    model_spec_from_proto,
+    settings_from_proto,
+)
+from medfed.proto.v1 import federation_pb2 as pb
+from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger("medfed.client")
+
+T = TypeVar("T")
+JOIN_DEADLINE_S = 30.0
+TRANSFER_DEADLINE_S = 900.0
+MAX_MODEL_BYTES = 16 << 30
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class NodeError(Exception):
+    """Why this hospital has to stop."""
+
+
+class _SessionLost(Exception):
+    """The coordinator no longer knows this session (it restarted): join again."""
+
+
+@dataclass(frozen=True)
+class ReceivedTask:
+    round: int
+    total_rounds: int
+    settings: TrainSettings
+    spec: ModelSpec
+    state: dict[str, torch.Tensor]
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = exc.details() if isinstance(exc, grpc.Call) else None
+    return details or str(exc.code() if isinstance(exc, grpc.Call) else exc)
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+class HospitalNode:
+    def __init__(
+        self,
+        stub: pb_grpc.FederationStub,
+        data: HospitalData,
+        trainer: Trainer,
+        *,
+        name: str,
+        server: str,
+        max_wait: float,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stub, self._data, self._trainer = stub, data, trainer
+        self._name, self._server, self._max_wait = name, server, max_wait
+        self._sleep, self._clock = sleep, clock
+        self._session: str | None = None
+
+    def run(self) -> int:
+        """Take part until the coordinator says the federation is over; returns the rounds trained."""
+        self._join()
+        rounds = 0
+        while True:
+            message = self._poll()
+            if isinstance(message, pb.Finished):
+                log.info("federation finished (%s); this hospital trained %d round(s)", message.reason, rounds)
+                return rounds
+            if message is None:
+                continue
+            result = self._trainer.run(message.round, message.settings, message.spec, message.state)
+            self._log_round(message, result)
+            self._submit(message.round, result)
+            rounds += 1
+
+    def leave(self, reason: str) -> None:
+        if self._session is None:
+            return
+        try:
+            self._stub.Leave(pb.LeaveRequest(session_id=self._session, reason=reason), timeout=5.0)
+        except grpc.RpcError as exc:
+            log.debug("leave failed: %s", _details(exc))
+
+    # ----- calls -------------------------------------------------------------------------------
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Retry transport failures with backoff until max_wait seconds have passed without success."""
+        backoff = Backoff()
+        deadline: float | None = None
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if _code(exc) not in RETRYABLE:
+                    raise
+                now = self._clock()
+                deadline = deadline if deadline is not None else now + self._max_wait
+                if now >= deadline:
+                    raise NodeError(
+                        f"cannot reach the coordinator at {self._server} ({what}) for {self._max_wait:.0f} s: "
+                        f"{_details(exc)}"
+                    ) from None
+                delay = min(backoff.next_delay(), deadline - now)
+                log.warning("%s: coordinator unreachable (%s); retrying in %.1f s", what, _details(exc), delay)
+                self._sleep(delay)
+
+    def _join(self) -> None:
+        train = self._data.split("train")
+        request = pb.JoinRequest(
+            name=self._name,
+            num_examples=len(train),
+            data=info_to_proto(self._data.info),
+            client_version=__version__,
+        )
+        try:
+            reply = self._retrying("join", lambda: self._stub.Join(request, timeout=JOIN_DEADLINE_S))
+        except grpc.RpcError as exc:
+            raise NodeError(f"the coordinator refused {self._name}: {_details(exc)}") from None
+        self._session = reply.session_id
+        log.info("joined the federation at %s as %s (%d training images)", self._server, self._name, len(train))
+
+    def _fetch(self) -> ReceivedTask | pb.Finished | None:
+        call = self._stub.GetTask(pb.TaskRequest(session_id=self._session or ""), timeout=TRANSFER_DEADLINE_S)
+        stream: Iterator[pb.TaskMessage] = iter(call)
+        first = next(stream, None)
+        kind = first.WhichOneof("kind") if first is not None else None
+        if first is None or kind == "wait":
+            return None
+        if kind == "finished":
+            return first.finished
+        if kind != "task":
+            raise WireFormatError(f"unexpected {kind} message at the start of a task")
+        header = first.task
+        layout = layout_from_proto(header.tensors, max_total_bytes=MAX_MODEL_BYTES)
+        state = from_chunks(layout, _chunks(stream))
+        settings = settings_from_proto(header.config)
+        return ReceivedTask(header.round, header.total_rounds, settings, model_spec_from_proto(header.model), state)
+
+    def _poll(self) -> ReceivedTask | pb.Finished | None:
+        try:
+            return self._retrying("waiting for a task", self._fetch)
+        except WireFormatError as exc:
+            raise NodeError(f"the coordinator sent an invalid task: {exc}") from None
+        except grpc.RpcError as exc:
+            self._handle_session_error(exc)
+            return None
+
+    def _handle_session_error(self, exc: grpc.RpcError) -> None:
+        if _code(exc) == grpc.StatusCode.NOT_FOUND:
+            log.warning("the coordinator no longer knows this hospital (%s); joining again", _details(exc))
+            self._join()
+            return
+        raise NodeError(f"the coordinator ended this hospital's session: {_details(exc)}") from None
+
+    def _submit(self, round_number: int, result: LocalResult) -> None:
+        encoded = encode(result.state)
+        header = pb.UpdateHeader(
+            session_id=self._session or "",
+            round=round_number,
+            num_examples=result.num_examples,
+            metrics=result.metrics,
+            kind=pb.UPDATE_KIND_WEIGHTS,
+            tensors=layout_to_proto(encoded.layout),
+        )
+
+        def messages() -> Iterator[pb.UpdateMessage]:
+            yield pb.UpdateMessage(header=header)
+            for chunk in encoded.chunks():
+                yield pb.UpdateMessage(chunk=chunk)
+
+        try:
+            self._retrying(
+                "sending the update", lambda: self._stub.SubmitUpdate(messages(), timeout=TRANSFER_DEADLINE_S)
+            )
+        except grpc.RpcError as exc:
+            code = _code(exc)
+            if code == grpc.StatusCode.ALREADY_EXISTS:
+                log.info("round %d: the coordinator already had this update", round_number)
+            elif code == grpc.StatusCode.FAILED_PRECONDITION:
+                log.warning("round %d: update discarded by the coordinator: %s", round_number, _details(exc))
+            elif code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise NodeError(f"the coordinator refused this hospital's update: {_details(exc)}") from None
+            else:
+                self._handle_session_error(exc)
+
+    def _log_round(self, task: ReceivedTask, result: LocalResult) -> None:
+        m = result.metrics
+        if not m:
+            log.info("round %d/%d: no local training asked for; returning the model", task.round, task.total_rounds)
+            return
+        text = f"train loss {m['train_loss']:.4f}, accuracy {m['train_accuracy']:.4f}"
+        if "val_accuracy" in m:
+            text += f"; validation accuracy {m['val_accuracy']:.4f}"
+        log.info(
+            "round %d/%d: %d epoch(s) on %d images in %.1f s: %s",
+            task.round,
+            task.total_rounds,
+            task.settings.local_epochs,
+            result.num_examples,
+            m["train_seconds"],
+            text,
+        )
+
+
+def _chunks(stream: Iterator[pb.TaskMessage]) -> Iterator[bytes]:
+    for message in stream:
+        if message.WhichOneof("kind") != "chunk":
+            raise WireFormatError("expected only chunks after the task header")
+        yield message.chunk

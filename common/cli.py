@@ -1,0 +1,71 @@
+"""What every console script shares: logging set-up and turning known failures into one-line errors.
+
+Bad input (a bad flag, a broken data folder, an unreachable server) ends the command with
+``<prog>: error: <reason>`` and a non-zero status. Only ``--verbose`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from medfed.common.config import ConfigError
+from medfed.common.data import DataError
+from medfed.common.models import UnknownModelError
+from medfed.common.partition import PartitionError
+
+log = logging.getLogger("medfed")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure to report as one line; ``exit_code`` says which kind."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, PartitionError, UnknownModelError)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    if not verbose:
+        for noisy in ("PIL", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    try:
+        return body(argv)
+    except CliError as exc:
+        _fail(prog, str(exc), verbose)
+        return exc.exit_code
+    except BAD_INPUT as exc:
+        _fail(prog, str(exc), verbose)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line unless --verbose
+        _fail(prog, f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)", verbose)
+        return EXIT_FAILURE
+
+
+def _fail(prog: str, message: str, verbose: bool) -> None:
+    if verbose:
+        log.exception("%s failed", prog)
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,88 @@
+"""Configuration plumbing shared by the commands: TOML files, flag overrides and readable errors.
+
+Each command's settings are one pydantic model, validated once at start-up. Values come from an
+optional TOML file, then from flags, which win. A bad value stops the command with a single line that
+names the flag (``--rounds``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """'host:port', '[v6addr]:port' or ':port' into (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{value!r} has no host (use 0.0.0.0:{port} to listen on every interface)")
+    return host, port
+
+
+def check_address(value: str) -> str:
+    parse_address(value)
+    return value
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return {key.replace("-", "_"): value for key, value in raw.items()}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in error["loc"])
+    flag = f"--{field.replace('_', '-')}" if field else "config"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{flag}: unknown setting"
+    if error["type"] == "missing":
+        return f"{flag} is required"
+    if "input" in error and not isinstance(error["input"], dict):
+        return f"{flag}: {message} (got {error['input']!r})"
+    return f"{flag}: {message}"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    return "; ".join(_describe(dict(e)) for e in exc.errors())
+
+
+def build_config(model: type[M], file_values: dict[str, Any], flag_values: dict[str, Any]) -> M:
+    """Flags override the file; the merged settings are validated once."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if k != "config"}}
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    return model.model_fields[name].default

@@ -1,0 +1,203 @@
+"""The hospital folder format: MedMNIST's .npz layout plus a small JSON manifest.
+
+A folder holds ``data.npz`` (``train_images``, ``train_labels``, ``val_images``, ``val_labels`` and
+optionally ``test_images``, ``test_labels``: images uint8 of shape (N, H, W) or (N, H, W, C), labels
+integers of shape (N,) or (N, 1)) and ``manifest.json`` (dataset, task, channels, class names, image
+size, counts). Everything is validated on load so that a bad folder fails at start-up with a message
+naming the file and the problem, not in the middle of a round. Arrays load with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FORMAT = "medfed-hospital/1"
+MANIFEST = "manifest.json"
+DATA_FILE = "data.npz"
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A data folder or source that cannot be used; the message names the file and the problem."""
+
+
+def _show(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class DatasetInfo(BaseModel):
+    """What the data looks like; hospitals of one federation must agree on everything but the name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    task: str = "multi-class"
+    channels: int = Field(ge=1, le=16)
+    class_names: tuple[str, ...] = Field(min_length=2)
+    image_size: tuple[int, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def mismatch(self, other: DatasetInfo) -> str | None:
+        """Why a model trained on ``other`` could not be averaged with one trained on this, if it can't."""
+        for field in ("channels", "class_names", "image_size"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                return f"{field} {_show(theirs)} differ from the federation's {_show(mine)}"
+        return None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: str = FORMAT
+    name: str
+    data: DatasetInfo
+    counts: dict[str, list[int]] = Field(default_factory=dict)
+    source: str | None = None
+    scheme: str | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images decoded once into a uint8 tensor (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @staticmethod
+    def empty(info: DatasetInfo) -> Split:
+        h, w = info.image_size
+        return Split(torch.empty((0, info.channels, h, w), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+
+
+@dataclass(frozen=True)
+class HospitalData:
+    path: Path
+    name: str
+    info: DatasetInfo
+    splits: Mapping[str, Split]
+
+    def split(self, name: str) -> Split:
+        return self.splits.get(name) or Split.empty(self.info)
+
+
+def label_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    return [int(c) for c in np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes)]
+
+
+def save_folder(
+    path: Path,
+    name: str,
+    info: DatasetInfo,
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    source: str | None = None,
+    scheme: str | None = None,
+) -> Manifest:
+    """Write a hospital folder; files are written under temporary names and renamed into place."""
+    path.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for split, (images, labels) in splits.items():
+        arrays[f"{split}_images"] = np.ascontiguousarray(images, dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64).reshape(-1, 1)
+    counts = {split: label_counts(labels, info.num_classes) for split, (_, labels) in splits.items()}
+    manifest = Manifest(name=name, data=info, counts=counts, source=source, scheme=scheme)
+    tmp_npz = path / f".{DATA_FILE}.tmp"
+    with open(tmp_npz, "wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp_npz, path / DATA_FILE)
+    tmp_manifest = path / f".{MANIFEST}.tmp"
+    tmp_manifest.write_text(manifest.model_dump_json(indent=2) + "\n")
+    os.replace(tmp_manifest, path / MANIFEST)
+    return manifest
+
+
+def read_manifest(path: Path) -> Manifest:
+    if not path.exists():
+        raise DataError(f"data folder {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder (expected a hospital folder made by fed-partition)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path} is missing: is {path} a hospital folder made by fed-partition?")
+    try:
+        return Manifest.model_validate(json.loads(manifest_path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{manifest_path} is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise DataError(f"{manifest_path}: {where}: {err['msg']}") from None
+
+
+def _check_split(where: str, split: str, images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Split:
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: {split}_images must be uint8, found {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, :, :, None]
+    if images.ndim != 4:
+        raise DataError(f"{where}: {split}_images must have shape (N, H, W) or (N, H, W, C), found {images.shape}")
+    n, h, w, c = images.shape
+    if (h, w) != tuple(info.image_size) or c != info.channels:
+        raise DataError(
+            f"{where}: {split}_images are {h}x{w} with {c} channel(s), the manifest says "
+            f"{info.image_size[0]}x{info.image_size[1]} with {info.channels}"
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise DataError(f"{where}: {split}_labels must have shape ({n},) or ({n}, 1), found {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: {split}_labels must be integers, found {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= info.num_classes):
+        bad = labels[(labels < 0) | (labels >= info.num_classes)][0]
+        raise DataError(
+            f"{where}: {split}_labels has value {bad} outside 0..{info.num_classes - 1} "
+            f"({info.num_classes} classes in the manifest)"
+        )
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return Split(tensor, torch.from_numpy(labels.astype(np.int64)))
+
+
+def load_folder(path: Path, *, require: tuple[str, ...] = ("train",)) -> HospitalData:
+    """Load and validate a hospital folder; ``require`` names the splits that must hold images."""
+    manifest = read_manifest(path)
+    npz_path = path / DATA_FILE
+    if not npz_path.is_file():
+        raise DataError(f"{npz_path} is missing")
+    splits: dict[str, Split] = {}
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            for split in SPLITS:
+                has_images, has_labels = f"{split}_images" in keys, f"{split}_labels" in keys
+                if has_images != has_labels:
+                    raise DataError(f"{npz_path}: {split}_images and {split}_labels must come together")
+                if has_images:
+                    images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+                    splits[split] = _check_split(str(npz_path), split, images, labels, manifest.data)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{npz_path} is not a readable .npz file: {exc}") from None
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{npz_path}: {exc}") from None
+    for split in require:
+        if split not in splits or len(splits[split]) == 0:
+            raise DataError(f"{npz_path} has no {split} images")
+    return HospitalData(path=path, name=manifest.name, info=manifest.data, splits=splits)

@@ -1,0 +1,264 @@
+"""fed-demo: a whole federation on this machine in one command.
+
+It partitions a dataset into hospital folders, starts one fed-server and one fed-client per hospital
+as separate processes talking gRPC over loopback (exactly what runs across real hosts), follows the
+coordinator's history.jsonl and prints each round's global test accuracy. The default dataset is
+scikit-learn's handwritten digits, which ships inside scikit-learn, so the demo runs offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medfed.common.cli import CliError, run_command, setup_logging
+from medfed.common.config import build_config, field_default
+from medfed.common.partition import SCHEMES
+from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.sources import MEDMNIST_SIZES, load_source
+
+EXAMPLES = """
+examples:
+  fed-demo                                   (digits, 3 hospitals, each missing one digit, 5 rounds)
+  fed-demo --dataset pneumoniamnist --data-root ~/medmnist --scheme dirichlet --alpha 0.3 --rounds 3
+"""
+
+STARTUP_TIMEOUT_S = 120.0
+FOLLOW_INTERVAL_S = 0.2
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "digits"
+    data_root: Path | None = None
+    size: Literal[28, 64, 128, 224] = 28
+    clients: int = Field(3, ge=1, le=26)
+    scheme: Literal["iid", "dirichlet", "exclude-classes"] = "exclude-classes"
+    alpha: float = Field(0.5, gt=0)
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=0)
+    model: Literal["cnn", "resnet18"] = "cnn"
+    seed: int = Field(0, ge=0)
+    out: Path | None = None
+    verbose: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def d(name: str) -> object:
+        return field_default(DemoConfig, name)
+
+    p = argparse.ArgumentParser(
+        prog="fed-demo",
+        description="Run a complete federation on this machine: one coordinator and several hospitals, "
+        "each a separate process talking gRPC over loopback.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--dataset", help=f"'digits' (offline), a MedMNIST 2D name or an .npz path (default {d('dataset')})")
+    p.add_argument("--data-root", type=Path, help="folder holding MedMNIST .npz files")
+    p.add_argument("--size", type=int, choices=MEDMNIST_SIZES, help="MedMNIST image size (default 28)")
+    p.add_argument("--clients", type=int, help=f"number of hospitals (default {d('clients')})")
+    p.add_argument("--scheme", choices=SCHEMES, help=f"how labels are spread (default {d('scheme')})")
+    p.add_argument("--alpha", type=float, help=f"Dirichlet concentration (default {d('alpha')})")
+    p.add_argument("--rounds", type=int, help=f"federated rounds (default {d('rounds')})")
+    p.add_argument("--local-epochs", type=int, help=f"epochs per round at each hospital (default {d('local_epochs')})")
+    p.add_argument("--model", choices=("cnn", "resnet18"), help=f"architecture (default {d('model')})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="an empty or new folder for data, logs and results (default: a new temp folder)",
+    )
+    p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return p
+
+
+class _Processes:
+    """The server and hospital processes; all of them are stopped on the way out, whatever happens."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self._files: list[IO[bytes]] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log_file = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 -- open as long as the process runs
+        self._files.append(log_file)
+        proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT)
+        self.running[name] = proc
+        return proc
+
+    def failed(self) -> tuple[str, int] | None:
+        for name, proc in self.running.items():
+            code = proc.poll()
+            if code not in (None, 0):
+                return name, code
+        return None
+
+    def tail(self, name: str, lines: int = 5) -> str:
+        text = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
+        return "\n".join("    " + line for line in text[-lines:])
+
+    def stop_all(self) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.running.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in self._files:
+            f.close()
+
+
+def _wait_for_port(procs: _Processes, port_file: Path) -> int:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if procs.running["server"].poll() is not None:
+            raise CliError(f"fed-server exited at start-up:\n{procs.tail('server')}")
+        time.sleep(0.05)
+    raise CliError(f"fed-server did not start listening within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def _print_round(record: dict[str, Any], rounds: int) -> None:
+    print(
+        f"round {record['round']:>3}/{rounds}  test accuracy {record.get('accuracy', float('nan')):.4f}  "
+        f"loss {record.get('loss', float('nan')):.4f}  ({record['num_clients']} hospitals, "
+        f"{record['num_examples']} images, {record['duration_s']:.1f} s)",
+        flush=True,
+    )
+
+
+def _follow(procs: _Processes, history: Path, rounds: int) -> dict[str, Any]:
+    """Print rounds as the coordinator records them, until it exits; stop early if anything fails."""
+    seen = 0
+    last: dict[str, Any] = {}
+    server = procs.running["server"]
+    while True:
+        finished = server.poll() is not None
+        lines = history.read_text().splitlines() if history.exists() else []
+        for line in lines[seen:]:
+            last = json.loads(line)
+            _print_round(last, rounds)
+        seen = len(lines)
+        failure = procs.failed()
+        if failure is not None:
+            name, code = failure
+            raise CliError(f"{name} exited with status {code}; its log ends:\n{procs.tail(name)}")
+        if finished:
+            return last
+        time.sleep(FOLLOW_INTERVAL_S)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    cfg = build_config(DemoConfig, {}, vars(build_parser().parse_args(argv)))
+    setup_logging(cfg.verbose)
+    out = cfg.out or Path(tempfile.mkdtemp(prefix="fed-demo-"))
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"--out: {out} is not empty; give a new or empty folder", 2)
+    data_dir, run_dir, logs = out / "data", out / "run", out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    dataset = load_source(cfg.dataset, data_root=cfg.data_root, size=cfg.size, seed=cfg.seed)
+    manifests = partition_to_folders(
+        dataset,
+        data_dir,
+        clients=cfg.clients,
+        scheme=cfg.scheme,
+        alpha=cfg.alpha,
+        seed=cfg.seed,
+        source=cfg.dataset,
+    )
+    print(f"{dataset.info.dataset}: {cfg.clients} hospitals, scheme {cfg.scheme}; label counts:")
+    print(format_counts(dataset, manifests), flush=True)
+    if TEST_FOLDER not in manifests:
+        raise CliError(f"{cfg.dataset} has no test split for the coordinator to evaluate on", 2)
+
+    hospitals = [name for name in manifests if name != TEST_FOLDER]
+    threads = max(1, (os.cpu_count() or 1) // len(hospitals))
+    port_file = out / "server.port"
+    procs = _Processes(logs)
+    try:
+        procs.start(
+            "server",
+            [
+                "medfed.server",
+                "--insecure",
+                "--address",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--rounds",
+                str(cfg.rounds),
+                "--min-clients",
+                str(len(hospitals)),
+                "--model",
+                cfg.model,
+                "--local-epochs",
+                str(cfg.local_epochs),
+                "--seed",
+                str(cfg.seed),
+                "--test-data",
+                str(data_dir / TEST_FOLDER),
+                "--out",
+                str(run_dir),
+                "--finish-grace",
+                "30",
+            ],
+        )
+        port = _wait_for_port(procs, port_file)
+        print(f"coordinator listening on 127.0.0.1:{port}; starting {len(hospitals)} hospitals", flush=True)
+        for name in hospitals:
+            procs.start(
+                name,
+                [
+                    "medfed.client",
+                    "--data",
+                    str(data_dir / name),
+                    "--server",
+                    f"127.0.0.1:{port}",
+                    "--insecure",
+                    "--no-progress",
+                    "--threads",
+                    str(threads),
+                    "--max-wait",
+                    "60",
+                ],
+            )
+        last = _follow(procs, run_dir / "history.jsonl", cfg.rounds)
+        for name, proc in procs.running.items():
+            if proc.wait(timeout=60) != 0:
+                raise CliError(f"{name} exited with status {proc.returncode}; its log ends:\n{procs.tail(name)}")
+    finally:
+        procs.stop_all()
+    if "per_class_accuracy" in last:
+        per_class = ", ".join(
+            f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in last["per_class_accuracy"].items()
+        )
+        print(f"final per-class test accuracy: {per_class}")
+    print(f"done: model in {run_dir / 'model.safetensors'}, history in {run_dir / 'history.jsonl'}, logs in {logs}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("fed-demo", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The model registry. Channels and classes come from the data's manifest, so one name fits any dataset.
+
+torchvision is imported only when ResNet-18 is asked for: it adds seconds to every process start,
+and most processes (hospitals in the demo, tests) use the small CNN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+MODEL_NAMES = ("cnn", "resnet18")
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def small_cnn(in_channels: int, num_classes: int, width: int = 32) -> nn.Module:
+    """Three conv blocks and global average pooling: works for any image from 8x8 to 224x224."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        *block(in_channels, width),
+        nn.MaxPool2d(2, ceil_mode=True),
+        *block(width, 2 * width),
+        nn.MaxPool2d(2, ceil_mode=True),
+        *block(2 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(4 * width, num_classes),
+    )
+
+
+def resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 with its first convolution taking ``in_channels`` (11.2M parameters)."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model: nn.Module = tv_resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+_REGISTRY: dict[str, Callable[[int, int], nn.Module]] = {"cnn": small_cnn, "resnet18": resnet18}
+
+
+def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}") from None
+    return factory(in_channels, num_classes)

@@ -1,0 +1,123 @@
+"""Local training and evaluation on uint8 image tensors, shared by hospitals and the coordinator.
+
+Images stay uint8 in memory and whole batches are normalised on the fly, so there is no per-sample
+Python work (no PIL, no Dataset/DataLoader) in the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from medfed.common.data import Split
+
+NORMALIZATION = {"mean": 0.5, "std": 0.5}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255.0 - NORMALIZATION["mean"]) / NORMALIZATION["std"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    num_examples: int
+    loss: float
+    accuracy: float
+    per_class_accuracy: list[float | None]
+    """None for a class with no examples in the evaluated split."""
+    confusion: list[list[int]] = field(default_factory=list)
+    """rows: true class, columns: predicted class"""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    num_examples: int
+    loss: float
+    accuracy: float
+
+
+def train_local(
+    model: nn.Module,
+    split: Split,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+    desc: str = "training",
+) -> TrainResult:
+    """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round)."""
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    n = len(split)
+    total_loss, correct, seen = 0.0, 0, 0
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        batches = range(0, n, batch_size)
+        bar = tqdm(
+            batches,
+            desc=f"{desc} epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for start in bar:
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm cannot train on a batch of one
+            x = normalize(split.images[idx]).to(device, non_blocking=True)
+            y = split.labels[idx].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            optimizer.step()
+            batch_loss = loss.detach().item()
+            total_loss += batch_loss * len(idx)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{batch_loss:.4f}")
+    return TrainResult(n, total_loss / max(seen, 1), correct / max(seen, 1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, num_classes: int, device: torch.device, batch_size: int = 512
+) -> Evaluation:
+    model.to(device).eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+    total_loss = 0.0
+    for start in range(0, len(split), batch_size):
+        x = normalize(split.images[start : start + batch_size]).to(device)
+        y = split.labels[start : start + batch_size].to(device)
+        logits = model(x)
+        total_loss += float(loss_fn(logits, y))
+        pred = logits.argmax(1)
+        confusion += torch.bincount(y.cpu() * num_classes + pred.cpu(), minlength=num_classes**2).reshape(
+            num_classes, num_classes
+        )
+    n = len(split)
+    per_class_total = confusion.sum(1)
+    per_class = [
+        float(confusion[c, c]) / float(per_class_total[c]) if per_class_total[c] else None for c in range(num_classes)
+    ]
+    accuracy = float(confusion.diag().sum()) / n if n else 0.0
+    return Evaluation(n, total_loss / n if n else 0.0, accuracy, per_class, confusion.tolist())

@@ -1,0 +1,78 @@
+"""Plain Python values to and from the protocol's small messages, as pairs (tensors live in serde).
+
+Only protobuf here, never grpc: the coordinator and the hospital's loop use these types without a
+network, and the servicer and the node's transport call these pairs at the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from medfed.common.data import DatasetInfo
+from medfed.common.serde import WireFormatError
+from medfed.proto.v1 import federation_pb2 as pb
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    local_epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    optimizer: str = "adam"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    in_channels: int
+    num_classes: int
+
+
+def info_to_proto(info: DatasetInfo) -> pb.DatasetInfo:
+    return pb.DatasetInfo(
+        dataset=info.dataset,
+        task=info.task,
+        channels=info.channels,
+        class_names=list(info.class_names),
+        image_size=list(info.image_size),
+    )
+
+
+def info_from_proto(msg: pb.DatasetInfo) -> DatasetInfo:
+    try:
+        return DatasetInfo(
+            dataset=msg.dataset,
+            task=msg.task,
+            channels=msg.channels,
+            class_names=tuple(msg.class_names),
+            image_size=tuple(msg.image_size),  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        raise WireFormatError(f"invalid dataset description: {exc.errors()[0]['msg']}") from None
+
+
+def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
+    return pb.TrainConfig(
+        local_epochs=settings.local_epochs,
+        learning_rate=settings.lr,
+        batch_size=settings.batch_size,
+        optimizer=settings.optimizer,
+        seed=settings.seed,
+    )
+
+
+def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
+    if msg.local_epochs < 0 or msg.batch_size < 1 or not msg.learning_rate > 0:
+        raise WireFormatError("invalid training configuration in the task")
+    return TrainSettings(msg.local_epochs, msg.learning_rate, msg.batch_size, msg.seed, msg.optimizer or "adam")
+
+
+def model_spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:
+    return pb.ModelSpec(name=spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes)
+
+
+def model_spec_from_proto(msg: pb.ModelSpec) -> ModelSpec:
+    return ModelSpec(msg.name, msg.in_channels, msg.num_classes)

@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code for the federation protocol (see protos/generate.py)."""

@@ -1,0 +1,1 @@
+"""The coordinator: fed-server, its round logic, aggregation strategies and outputs."""

@@ -1,0 +1,186 @@
+"""fed-server: the coordinator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
+from medfed.common.config import build_config, field_default, load_toml, parse_address
+from medfed.common.data import DatasetInfo, HospitalData, load_folder
+from medfed.common.models import MODEL_NAMES
+from medfed.common.training import pick_device
+from medfed.server.config import ServerConfig
+from medfed.server.coordinator import Coordinator
+from medfed.server.evaluation import Evaluator
+from medfed.server.federation import Evaluate, FederationAborted, run_federation
+from medfed.server.output import RunOutput
+from medfed.server.servicer import create_server
+
+log = logging.getLogger("medfed.server")
+
+EXAMPLES = """
+examples:
+  fed-server --insecure --rounds 20 --min-clients 3 --model resnet18 --test-data /data/test --out runs/oct
+  fed-server --config server.toml --rounds 5        (flags override the file)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def d(name: str) -> object:
+        return field_default(ServerConfig, name)
+
+    p = argparse.ArgumentParser(
+        prog="fed-server",
+        description="Coordinate federated training: hospitals join, train locally, and send back updates "
+        "that are averaged by sample count (FedAvg).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
+    p.add_argument("--address", help=f"HOST:PORT to listen on (default {d('address')}; port 0 picks a free one)")
+    p.add_argument("--rounds", type=int, help=f"number of rounds (default {d('rounds')})")
+    p.add_argument(
+        "--min-clients",
+        type=int,
+        help=f"hospitals that must join before round 1 (default {d('min_clients')})",
+    )
+    p.add_argument("--clients-per-round", type=int, help="hospitals sampled per round with --seed (default: all)")
+    p.add_argument("--min-fit", type=int, help="updates a round needs to close (default: --min-clients)")
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        help=f"seconds a round waits for updates (default {d('round_timeout')})",
+    )
+    p.add_argument(
+        "--join-timeout", type=float, help=f"seconds to wait for --min-clients (default {d('join_timeout')})"
+    )
+    p.add_argument("--model", choices=MODEL_NAMES, help=f"architecture (default {d('model')})")
+    p.add_argument(
+        "--local-epochs",
+        type=int,
+        help=f"epochs per round at each hospital; 0 = no training (default {d('local_epochs')})",
+    )
+    p.add_argument("--lr", type=float, help=f"hospitals' Adam learning rate (default {d('lr')})")
+    p.add_argument("--batch-size", type=int, help=f"hospitals' batch size (default {d('batch_size')})")
+    p.add_argument("--seed", type=int, help=f"seed for the initial model and hospital sampling (default {d('seed')})")
+    p.add_argument(
+        "--test-data", type=Path, help="held-out hospital folder (its test split) evaluated after every round"
+    )
+    p.add_argument("--out", type=Path, help=f"folder for history.jsonl and the final model (default {d('out')})")
+    p.add_argument("--force", action="store_true", help="replace a previous run's files in --out")
+    p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")
+    p.add_argument("--device", help="evaluation device: auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--finish-grace",
+        type=float,
+        help=f"seconds to let hospitals hear the run is over (default {d('finish_grace')})",
+    )
+    p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return p
+
+
+def check_bindable(address: str) -> None:
+    """Fail with a one-line reason before gRPC tries (and logs its own multi-line error)."""
+    host, port = parse_address(address)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {address}: {exc.strerror}", EXIT_USAGE) from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {address}: {exc.strerror}", EXIT_USAGE) from None
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def _evaluator_factory(cfg: ServerConfig, test: HospitalData | None) -> Evaluate | None:
+    if test is None:
+        return None
+    return Evaluator(test.split("test"), test.info, cfg.model, pick_device(cfg.device))
+
+
+def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        # Never touch the coordinator's lock from a signal handler: the main thread may hold it.
+        threading.Thread(
+            target=coordinator.finish,
+            args=(f"coordinator stopped by {signal.Signals(signum).name}", 0),
+            daemon=True,
+        ).start()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    flags = vars(build_parser().parse_args(argv))
+    file_values = load_toml(flags.pop("config")) if "config" in flags else {}
+    cfg = build_config(ServerConfig, file_values, flags)
+    setup_logging(cfg.verbose)
+    if not cfg.insecure:
+        raise CliError(
+            "refusing to start without transport security: this version serves plaintext only, "
+            "so pass --insecure to accept that",
+            EXIT_USAGE,
+        )
+    test = load_folder(cfg.test_data, require=("test",)) if cfg.test_data else None
+    check_bindable(cfg.address)
+    output = RunOutput(cfg.out)
+    output.prepare(force=cfg.force)
+
+    info: DatasetInfo | None = test.info if test else None
+    coordinator = Coordinator(data_info=info)
+    server, port = create_server(coordinator, cfg.address, poll_timeout=cfg.poll_timeout, max_workers=cfg.max_workers)
+    server.start()
+    host, _ = parse_address(cfg.address)
+    log.warning("INSECURE: no TLS; model updates travel in plaintext and any process can join as any hospital")
+    log.info("listening on %s:%d; results go to %s", host, port, cfg.out)
+    if cfg.port_file:
+        _write_port_file(cfg.port_file, port)
+    received: list[int] = []
+    _install_signal_handlers(coordinator, received)
+    try:
+        run_federation(cfg, coordinator, output, lambda _info: _evaluator_factory(cfg, test))
+        untold = coordinator.wait_until_told(cfg.finish_grace)
+        if untold:
+            log.warning("did not hear from %s after the last round", ", ".join(untold))
+        log.info("federation complete: %d rounds; history in %s", cfg.rounds, output.history_path)
+        return 0
+    except FederationAborted as exc:
+        coordinator.finish(str(exc), 0)
+        coordinator.wait_until_told(min(cfg.finish_grace, 5.0))
+        code = 128 + received[0] if received else 1
+        raise CliError(f"stopped before the last round: {exc}", code) from None
+    finally:
+        server.stop(grace=2.0).wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("fed-server", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

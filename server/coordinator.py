@@ -1,0 +1,356 @@
+"""The coordinator's state: who has joined, which round is open, what each hospital should do next.
+
+No gRPC in here: the servicer translates calls into these methods and the errors below into status
+codes, and the driver (``server/federation.py``) opens and closes rounds. Everything is guarded by
+one condition variable; hospitals long-poll ``next_instruction`` and are woken when a round opens or
+the federation ends. Updates are folded into the round's accumulator as they arrive, under a separate
+lock so that a 45 MB fold never blocks joins and polls; ``close_round`` takes that lock too, so no
+fold can land in a closed round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from medfed.common.data import DatasetInfo
+from medfed.common.serde import ALIGNMENT, EncodedModel, Layout
+from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.server.strategy import Accumulator, AggregationError
+
+log = logging.getLogger("medfed.server")
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class CoordinatorError(Exception):
+    """A refused call; the subclass says which kind, the message says why."""
+
+
+class UnknownSession(CoordinatorError):
+    pass
+
+
+class SessionReplaced(CoordinatorError):
+    pass
+
+
+class Rejected(CoordinatorError):
+    """The call is well-formed but not acceptable now (wrong round, not selected, incompatible data)."""
+
+
+class InvalidUpdate(CoordinatorError):
+    pass
+
+
+class DuplicateUpdate(CoordinatorError):
+    pass
+
+
+@dataclass(frozen=True)
+class Task:
+    round: int
+    total_rounds: int
+    settings: TrainSettings
+    model: ModelSpec
+    payload: EncodedModel
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+    rounds_completed: int
+
+
+Instruction = Task | Wait | Finished
+
+
+@dataclass
+class Hospital:
+    name: str
+    session_id: str
+    num_examples: int
+    info: DatasetInfo
+    last_seen: float
+    told_finished: bool = False
+    left: bool = False
+
+
+@dataclass(frozen=True)
+class Contribution:
+    name: str
+    num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class _OpenRound:
+    task: Task
+    selected: set[str]
+    accumulator: Accumulator
+    contributions: dict[str, Contribution] = field(default_factory=dict)
+    receiving: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round: int
+    contributions: list[Contribution]
+    missing: list[str]
+    accumulator: Accumulator
+
+
+class Coordinator:
+    def __init__(self, data_info: DatasetInfo | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._cond = threading.Condition()
+        self._fold_lock = threading.Lock()
+        self._clock = clock
+        self._info = data_info
+        self._hospitals: dict[str, Hospital] = {}
+        self._sessions: dict[str, str] = {}
+        self._replaced: set[str] = set()
+        self._round: _OpenRound | None = None
+        self._finished: Finished | None = None
+        self.federation_id = secrets.token_hex(8)
+
+    # ----- hospital-facing -------------------------------------------------------------------
+
+    def join(self, name: str, num_examples: int, info: DatasetInfo) -> str:
+        if not NAME_PATTERN.match(name):
+            raise Rejected(f"hospital name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        if num_examples < 1:
+            raise Rejected(f"{name} has no training examples")
+        with self._cond:
+            if self._finished is not None:
+                raise Rejected(f"the federation is over ({self._finished.reason})")
+            if self._info is None:
+                self._info = info
+                log.info("%s set the federation's data: %s, classes %s", name, info.dataset, list(info.class_names))
+            else:
+                reason = self._info.mismatch(info)
+                if reason:
+                    raise Rejected(f"{name} cannot join: its {reason}")
+            old = self._hospitals.get(name)
+            if old is not None and not old.left:
+                self._replaced.add(old.session_id)
+                log.warning("%s joined again; its previous session is closed", name)
+            session_id = secrets.token_urlsafe(18)
+            self._hospitals[name] = Hospital(name, session_id, num_examples, info, self._clock())
+            self._sessions[session_id] = name
+            self._cond.notify_all()
+        log.info("%s joined with %d training examples (%d hospitals)", name, num_examples, len(self.hospitals()))
+        return session_id
+
+    def _hospital(self, session_id: str) -> Hospital:
+        """Caller holds the condition."""
+        if session_id in self._replaced:
+            raise SessionReplaced("this hospital joined again from another process; this session is closed")
+        name = self._sessions.get(session_id)
+        if name is None:
+            raise UnknownSession("unknown session: join first")
+        hospital = self._hospitals[name]
+        hospital.last_seen = self._clock()
+        return hospital
+
+    def next_instruction(
+        self, session_id: str, timeout: float, is_active: Callable[[], bool] = lambda: True
+    ) -> Instruction:
+        """Block until there is something for this hospital to do, or ``timeout`` seconds passed."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while True:
+                hospital = self._hospital(session_id)
+                if self._finished is not None:
+                    hospital.told_finished = True
+                    self._cond.notify_all()
+                    return self._finished
+                current = self._round
+                if (
+                    current is not None
+                    and hospital.name in current.selected
+                    and hospital.name not in current.contributions
+                    and hospital.name not in current.receiving
+                ):
+                    return current.task
+                remaining = deadline - self._clock()
+                if remaining <= 0 or not is_active():
+                    return Wait("no task for this hospital yet")
+                self._cond.wait(remaining)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def check_update(self, session_id: str, round_number: int, layout: Layout) -> str:
+        """Cheap checks before the update's bytes are received; returns the hospital's name."""
+        with self._cond:
+            hospital = self._hospital(session_id)
+            current = self._check_round(hospital.name, round_number)
+            expected = current.task.payload.layout
+            if layout.signature() != expected.signature():
+                raise InvalidUpdate(f"update from {hospital.name} does not match the model's tensors")
+            if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
+                raise InvalidUpdate(f"update from {hospital.name} declares {layout.total_bytes} bytes of padding")
+            return hospital.name
+
+    def _check_round(self, name: str, round_number: int) -> _OpenRound:
+        current = self._round
+        if current is None or current.task.round != round_number:
+            open_now = f"round {current.task.round} is open" if current else "no round is open"
+            raise Rejected(f"update for round {round_number} refused: {open_now}")
+        if name not in current.selected:
+            raise Rejected(f"{name} was not asked to train in round {round_number}")
+        if name in current.contributions or name in current.receiving:
+            raise DuplicateUpdate(f"{name} already sent its update for round {round_number}")
+        return current
+
+    def submit_update(
+        self,
+        session_id: str,
+        round_number: int,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        state: Mapping[str, torch.Tensor],
+    ) -> None:
+        with self._cond:
+            hospital = self._hospital(session_id)
+            current = self._check_round(hospital.name, round_number)
+            if not 1 <= num_examples <= hospital.num_examples:
+                raise InvalidUpdate(
+                    f"num_examples {num_examples} outside 1..{hospital.num_examples} "
+                    f"(the count {hospital.name} joined with)"
+                )
+            bad_metric = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+            if bad_metric is not None:
+                raise InvalidUpdate(f"metric {bad_metric!r} is not a finite number")
+            current.receiving.add(hospital.name)
+        try:
+            with self._fold_lock:
+                with self._cond:
+                    if self._round is not current:
+                        raise Rejected(f"round {round_number} closed while the update was being received")
+                bad = next(
+                    (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()),
+                    None,
+                )
+                if bad is not None:
+                    raise InvalidUpdate(f"tensor {bad!r} holds NaN or infinite values")
+                try:
+                    current.accumulator.add(state, num_examples)
+                except AggregationError as exc:
+                    raise InvalidUpdate(str(exc)) from None
+                with self._cond:
+                    current.contributions[hospital.name] = Contribution(hospital.name, num_examples, dict(metrics))
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                current.receiving.discard(hospital.name)
+                self._cond.notify_all()
+
+    def leave(self, session_id: str) -> None:
+        with self._cond:
+            hospital = self._hospital(session_id)
+            hospital.left = True
+            if self._round is not None and hospital.name not in self._round.contributions:
+                self._round.selected.discard(hospital.name)
+            self._cond.notify_all()
+        log.info("%s left the federation", hospital.name)
+
+    # ----- driver-facing ---------------------------------------------------------------------
+
+    @property
+    def data_info(self) -> DatasetInfo | None:
+        with self._cond:
+            return self._info
+
+    def hospitals(self) -> list[str]:
+        with self._cond:
+            return sorted(h.name for h in self._hospitals.values() if not h.left)
+
+    def wait_for_hospitals(self, count: int, timeout: float) -> list[str]:
+        """Wait until ``count`` hospitals have joined (or timeout / finish); returns who is there."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while self._finished is None:
+                present = [h for h in self._hospitals.values() if not h.left]
+                remaining = deadline - self._clock()
+                if len(present) >= count or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return sorted(h.name for h in self._hospitals.values() if not h.left)
+
+    def open_round(self, task: Task, selected: list[str], accumulator: Accumulator) -> None:
+        with self._cond:
+            self._round = _OpenRound(task, set(selected), accumulator)
+            self._cond.notify_all()
+
+    def add_to_round(self, names: list[str]) -> None:
+        with self._cond:
+            if self._round is not None:
+                self._round.selected.update(names)
+                self._cond.notify_all()
+
+    def wait_for_round(self, deadline: float) -> RoundOutcome:
+        """Wait until every selected hospital has reported, the deadline passed or the federation ended."""
+        with self._cond:
+            current = self._round
+            if current is None:
+                raise RuntimeError("no round is open")
+            while self._finished is None:
+                waiting = current.selected - current.contributions.keys()
+                remaining = deadline - self._clock()
+                if not waiting or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._outcome(current)
+
+    def close_round(self) -> RoundOutcome:
+        with self._fold_lock, self._cond:
+            current = self._round
+            if current is None:
+                raise RuntimeError("no round is open")
+            self._round = None
+            self._cond.notify_all()
+            return self._outcome(current)
+
+    @staticmethod
+    def _outcome(current: _OpenRound) -> RoundOutcome:
+        contributions = [current.contributions[n] for n in sorted(current.contributions)]
+        missing = sorted(current.selected - current.contributions.keys())
+        return RoundOutcome(current.task.round, contributions, missing, current.accumulator)
+
+    @property
+    def finished(self) -> Finished | None:
+        with self._cond:
+            return self._finished
+
+    def finish(self, reason: str, rounds_completed: int) -> None:
+        """Tell every hospital (on its next poll, or now if it is waiting) that the federation is over."""
+        with self._cond:
+            if self._finished is None:
+                self._finished = Finished(reason, rounds_completed)
+            self._cond.notify_all()
+
+    def wait_until_told(self, timeout: float) -> list[str]:
+        """Give hospitals up to ``timeout`` seconds to hear that it is over; returns those that did not."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while True:
+                untold = sorted(h.name for h in self._hospitals.values() if not h.left and not h.told_finished)
+                remaining = deadline - self._clock()
+                if not untold or remaining <= 0:
+                    return untold
+                self._cond.wait(remaining)

@@ -1,0 +1,168 @@
+"""The driver: wait for hospitals, run the rounds, evaluate, record, write the final model.
+
+It talks to hospitals only through the Coordinator, so it runs the same under gRPC and in unit tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from medfed.common import __version__
+from medfed.common.data import DatasetInfo
+from medfed.common.models import build_model
+from medfed.common.serde import encode
+from medfed.common.training import NORMALIZATION
+from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.server.config import ServerConfig
+from medfed.server.coordinator import Coordinator, RoundOutcome, Task
+from medfed.server.output import RunOutput
+from medfed.server.strategy import FedAvg, Strategy
+
+log = logging.getLogger("medfed.server")
+
+Evaluate = Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
+JOIN_LOG_INTERVAL = 30.0
+
+
+class FederationAborted(Exception):
+    """The run was stopped (signal, or no hospitals in time) before its last round."""
+
+
+def initial_state(model_name: str, info: DatasetInfo, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model(model_name, info.channels, info.num_classes)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def choose(hospitals: list[str], count: int | None, rng: random.Random) -> list[str]:
+    if count is None or count >= len(hospitals):
+        return list(hospitals)
+    return sorted(rng.sample(hospitals, count))
+
+
+def _wait_for_hospitals(cfg: ServerConfig, coordinator: Coordinator) -> DatasetInfo:
+    deadline = time.monotonic() + cfg.join_timeout
+    log.info("waiting for %d hospital(s) to join", cfg.min_clients)
+    while True:
+        present = coordinator.wait_for_hospitals(cfg.min_clients, min(JOIN_LOG_INTERVAL, deadline - time.monotonic()))
+        if coordinator.finished is not None:
+            raise FederationAborted(coordinator.finished.reason)
+        if len(present) >= cfg.min_clients:
+            break
+        if time.monotonic() >= deadline:
+            raise FederationAborted(
+                f"only {len(present)} of {cfg.min_clients} hospitals joined within {cfg.join_timeout:.0f} s"
+            )
+        log.info("%d of %d hospitals joined: %s", len(present), cfg.min_clients, ", ".join(present) or "none yet")
+    info = coordinator.data_info
+    assert info is not None
+    return info
+
+
+def _run_round(
+    cfg: ServerConfig,
+    coordinator: Coordinator,
+    task: Task,
+    strategy: Strategy,
+    global_state: dict[str, torch.Tensor],
+    selected: list[str],
+) -> RoundOutcome:
+    coordinator.open_round(task, selected, strategy.begin(global_state))
+    min_fit = cfg.effective_min_fit
+    outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
+    while len(outcome.contributions) < min_fit and coordinator.finished is None:
+        late = ", ".join(outcome.missing) or "none"
+        log.warning(
+            "round %d: %d of %d hospitals reported within %.0f s (need %d; waiting on %s); waiting another %.0f s",
+            task.round,
+            len(outcome.contributions),
+            len(outcome.contributions) + len(outcome.missing),
+            cfg.round_timeout,
+            min_fit,
+            late,
+            cfg.round_timeout,
+        )
+        coordinator.add_to_round(coordinator.hospitals())
+        outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
+    outcome = coordinator.close_round()
+    if coordinator.finished is not None:
+        raise FederationAborted(coordinator.finished.reason)
+    if outcome.missing:
+        log.warning("round %d: closed without %s", task.round, ", ".join(outcome.missing))
+    return outcome
+
+
+def _describe(record: Mapping[str, Any], rounds: int) -> str:
+    line = (
+        f"round {record['round']}/{rounds}: {record['num_clients']} hospitals, {record['num_examples']} examples, "
+        f"{record['duration_s']:.2f} s"
+    )
+    if "accuracy" in record:
+        line += f", test accuracy {record['accuracy']:.4f}, loss {record['loss']:.4f}"
+    return line
+
+
+def run_federation(
+    cfg: ServerConfig,
+    coordinator: Coordinator,
+    output: RunOutput,
+    evaluator_factory: Callable[[DatasetInfo], Evaluate | None],
+) -> int:
+    """Run every round; returns the number completed. Raises FederationAborted when stopped early."""
+    info = _wait_for_hospitals(cfg, coordinator)
+    evaluate = evaluator_factory(info)
+    global_state = initial_state(cfg.model, info, cfg.seed)
+    model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
+    strategy = FedAvg()
+    rng = random.Random(cfg.seed)
+    last_eval: dict[str, Any] = {}
+    for round_number in range(1, cfg.rounds + 1):
+        started = time.monotonic()
+        selected = choose(coordinator.hospitals(), cfg.clients_per_round, rng)
+        settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.batch_size, seed=cfg.seed * 100_003 + round_number)
+        task = Task(round_number, cfg.rounds, settings, model_spec, encode(global_state))
+        outcome = _run_round(cfg, coordinator, task, strategy, global_state, selected)
+        global_state = outcome.accumulator.result()
+        record: dict[str, Any] = {
+            "round": round_number,
+            "num_clients": len(outcome.contributions),
+            "clients": [c.name for c in outcome.contributions],
+            "num_examples": sum(c.num_examples for c in outcome.contributions),
+            "duration_s": round(time.monotonic() - started, 4),
+        }
+        if evaluate is not None:
+            last_eval = evaluate(global_state)
+            record.update(last_eval)
+        record["client_metrics"] = {
+            c.name: {"num_examples": c.num_examples, **c.metrics} for c in outcome.contributions
+        }
+        record["missing"] = outcome.missing
+        output.append_history(record)
+        log.info("%s", _describe(record, cfg.rounds))
+    coordinator.finish("all rounds completed", cfg.rounds)
+    metadata = {
+        "format": "medfed-model/1",
+        "model": cfg.model,
+        "in_channels": info.channels,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "image_size": list(info.image_size),
+        "dataset": info.dataset,
+        "task": info.task,
+        "normalization": NORMALIZATION,
+        "round": cfg.rounds,
+        "strategy": strategy.name,
+        "metrics": {k: v for k, v in last_eval.items() if k != "confusion_matrix"},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "medfed_version": __version__,
+    }
+    path = output.save_model(global_state, metadata)
+    log.info("final model written to %s", path)
+    return cfg.rounds

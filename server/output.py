@@ -1,0 +1,54 @@
+"""What a run leaves in ``--out``: history.jsonl (one JSON object per round), the final model
+(model.safetensors + model.json) and nothing else that a later run could silently overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfed.common.checkpoint import METADATA_FILE, MODEL_FILE, save_model
+from medfed.common.config import ConfigError
+
+HISTORY_FILE = "history.jsonl"
+RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE)
+
+
+class RunOutput:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self, *, force: bool) -> None:
+        """Refuse to mix a new run into an old one's files unless ``force`` says to replace them."""
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"--out: {self.directory} exists and is not a folder")
+        existing = [name for name in RUN_FILES if (self.directory / name).exists()]
+        if existing and not force:
+            raise ConfigError(
+                f"--out: {self.directory} already holds a run ({', '.join(existing)}); "
+                "choose another --out or pass --force to replace it"
+            )
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for name in existing:
+                (self.directory / name).unlink()
+        except OSError as exc:
+            raise ConfigError(f"--out: cannot use {self.directory}: {exc.strerror}") from None
+
+    @property
+    def history_path(self) -> Path:
+        return self.directory / HISTORY_FILE
+
+    def append_history(self, record: Mapping[str, Any]) -> None:
+        with open(self.history_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save_model(self, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+        model_path, _ = save_model(self.directory, state, metadata)
+        return model_path

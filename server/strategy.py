@@ -1,0 +1,114 @@
+"""Aggregation strategies: pure functions over (update, num_examples) pairs behind a small interface.
+
+A strategy hands out an accumulator per round; each hospital's update is folded into it as soon as it
+has arrived and been validated, so the coordinator never holds more than one update per upload in
+flight, whatever the number of hospitals. ``fedavg`` (the batch form) is that same accumulator run
+over a list, so the streaming and the batch results cannot disagree.
+
+Rule for non-float tensors (stated here, tested in tests/unit/test_strategy.py):
+- integer tensors (e.g. BatchNorm's ``num_batches_tracked``) get the same weighted mean, computed in
+  float64, then rounded half to even and cast back to their dtype. Exact for values below 2**53.
+- bool tensors are True where the hospitals holding True carry strictly more than half of the weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+class AggregationError(ValueError):
+    """An update that cannot be combined with the others (wrong tensors, no examples)."""
+
+
+class Accumulator(Protocol):
+    @property
+    def num_updates(self) -> int: ...
+
+    @property
+    def num_examples(self) -> int: ...
+
+    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None: ...
+
+    def result(self) -> StateDict: ...
+
+
+class Strategy(Protocol):
+    name: str
+
+    def begin(self, global_state: Mapping[str, torch.Tensor]) -> Accumulator:
+        """Start a round whose updates will be combined against ``global_state``."""
+        ...
+
+
+class FedAvgAccumulator:
+    """Running float64 sums of n_i * w_i; ``result`` divides by sum(n_i)."""
+
+    def __init__(self, template: Mapping[str, torch.Tensor]) -> None:
+        self._sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in template.items()}
+        self._dtypes = {k: v.dtype for k, v in template.items()}
+        self._num_updates = 0
+        self._num_examples = 0
+
+    @property
+    def num_updates(self) -> int:
+        return self._num_updates
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+        if num_examples <= 0:
+            raise AggregationError(f"an update must come from at least one example, got {num_examples}")
+        if update.keys() != self._sums.keys():
+            missing = sorted(self._sums.keys() - update.keys())[:3]
+            extra = sorted(update.keys() - self._sums.keys())[:3]
+            raise AggregationError(f"update tensors differ from the model (missing {missing}, unexpected {extra})")
+        for name, total in self._sums.items():
+            value = update[name]
+            if value.shape != total.shape:
+                raise AggregationError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(total.shape)}")
+            total.add_(value.detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
+        self._num_updates += 1
+        self._num_examples += num_examples
+
+    def result(self) -> StateDict:
+        if self._num_examples == 0:
+            raise AggregationError("no updates to aggregate")
+        out: StateDict = {}
+        for name, total in self._sums.items():
+            mean = total / self._num_examples
+            dtype = self._dtypes[name]
+            if dtype == torch.bool:
+                out[name] = mean > 0.5
+            elif dtype.is_floating_point:
+                out[name] = mean.to(dtype)
+            else:
+                out[name] = torch.round(mean).to(dtype)
+        return out
+
+
+class FedAvg:
+    """Weighted federated averaging (McMahan et al. 2017): global = sum(n_i * w_i) / sum(n_i)."""
+
+    name = "fedavg"
+
+    def begin(self, global_state: Mapping[str, torch.Tensor]) -> FedAvgAccumulator:
+        return FedAvgAccumulator(global_state)
+
+
+def fedavg(updates: Iterable[tuple[Mapping[str, torch.Tensor], int]]) -> StateDict:
+    """The batch form of FedAvg over (state_dict, num_examples) pairs."""
+    accumulator: FedAvgAccumulator | None = None
+    for update, num_examples in updates:
+        if accumulator is None:
+            accumulator = FedAvgAccumulator(update)
+        accumulator.add(update, num_examples)
+    if accumulator is None:
+        raise AggregationError("no updates to aggregate")
+    return accumulator.result()

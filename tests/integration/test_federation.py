@@ -1,0 +1,158 @@
+"""Real fed-server and fed-client processes federating over loopback on an ephemeral port."""
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from medfed.common.checkpoint import load_model
+from medfed.common.data import load_folder
+from medfed.common.models import build_model
+from medfed.common.partition_cli import partition_to_folders
+from medfed.common.training import evaluate
+from medfed.server.federation import initial_state
+from tests.helpers import Processes, start_server, synthetic_dataset
+
+HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    group = Processes(tmp_path)
+    yield group
+    group.close()
+
+
+def start_hospitals(procs: Processes, data: Path, port: int) -> None:
+    for name in HOSPITALS:
+        procs.start(
+            name,
+            "medfed.client",
+            "--data",
+            str(data / name),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--insecure",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--max-wait",
+            "30",
+        )
+
+
+def read_history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+def test_three_hospitals_federate_and_beat_chance(tmp_path: Path, procs: Processes) -> None:
+    dataset = synthetic_dataset(num_classes=4)
+    partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="exclude-classes", seed=0)
+    config = tmp_path / "server.toml"
+    config.write_text('rounds = 9\nmodel = "cnn"\nlocal-epochs = 2\nbatch-size = 16\n')
+    out = tmp_path / "run"
+
+    port = start_server(
+        procs,
+        tmp_path,
+        "--config",
+        str(config),
+        "--rounds",
+        "3",
+        "--min-clients",
+        "3",
+        "--test-data",
+        str(tmp_path / "data" / "test"),
+        "--out",
+        str(out),
+        "--round-timeout",
+        "120",
+    )
+    start_hospitals(procs, tmp_path / "data", port)
+    codes = procs.wait_all(timeout=240)
+
+    assert codes == {"server": 0, **{h: 0 for h in HOSPITALS}}, procs.log("server")
+    history = read_history(out)
+    assert [r["round"] for r in history] == [1, 2, 3]  # the flag overrode the file's rounds = 9
+    assert all(sorted(r["clients"]) == HOSPITALS and r["num_clients"] == 3 for r in history)
+    assert all(
+        r["num_examples"] == sum(len(load_folder(tmp_path / "data" / h).split("train")) for h in HOSPITALS)
+        for r in history
+    )
+    assert history[-1]["accuracy"] > 0.25 + 0.35  # four classes: chance is 0.25
+    assert all("val_accuracy" in m for m in history[-1]["client_metrics"].values())
+    state, meta = load_model(out)
+    assert meta["model"] == "cnn" and meta["class_names"] == ["c0", "c1", "c2", "c3"] and meta["round"] == 3
+    model = build_model("cnn", 1, 4)
+    model.load_state_dict(state)
+    test = load_folder(tmp_path / "data" / "test", require=("test",)).split("test")
+    assert evaluate(model, test, 4, torch.device("cpu")).accuracy == pytest.approx(history[-1]["accuracy"])
+    for name in HOSPITALS:
+        assert "federation finished" in procs.log(name)
+
+
+def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: Processes) -> None:
+    dataset = synthetic_dataset(num_classes=3, size=16, per_class=(4, 2, 2))
+    partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="iid")
+    out = tmp_path / "run"
+
+    port = start_server(
+        procs,
+        tmp_path,
+        "--model",
+        "resnet18",
+        "--local-epochs",
+        "0",
+        "--rounds",
+        "2",
+        "--min-clients",
+        "3",
+        "--out",
+        str(out),
+        "--seed",
+        "5",
+    )
+    start_hospitals(procs, tmp_path / "data", port)
+    codes = procs.wait_all(timeout=240)
+
+    assert set(codes.values()) == {0}, procs.log("server")
+    assert all(sorted(r["clients"]) == HOSPITALS for r in read_history(out))
+    # Hospitals that do not train send the global model back; FedAvg of identical models is that model,
+    # so after two round trips of 44.7 MB each way the result must equal the initial weights bit for bit.
+    final, _ = load_model(out)
+    expected = initial_state("resnet18", dataset.info, seed=5)
+    assert sum(t.numel() * t.element_size() for t in final.values()) > 44_000_000
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "medfed.common.demo", "--rounds", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    rounds = [line for line in result.stdout.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 2 and "test accuracy" in rounds[0]
+    assert (out / "run" / "model.safetensors").exists() and (out / "run" / "model.json").exists()
+
+
+@pytest.mark.parametrize("script", ["fed-server", "fed-client", "fed-partition", "fed-demo"])
+def test_console_scripts_are_installed(script: str) -> None:
+    path = shutil.which(script, path=str(Path(sys.executable).parent))
+    assert path is not None
+
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == 0 and "examples:" in result.stdout

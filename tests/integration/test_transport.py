@@ -1,0 +1,120 @@
+"""The servicer over a real in-process gRPC server: streaming beyond 4 MiB, and malformed streams."""
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from medfed.common.data import DatasetInfo
+from medfed.common.serde import encode, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.transport import channel_options
+from medfed.common.wire import ModelSpec, TrainSettings, info_to_proto
+from medfed.proto.v1 import federation_pb2 as pb
+from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.server.coordinator import Coordinator, Task
+from medfed.server.servicer import create_server
+from medfed.server.strategy import FedAvg
+
+INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
+GLOBAL = {
+    "big": torch.arange(6_000_000, dtype=torch.float32),
+    "n": torch.tensor(3),
+}  # 24 MB: 6x the 4 MiB limit
+
+
+@pytest.fixture
+def federation() -> Iterator[tuple[Coordinator, pb_grpc.FederationStub]]:
+    coordinator = Coordinator(data_info=INFO)
+    server, port = create_server(coordinator, "127.0.0.1:0", poll_timeout=5.0)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+    yield coordinator, pb_grpc.FederationStub(channel)
+    channel.close()
+    server.stop(grace=None).wait()
+
+
+def join(stub: pb_grpc.FederationStub, name: str) -> str:
+    return stub.Join(pb.JoinRequest(name=name, num_examples=10, data=info_to_proto(INFO)), timeout=10).session_id
+
+
+def open_round(coordinator: Coordinator, names: list[str]) -> None:
+    task = Task(1, 1, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL))
+    coordinator.open_round(task, names, FedAvg().begin(GLOBAL))
+
+
+def update_messages(session: str, state: dict[str, torch.Tensor]) -> Iterator[pb.UpdateMessage]:
+    encoded = encode(state)
+    yield pb.UpdateMessage(
+        header=pb.UpdateHeader(
+            session_id=session,
+            round=1,
+            num_examples=10,
+            kind=pb.UPDATE_KIND_WEIGHTS,
+            tensors=layout_to_proto(encoded.layout),
+        )
+    )
+    for chunk in encoded.chunks():
+        yield pb.UpdateMessage(chunk=chunk)
+
+
+def test_models_larger_than_the_message_limit_stream_both_ways(federation) -> None:
+    coordinator, stub = federation
+    session = join(stub, "hospital_a")
+    open_round(coordinator, ["hospital_a"])
+
+    stream = stub.GetTask(pb.TaskRequest(session_id=session), timeout=30)
+    header = next(stream).task
+    received = from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), (m.chunk for m in stream))
+    reply = stub.SubmitUpdate(update_messages(session, received), timeout=30)
+
+    assert header.round == 1 and torch.equal(received["big"], GLOBAL["big"])
+    assert "accepted" in reply.message
+    assert torch.equal(coordinator.close_round().accumulator.result()["big"], GLOBAL["big"])
+
+
+def test_malformed_update_streams_get_invalid_argument(federation) -> None:
+    coordinator, stub = federation
+    session = join(stub, "hospital_a")
+    open_round(coordinator, ["hospital_a"])
+    valid = list(update_messages(session, GLOBAL))
+
+    cases = {
+        "no header": valid[1:],
+        "two headers": [valid[0], valid[0], *valid[1:]],
+        "truncated": valid[:-1],
+        "wrong tensors": list(update_messages(session, {"other": torch.zeros(2)})),
+    }
+    for what, messages in cases.items():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitUpdate(iter(messages), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+
+    stub.SubmitUpdate(iter(valid), timeout=30)  # the round still accepts a good update afterwards
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SubmitUpdate(iter(valid), timeout=30)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_unknown_sessions_and_incompatible_hospitals_are_refused(federation) -> None:
+    _, stub = federation
+    other = info_to_proto(INFO.model_copy(update={"channels": 3}))
+
+    with pytest.raises(grpc.RpcError) as unknown:
+        next(stub.GetTask(pb.TaskRequest(session_id="nope"), timeout=10))
+    with pytest.raises(grpc.RpcError) as incompatible:
+        stub.Join(pb.JoinRequest(name="hospital_x", num_examples=5, data=other), timeout=10)
+
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert incompatible.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "channels" in incompatible.value.details()
+
+
+def test_a_second_server_cannot_share_a_port() -> None:
+    coordinator = Coordinator()
+    first, port = create_server(coordinator, "127.0.0.1:0")
+    try:
+        with pytest.raises(RuntimeError):
+            create_server(coordinator, f"127.0.0.1:{port}")
+    finally:
+        first.stop(grace=None)

@@ -1,0 +1,156 @@
+"""The round state machine, driven directly: no network, no processes."""
+
+import threading
+
+import pytest
+import torch
+
+from medfed.common.data import DatasetInfo
+from medfed.common.serde import encode, layout_of
+from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.server.coordinator import (
+    Coordinator,
+    DuplicateUpdate,
+    Finished,
+    InvalidUpdate,
+    Rejected,
+    SessionReplaced,
+    Task,
+    UnknownSession,
+    Wait,
+)
+from medfed.server.strategy import FedAvg
+
+INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
+GLOBAL = {"w": torch.zeros(3), "n": torch.tensor(0)}
+
+
+def open_round(coordinator: Coordinator, number: int, selected: list[str]) -> Task:
+    task = Task(number, 5, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL))
+    coordinator.open_round(task, selected, FedAvg().begin(GLOBAL))
+    return task
+
+
+def update(value: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((3,), value), "n": torch.tensor(2)}
+
+
+@pytest.fixture
+def coordinator() -> Coordinator:
+    return Coordinator(data_info=INFO)
+
+
+def test_a_selected_hospital_gets_the_task_and_others_wait(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    task = open_round(coordinator, 1, ["hospital_a"])
+
+    assert coordinator.next_instruction(a, timeout=0) is task
+    assert isinstance(coordinator.next_instruction(b, timeout=0), Wait)
+
+
+def test_a_waiting_hospital_is_woken_when_the_round_opens(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    got: list[object] = []
+    poller = threading.Thread(target=lambda: got.append(coordinator.next_instruction(a, timeout=30)))
+    poller.start()
+
+    task = open_round(coordinator, 1, ["hospital_a"])
+    poller.join(timeout=30)
+
+    assert got == [task]
+
+
+def test_updates_are_weighted_and_the_round_closes_when_all_reported(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 30, INFO)
+    open_round(coordinator, 1, ["hospital_a", "hospital_b"])
+
+    coordinator.submit_update(a, 1, 10, {"loss": 0.5}, update(1.0))
+    coordinator.submit_update(b, 1, 30, {}, update(3.0))
+    outcome = coordinator.wait_for_round(deadline=0)
+    closed = coordinator.close_round()
+
+    assert outcome.missing == [] and [c.name for c in closed.contributions] == ["hospital_a", "hospital_b"]
+    assert torch.allclose(closed.accumulator.result()["w"], torch.full((3,), 2.5))
+    assert closed.contributions[0].metrics == {"loss": 0.5}
+
+
+def test_stale_duplicate_and_unselected_updates_are_refused(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    open_round(coordinator, 2, ["hospital_a"])
+
+    with pytest.raises(Rejected, match="round 2 is open"):
+        coordinator.submit_update(a, 1, 10, {}, update(1.0))
+    with pytest.raises(Rejected, match="not asked"):
+        coordinator.submit_update(b, 2, 10, {}, update(1.0))
+    coordinator.submit_update(a, 2, 10, {}, update(1.0))
+    with pytest.raises(DuplicateUpdate):
+        coordinator.submit_update(a, 2, 10, {}, update(1.0))
+    coordinator.close_round()
+    with pytest.raises(Rejected, match="no round is open"):
+        coordinator.check_update(a, 2, layout_of(GLOBAL))
+
+
+def test_invalid_updates_are_refused_and_leave_the_aggregate_untouched(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a"])
+
+    with pytest.raises(InvalidUpdate, match="NaN"):
+        coordinator.submit_update(a, 1, 10, {}, update(float("nan")))
+    with pytest.raises(InvalidUpdate, match="num_examples"):
+        coordinator.submit_update(a, 1, 11, {}, update(1.0))
+    with pytest.raises(InvalidUpdate, match="finite"):
+        coordinator.submit_update(a, 1, 10, {"loss": float("inf")}, update(1.0))
+    with pytest.raises(InvalidUpdate, match="does not match"):
+        coordinator.check_update(a, 1, layout_of({"w": torch.zeros(4), "n": torch.tensor(0)}))
+    coordinator.submit_update(a, 1, 10, {}, update(1.0))
+
+    assert coordinator.close_round().accumulator.num_updates == 1
+
+
+def test_incompatible_data_cannot_join(coordinator: Coordinator) -> None:
+    other = INFO.model_copy(update={"class_names": ("a", "b", "c")})
+
+    with pytest.raises(Rejected, match="class_names"):
+        coordinator.join("hospital_x", 10, other)
+    with pytest.raises(Rejected, match="name"):
+        coordinator.join("../etc", 10, INFO)
+
+
+def test_rejoining_closes_the_old_session(coordinator: Coordinator) -> None:
+    old = coordinator.join("hospital_a", 10, INFO)
+    new = coordinator.join("hospital_a", 10, INFO)
+
+    with pytest.raises(SessionReplaced):
+        coordinator.next_instruction(old, timeout=0)
+    assert isinstance(coordinator.next_instruction(new, timeout=0), Wait)
+    with pytest.raises(UnknownSession):
+        coordinator.next_instruction("made-up", timeout=0)
+
+
+def test_a_leaving_hospital_is_not_waited_for(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a", "hospital_b"])
+    coordinator.submit_update(a, 1, 10, {}, update(1.0))
+
+    coordinator.leave(b)
+
+    assert coordinator.wait_for_round(deadline=float("inf")).missing == []
+    assert coordinator.hospitals() == ["hospital_a"]
+
+
+def test_finishing_tells_every_hospital(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+
+    coordinator.finish("done", 3)
+
+    assert coordinator.wait_until_told(timeout=0) == ["hospital_a", "hospital_b"]
+    assert coordinator.next_instruction(a, timeout=0) == Finished("done", 3)
+    assert coordinator.next_instruction(b, timeout=0) == Finished("done", 3)
+    assert coordinator.wait_until_told(timeout=0) == []
+    with pytest.raises(Rejected, match="over"):
+        coordinator.join("hospital_c", 10, INFO)

@@ -1,0 +1,111 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medfed.common.data import DataError, load_folder, save_folder
+from medfed.common.sources import load_digits, load_npz, load_source
+from tests.helpers import synthetic_dataset
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    dataset = synthetic_dataset()
+    save_folder(tmp_path / "h", "h", dataset.info, {"train": dataset.splits["train"], "val": dataset.splits["val"]})
+    return tmp_path / "h"
+
+
+def _rewrite_npz(folder: Path, **arrays: np.ndarray) -> None:
+    with np.load(folder / "data.npz") as npz:
+        content = {k: npz[k] for k in npz.files}
+    content.update(arrays)
+    np.savez(folder / "data.npz", **content)
+
+
+def test_a_valid_folder_loads_as_uint8_nchw(folder: Path) -> None:
+    data = load_folder(folder)
+
+    train = data.split("train")
+    assert train.images.dtype.is_floating_point is False and tuple(train.images.shape[1:]) == (1, 12, 12)
+    assert len(data.split("test")) == 0
+
+
+def test_missing_folder_and_manifest_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"manifest\.json is missing"):
+        load_folder(tmp_path / "empty")
+
+
+def test_malformed_manifest_is_refused(folder: Path) -> None:
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_folder(folder)
+    (folder / "manifest.json").write_text(json.dumps({"name": "h"}))
+    with pytest.raises(DataError, match="data"):
+        load_folder(folder)
+
+
+def test_labels_out_of_range_are_refused(folder: Path) -> None:
+    labels = np.full((10, 1), 9, dtype=np.int64)
+    _rewrite_npz(folder, train_labels=labels, train_images=np.zeros((10, 12, 12), np.uint8))
+
+    with pytest.raises(DataError, match=r"value 9 outside 0\.\.3"):
+        load_folder(folder)
+
+
+def test_wrong_image_shape_and_dtype_are_refused(folder: Path) -> None:
+    _rewrite_npz(folder, train_images=np.zeros((60 * 4, 10, 10), np.uint8))
+    with pytest.raises(DataError, match="10x10"):
+        load_folder(folder)
+    _rewrite_npz(folder, train_images=np.zeros((60 * 4, 12, 12), np.float32))
+    with pytest.raises(DataError, match="uint8"):
+        load_folder(folder)
+
+
+def test_a_corrupt_npz_is_refused(folder: Path) -> None:
+    (folder / "data.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
+        load_folder(folder)
+
+
+def test_pickled_arrays_are_never_loaded(folder: Path) -> None:
+    _rewrite_npz(folder, train_labels=np.array([{"evil": 1}] * 240, dtype=object))
+
+    with pytest.raises(DataError, match="allow_pickle"):
+        load_folder(folder)
+
+
+def test_digits_ship_offline_and_split_stratified() -> None:
+    digits = load_digits(seed=0)
+
+    assert digits.info.num_classes == 10 and digits.info.image_size == (8, 8)
+    assert sum(len(labels) for _, labels in digits.splits.values()) == 1797
+    assert digits.splits["train"][0].dtype == np.uint8 and digits.splits["train"][0].max() == 255
+
+
+def test_medmnist_npz_gets_medmnist_class_names(tmp_path: Path) -> None:
+    images = np.zeros((6, 28, 28), np.uint8)
+    np.savez(
+        tmp_path / "pneumoniamnist.npz",
+        train_images=images,
+        train_labels=np.array([[0], [1]] * 3),
+        test_images=images,
+        test_labels=np.array([[1]] * 6),
+    )
+
+    dataset = load_npz(tmp_path / "pneumoniamnist.npz")
+
+    assert dataset.info.class_names == ("normal", "pneumonia") and dataset.info.task == "binary-class"
+
+
+def test_medmnist_name_with_data_root_never_downloads(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found in --data-root"):
+        load_source("pneumoniamnist", data_root=tmp_path)
+    with pytest.raises(DataError, match="unknown source"):
+        load_source("no-such-dataset")
+    with pytest.raises(DataError, match="3D"):
+        load_source("organmnist3d", data_root=tmp_path)
