@@ -171,7 +171,7 @@ def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout
         shape = tuple(int(d) for d in t.shape)
         if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
             raise WireFormatError(f"tensor {t.name!r} has invalid shape {shape}")
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if t.nbytes != math.prod(shape) * itemsize:
             raise WireFormatError(f"tensor {t.name!r}: {t.nbytes} bytes do not match shape {shape} of {dtype}")
         if t.offset < 0 or t.offset % itemsize or t.offset + t.nbytes > total:

@@ -17,9 +17,24 @@ from medfed.common.data import Split
 NORMALIZATION = {"mean": 0.5, "std": 0.5}
 
 
+class DeviceError(ValueError):
+    pass
+
+
 def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must exist here."""
     if requested != "auto":
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise DeviceError(f"--device: unknown device {requested!r}") from None
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            raise DeviceError(f"--device {requested}: no such CUDA device on this machine")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise DeviceError(f"--device {requested}: MPS is not available on this machine")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

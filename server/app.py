@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import torch
+
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data import DatasetInfo, HospitalData, load_folder
@@ -115,10 +117,10 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
-def _evaluator_factory(cfg: ServerConfig, test: HospitalData | None) -> Evaluate | None:
+def _evaluator_factory(cfg: ServerConfig, test: HospitalData | None, device: torch.device) -> Evaluate | None:
     if test is None:
         return None
-    return Evaluator(test.split("test"), test.info, cfg.model, pick_device(cfg.device))
+    return Evaluator(test.split("test"), test.info, cfg.model, device)
 
 
 def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> None:
@@ -147,6 +149,7 @@ def _run(argv: Sequence[str] | None) -> int:
             EXIT_USAGE,
         )
     test = load_folder(cfg.test_data, require=("test",)) if cfg.test_data else None
+    device = pick_device(cfg.device)
     check_bindable(cfg.address)
     output = RunOutput(cfg.out)
     output.prepare(force=cfg.force)
@@ -163,7 +166,7 @@ def _run(argv: Sequence[str] | None) -> int:
     received: list[int] = []
     _install_signal_handlers(coordinator, received)
     try:
-        run_federation(cfg, coordinator, output, lambda _info: _evaluator_factory(cfg, test))
+        run_federation(cfg, coordinator, output, lambda _info: _evaluator_factory(cfg, test, device))
         untold = coordinator.wait_until_told(cfg.finish_grace)
         if untold:
             log.warning("did not hear from %s after the last round", ", ".join(untold))

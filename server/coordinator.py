@@ -151,7 +151,9 @@ class Coordinator:
             self._hospitals[name] = Hospital(name, session_id, num_examples, info, self._clock())
             self._sessions[session_id] = name
             self._cond.notify_all()
-        log.info("%s joined with %d training examples (%d hospitals)", name, num_examples, len(self.hospitals()))
+        log.info(
+            "%s joined with %d training examples (%d in the federation)", name, num_examples, len(self.hospitals())
+        )
         return session_id
 
     def _hospital(self, session_id: str) -> Hospital:
@@ -203,7 +205,9 @@ class Coordinator:
             if layout.signature() != expected.signature():
                 raise InvalidUpdate(f"update from {hospital.name} does not match the model's tensors")
             if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
-                raise InvalidUpdate(f"update from {hospital.name} declares {layout.total_bytes} bytes of padding")
+                raise InvalidUpdate(
+                    f"update from {hospital.name} declares {layout.total_bytes} bytes, more than the model needs"
+                )
             return hospital.name
 
     def _check_round(self, name: str, round_number: int) -> _OpenRound:

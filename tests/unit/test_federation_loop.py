@@ -1,0 +1,126 @@
+"""The round loop (server/federation.py) with hospitals simulated as threads: no network, no processes."""
+
+import json
+import logging
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from medfed.common.data import DatasetInfo
+from medfed.common.serde import from_chunks
+from medfed.server.config import ServerConfig
+from medfed.server.coordinator import Coordinator, Finished, Task
+from medfed.server.federation import choose, run_federation
+from medfed.server.output import RunOutput
+
+INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
+
+
+def hospital(coordinator: Coordinator, name: str) -> threading.Thread:
+    """Joins, then answers every task by sending the received model back (like --local-epochs 0)."""
+    session = coordinator.join(name, 10, INFO)
+
+    def loop() -> None:
+        while True:
+            instruction = coordinator.next_instruction(session, timeout=5)
+            if isinstance(instruction, Finished):
+                return
+            if isinstance(instruction, Task):
+                state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                coordinator.submit_update(session, instruction.round, 10, {"loss": 0.1}, state)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def config(tmp_path: Path, **overrides: object) -> ServerConfig:
+    values = {"rounds": 3, "min_clients": 3, "local_epochs": 0, "out": tmp_path, "insecure": True, **overrides}
+    return ServerConfig.model_validate(values)
+
+
+def history(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+
+
+def run(cfg: ServerConfig, coordinator: Coordinator) -> None:
+    output = RunOutput(cfg.out)
+    output.prepare(force=False)
+    run_federation(cfg, coordinator, output, lambda _info: None)
+
+
+def test_every_round_samples_clients_per_round_hospitals_reproducibly(tmp_path: Path) -> None:
+    selections = []
+    for attempt in range(2):
+        out = tmp_path / str(attempt)
+        coordinator = Coordinator(data_info=INFO)
+        threads = [hospital(coordinator, f"hospital_{c}") for c in "abc"]
+
+        run(config(out, clients_per_round=2, seed=4), coordinator)
+
+        for t in threads:
+            t.join(timeout=10)
+        selections.append([r["clients"] for r in history(out)])
+        assert (out / "model.safetensors").exists() and (out / "model.json").exists()
+    assert selections[0] == selections[1]
+    assert all(len(clients) == 2 for clients in selections[0])
+
+
+def test_choose_takes_everyone_by_default_and_a_sorted_sample_otherwise() -> None:
+    names = ["a", "b", "c", "d"]
+
+    assert choose(names, None, random.Random(0)) == names
+    sample = choose(names, 2, random.Random(0))
+    assert len(sample) == 2 and sample == sorted(sample) and set(sample) <= set(names)
+
+
+def test_a_silent_hospital_does_not_stall_a_round_that_has_min_fit_updates(tmp_path: Path) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    threads = [hospital(coordinator, "hospital_a"), hospital(coordinator, "hospital_b")]
+    coordinator.join("hospital_c", 10, INFO)  # joins, then never asks for work
+
+    run(config(tmp_path, rounds=2, min_fit=2, round_timeout=0.5), coordinator)
+
+    records = history(tmp_path)
+    assert [r["clients"] for r in records] == [["hospital_a", "hospital_b"]] * 2
+    assert all(r["missing"] == ["hospital_c"] for r in records)
+    for t in threads:
+        t.join(timeout=10)
+
+
+class _Signal(logging.Handler):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment, self.seen = fragment, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.fragment in record.getMessage():
+            self.seen.set()
+
+
+def test_a_round_short_of_min_fit_waits_on_and_takes_a_hospital_that_joins_late(tmp_path: Path) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    hospital(coordinator, "hospital_a")
+    coordinator.join("hospital_b", 10, INFO)  # silent
+    signal = _Signal("waiting another")
+    logging.getLogger("medfed.server").addHandler(signal)
+    driver = threading.Thread(
+        target=run, args=(config(tmp_path, rounds=1, min_clients=2, round_timeout=0.3), coordinator)
+    )
+    try:
+        driver.start()
+        assert signal.seen.wait(timeout=30), "the round was never extended"
+        hospital(coordinator, "hospital_c")
+        driver.join(timeout=30)
+    finally:
+        logging.getLogger("medfed.server").removeHandler(signal)
+
+    assert not driver.is_alive()
+    assert history(tmp_path)[0]["clients"] == ["hospital_a", "hospital_c"]
+
+
+def test_min_fit_cannot_exceed_the_hospitals_chosen(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="min-fit"):
+        config(tmp_path, min_fit=4)
