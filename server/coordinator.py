@@ -101,6 +101,7 @@ class _OpenRound:
     task: Task
     selected: set[str]
     accumulator: Accumulator
+    min_fit: int
     contributions: dict[str, Contribution] = field(default_factory=dict)
     receiving: set[str] = field(default_factory=set)
 
@@ -150,6 +151,10 @@ class Coordinator:
             session_id = secrets.token_urlsafe(18)
             self._hospitals[name] = Hospital(name, session_id, num_examples, info, self._clock())
             self._sessions[session_id] = name
+            current = self._round
+            if current is not None and name not in current.selected and len(current.selected) < current.min_fit:
+                current.selected.add(name)
+                log.info("%s joins round %d, which was short of hospitals", name, current.task.round)
             self._cond.notify_all()
         log.info(
             "%s joined with %d training examples (%d in the federation)", name, num_examples, len(self.hospitals())
@@ -213,8 +218,8 @@ class Coordinator:
     def _check_round(self, name: str, round_number: int) -> _OpenRound:
         current = self._round
         if current is None or current.task.round != round_number:
-            open_now = f"round {current.task.round} is open" if current else "no round is open"
-            raise Rejected(f"update for round {round_number} refused: {open_now}")
+            open_now = f"round {current.task.round} is" if current else "no round is open now"
+            raise Rejected(f"round {round_number} is not open: {open_now}")
         if name not in current.selected:
             raise Rejected(f"{name} was not asked to train in round {round_number}")
         if name in current.contributions or name in current.receiving:
@@ -268,8 +273,18 @@ class Coordinator:
         with self._cond:
             hospital = self._hospital(session_id)
             hospital.left = True
-            if self._round is not None and hospital.name not in self._round.contributions:
-                self._round.selected.discard(hospital.name)
+            current = self._round
+            if current is not None and hospital.name not in current.contributions:
+                current.selected.discard(hospital.name)
+                if len(current.selected) < current.min_fit:
+                    log.warning(
+                        "%s left; round %d now has %d of the %d hospitals it needs (--min-fit): "
+                        "the next hospital to join takes part in it",
+                        hospital.name,
+                        current.task.round,
+                        len(current.selected),
+                        current.min_fit,
+                    )
             self._cond.notify_all()
         log.info("%s left the federation", hospital.name)
 
@@ -296,9 +311,10 @@ class Coordinator:
                 self._cond.wait(remaining)
             return sorted(h.name for h in self._hospitals.values() if not h.left)
 
-    def open_round(self, task: Task, selected: list[str], accumulator: Accumulator) -> None:
+    def open_round(self, task: Task, selected: list[str], accumulator: Accumulator, min_fit: int = 1) -> None:
+        """Start a round for ``selected``; it needs ``min_fit`` updates to be aggregated."""
         with self._cond:
-            self._round = _OpenRound(task, set(selected), accumulator)
+            self._round = _OpenRound(task, set(selected), accumulator, min_fit)
             self._cond.notify_all()
 
     def add_to_round(self, names: list[str]) -> None:
@@ -308,15 +324,17 @@ class Coordinator:
                 self._cond.notify_all()
 
     def wait_for_round(self, deadline: float) -> RoundOutcome:
-        """Wait until every selected hospital has reported, the deadline passed or the federation ended."""
+        """Wait until every selected hospital has reported and there are at least min_fit updates, the
+        deadline passed, or the federation ended. A round short of min_fit keeps waiting for newcomers."""
         with self._cond:
             current = self._round
             if current is None:
                 raise RuntimeError("no round is open")
             while self._finished is None:
                 waiting = current.selected - current.contributions.keys()
+                complete = not waiting and len(current.contributions) >= current.min_fit
                 remaining = deadline - self._clock()
-                if not waiting or remaining <= 0:
+                if complete or remaining <= 0:
                     break
                 self._cond.wait(remaining)
             return self._outcome(current)

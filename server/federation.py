@@ -74,8 +74,8 @@ def _run_round(
     global_state: dict[str, torch.Tensor],
     selected: list[str],
 ) -> RoundOutcome:
-    coordinator.open_round(task, selected, strategy.begin(global_state))
     min_fit = cfg.effective_min_fit
+    coordinator.open_round(task, selected, strategy.begin(global_state), min_fit)
     outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     while len(outcome.contributions) < min_fit and coordinator.finished is None:
         late = ", ".join(outcome.missing) or "none"

@@ -81,7 +81,7 @@ def test_stale_duplicate_and_unselected_updates_are_refused(coordinator: Coordin
     b = coordinator.join("hospital_b", 10, INFO)
     open_round(coordinator, 2, ["hospital_a"])
 
-    with pytest.raises(Rejected, match="round 2 is open"):
+    with pytest.raises(Rejected, match="round 1 is not open: round 2 is"):
         coordinator.submit_update(a, 1, 10, {}, update(1.0))
     with pytest.raises(Rejected, match="not asked"):
         coordinator.submit_update(b, 2, 10, {}, update(1.0))
@@ -89,7 +89,7 @@ def test_stale_duplicate_and_unselected_updates_are_refused(coordinator: Coordin
     with pytest.raises(DuplicateUpdate):
         coordinator.submit_update(a, 2, 10, {}, update(1.0))
     coordinator.close_round()
-    with pytest.raises(Rejected, match="no round is open"):
+    with pytest.raises(Rejected, match="round 2 is not open: no round is open"):
         coordinator.check_update(a, 2, layout_of(GLOBAL))
 
 
@@ -154,3 +154,27 @@ def test_finishing_tells_every_hospital(coordinator: Coordinator) -> None:
     assert coordinator.wait_until_told(timeout=0) == []
     with pytest.raises(Rejected, match="over"):
         coordinator.join("hospital_c", 10, INFO)
+
+
+def test_a_round_left_short_of_min_fit_takes_the_next_hospital_to_join(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    task = Task(1, 5, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL))
+    coordinator.open_round(task, ["hospital_a", "hospital_b"], FedAvg().begin(GLOBAL), min_fit=2)
+
+    coordinator.leave(b)
+    c = coordinator.join("hospital_c", 10, INFO)
+
+    assert coordinator.next_instruction(c, timeout=0) is task
+    coordinator.submit_update(a, 1, 10, {}, update(1.0))
+    coordinator.submit_update(c, 1, 10, {}, update(3.0))
+    assert [x.name for x in coordinator.wait_for_round(deadline=0).contributions] == ["hospital_a", "hospital_c"]
+
+
+def test_a_full_round_does_not_take_latecomers(coordinator: Coordinator) -> None:
+    coordinator.join("hospital_a", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a"])
+
+    late = coordinator.join("hospital_b", 10, INFO)
+
+    assert isinstance(coordinator.next_instruction(late, timeout=0), Wait)

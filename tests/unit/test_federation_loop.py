@@ -12,7 +12,7 @@ from medfed.common.data import DatasetInfo
 from medfed.common.serde import from_chunks
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, Finished, Task
-from medfed.server.federation import choose, run_federation
+from medfed.server.federation import FederationAborted, choose, run_federation
 from medfed.server.output import RunOutput
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
@@ -124,3 +124,49 @@ def test_a_round_short_of_min_fit_waits_on_and_takes_a_hospital_that_joins_late(
 def test_min_fit_cannot_exceed_the_hospitals_chosen(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min-fit"):
         config(tmp_path, min_fit=4)
+
+
+class _Counter(logging.Handler):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment, self.count, self.first = fragment, 0, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.fragment in record.getMessage():
+            self.count += 1
+            self.first.set()
+
+
+def test_a_round_left_short_of_min_fit_waits_out_its_timeout_instead_of_spinning(tmp_path: Path) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    extensions = _Counter("waiting another")
+    logging.getLogger("medfed.server").addHandler(extensions)
+    cfg = config(tmp_path, rounds=1, min_clients=2, round_timeout=1.0)
+    outcome: list[BaseException | None] = []
+
+    def drive() -> None:
+        try:
+            run(cfg, coordinator)
+            outcome.append(None)
+        except FederationAborted as exc:
+            outcome.append(exc)
+
+    driver = threading.Thread(target=drive)
+    try:
+        driver.start()
+        task = coordinator.next_instruction(a, timeout=30)
+        assert isinstance(task, Task)
+        coordinator.submit_update(a, 1, 10, {}, from_chunks(task.payload.layout, task.payload.chunks()))
+        assert coordinator.next_instruction(b, timeout=30) is task  # b takes the task ...
+        coordinator.leave(b)  # ... and leaves: everyone left in the round has reported, one short of min-fit
+        assert extensions.first.wait(timeout=30)
+        coordinator.finish("test over", 0)
+        driver.join(timeout=30)
+    finally:
+        logging.getLogger("medfed.server").removeHandler(extensions)
+
+    assert not driver.is_alive() and isinstance(outcome[0], FederationAborted)
+    assert extensions.count <= 3  # about one per --round-timeout, not a busy loop
+    assert not (tmp_path / "history.jsonl").exists()  # a round short of min-fit is never aggregated
