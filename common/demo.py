@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +24,7 @@ from medfed.common.cli import CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default
 from medfed.common.partition import SCHEMES
 from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.processes import ProcessError, ProcessGroup
 from medfed.common.sources import MEDMNIST_SIZES, load_source
 
 EXAMPLES = """
@@ -85,57 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Processes:
-    """The server and hospital processes; all of them are stopped on the way out, whatever happens."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-        self._files: list[IO[bytes]] = []
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log_file = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 -- open as long as the process runs
-        self._files.append(log_file)
-        proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT)
-        self.running[name] = proc
-        return proc
-
-    def failed(self) -> tuple[str, int] | None:
-        for name, proc in self.running.items():
-            code = proc.poll()
-            if code not in (None, 0):
-                return name, code
-        return None
-
-    def tail(self, name: str, lines: int = 5) -> str:
-        text = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
-        return "\n".join("    " + line for line in text[-lines:])
-
-    def stop_all(self) -> None:
-        for proc in self.running.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.running.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in self._files:
-            f.close()
-
-
-def _wait_for_port(procs: _Processes, port_file: Path) -> int:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if port_file.exists():
-            return int(port_file.read_text())
-        if procs.running["server"].poll() is not None:
-            raise CliError(f"fed-server exited at start-up:\n{procs.tail('server')}")
-        time.sleep(0.05)
-    raise CliError(f"fed-server did not start listening within {STARTUP_TIMEOUT_S:.0f} s")
-
-
 def _print_round(record: dict[str, Any], rounds: int) -> None:
     print(
         f"round {record['round']:>3}/{rounds}  test accuracy {record.get('accuracy', float('nan')):.4f}  "
@@ -145,14 +94,14 @@ def _print_round(record: dict[str, Any], rounds: int) -> None:
     )
 
 
-def _follow(procs: _Processes, history: Path, rounds: int) -> dict[str, Any]:
+def _follow(procs: ProcessGroup, history: Path, rounds: int) -> dict[str, Any]:
     """Print rounds as the coordinator records them, until it exits; stop early if anything fails."""
     seen = 0
     last: dict[str, Any] = {}
-    server = procs.running["server"]
+    server = procs.procs["server"]
     while True:
         finished = server.poll() is not None
-        lines = history.read_text().splitlines() if history.exists() else []
+        lines = history.read_text().split("\n")[:-1] if history.exists() else []  # complete lines only
         for line in lines[seen:]:
             last = json.loads(line)
             _print_round(last, rounds)
@@ -207,60 +156,31 @@ def _run(argv: Sequence[str] | None) -> int:
     hospitals = [name for name in manifests if name != TEST_FOLDER]
     threads = max(1, (os.cpu_count() or 1) // len(hospitals))
     port_file = out / "server.port"
-    procs = _Processes(logs)
+    server_args = [
+        "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--rounds", str(cfg.rounds),
+        "--min-clients", str(len(hospitals)), "--model", cfg.model, "--local-epochs", str(cfg.local_epochs),
+        "--seed", str(cfg.seed), "--test-data", str(data_dir / TEST_FOLDER), "--out", str(run_dir),
+        "--finish-grace", "30",
+    ]  # fmt: skip
+    procs = ProcessGroup(logs)
     try:
-        procs.start(
-            "server",
-            [
-                "medfed.server",
-                "--insecure",
-                "--address",
-                "127.0.0.1:0",
-                "--port-file",
-                str(port_file),
-                "--rounds",
-                str(cfg.rounds),
-                "--min-clients",
-                str(len(hospitals)),
-                "--model",
-                cfg.model,
-                "--local-epochs",
-                str(cfg.local_epochs),
-                "--seed",
-                str(cfg.seed),
-                "--test-data",
-                str(data_dir / TEST_FOLDER),
-                "--out",
-                str(run_dir),
-                "--finish-grace",
-                "30",
-            ],
-        )
-        port = _wait_for_port(procs, port_file)
+        procs.start("server", "medfed.server", *server_args)
+        port = procs.wait_for_port("server", port_file, STARTUP_TIMEOUT_S)
         print(f"coordinator listening on 127.0.0.1:{port}; starting {len(hospitals)} hospitals", flush=True)
         for name in hospitals:
             procs.start(
-                name,
-                [
-                    "medfed.client",
-                    "--data",
-                    str(data_dir / name),
-                    "--server",
-                    f"127.0.0.1:{port}",
-                    "--insecure",
-                    "--no-progress",
-                    "--threads",
-                    str(threads),
-                    "--max-wait",
-                    "60",
-                ],
-            )
+                name, "medfed.client", "--data", str(data_dir / name), "--server", f"127.0.0.1:{port}", "--insecure",
+                "--no-progress", "--threads", str(threads), "--max-wait", "60",
+            )  # fmt: skip
         last = _follow(procs, run_dir / "history.jsonl", cfg.rounds)
-        for name, proc in procs.running.items():
-            if proc.wait(timeout=60) != 0:
-                raise CliError(f"{name} exited with status {proc.returncode}; its log ends:\n{procs.tail(name)}")
+        codes = procs.wait_all(timeout=60)
+    except ProcessError as exc:
+        raise CliError(str(exc)) from None
     finally:
         procs.stop_all()
+    failed = next((name for name, code in codes.items() if code != 0), None)
+    if failed is not None:
+        raise CliError(f"{failed} exited with status {codes[failed]}; its log ends:\n{procs.tail(failed)}")
     if "per_class_accuracy" in last:
         _print_summary(last["per_class_accuracy"], {n: m.counts.get("train", []) for n, m in manifests.items()})
     print(f"done: model in {run_dir / 'model.safetensors'}, history in {run_dir / 'history.jsonl'}, logs in {logs}")

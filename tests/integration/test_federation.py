@@ -14,21 +14,22 @@ from medfed.common.checkpoint import load_model
 from medfed.common.data import load_folder
 from medfed.common.models import build_model
 from medfed.common.partition_cli import partition_to_folders
+from medfed.common.processes import ProcessGroup
 from medfed.common.training import evaluate
 from medfed.server.federation import initial_state
-from tests.helpers import Processes, start_server, synthetic_dataset
+from tests.helpers import start_server, synthetic_dataset
 
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    group = Processes(tmp_path)
+def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
+    group = ProcessGroup(tmp_path / "logs")
     yield group
-    group.close()
+    group.stop_all()
 
 
-def start_hospitals(procs: Processes, data: Path, port: int) -> None:
+def start_hospitals(procs: ProcessGroup, data: Path, port: int) -> None:
     for name in HOSPITALS:
         procs.start(
             name,
@@ -50,7 +51,7 @@ def read_history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
 
-def test_three_hospitals_federate_and_beat_chance(tmp_path: Path, procs: Processes) -> None:
+def test_three_hospitals_federate_and_beat_chance(tmp_path: Path, procs: ProcessGroup) -> None:
     dataset = synthetic_dataset(num_classes=4)
     partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="exclude-classes", seed=0)
     config = tmp_path / "server.toml"
@@ -96,7 +97,7 @@ def test_three_hospitals_federate_and_beat_chance(tmp_path: Path, procs: Process
         assert "federation finished" in procs.log(name)
 
 
-def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: Processes) -> None:
+def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: ProcessGroup) -> None:
     dataset = synthetic_dataset(num_classes=3, size=16, per_class=(4, 2, 2))
     partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="iid")
     out = tmp_path / "run"
