@@ -100,7 +100,7 @@ def _run(argv: Sequence[str] | None) -> int:
         node = HospitalNode(
             pb_grpc.FederationStub(channel),
             data,
-            Trainer(data, device, progress=cfg.progress),
+            Trainer(data, device, name=name, progress=cfg.progress),
             name=name,
             server=cfg.server,
             max_wait=cfg.max_wait,

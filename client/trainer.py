@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,8 +31,9 @@ class LocalResult:
 
 
 class Trainer:
-    def __init__(self, data: HospitalData, device: torch.device, *, progress: bool = True) -> None:
+    def __init__(self, data: HospitalData, device: torch.device, *, name: str, progress: bool = True) -> None:
         self._data = data
+        self._seed_offset = zlib.crc32(name.encode())  # hospitals draw different, reproducible random streams
         self._device = device
         self._progress = progress
         self._model: nn.Module | None = None
@@ -68,7 +70,7 @@ class Trainer:
             lr=settings.lr,
             batch_size=settings.batch_size,
             device=self._device,
-            seed=settings.seed,
+            seed=(settings.seed + self._seed_offset) % 2**63,
             progress=self._progress,
             desc=f"round {round_number}",
         )

@@ -76,7 +76,10 @@ def train_local(
     progress: bool = True,
     desc: str = "training",
 ) -> TrainResult:
-    """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round)."""
+    """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round).
+
+    ``seed`` fixes both the batch order and the global RNG (dropout), so a run is reproducible."""
+    torch.manual_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()

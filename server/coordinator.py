@@ -83,8 +83,6 @@ class Hospital:
     name: str
     session_id: str
     num_examples: int
-    info: DatasetInfo
-    last_seen: float
     told_finished: bool = False
     left: bool = False
 
@@ -145,11 +143,13 @@ class Coordinator:
                 if reason:
                     raise Rejected(f"{name} cannot join: its {reason}")
             old = self._hospitals.get(name)
-            if old is not None and not old.left:
+            if old is not None:
+                del self._sessions[old.session_id]
                 self._replaced.add(old.session_id)
-                log.warning("%s joined again; its previous session is closed", name)
+                if not old.left:
+                    log.warning("%s joined again; its previous session is closed", name)
             session_id = secrets.token_urlsafe(18)
-            self._hospitals[name] = Hospital(name, session_id, num_examples, info, self._clock())
+            self._hospitals[name] = Hospital(name, session_id, num_examples)
             self._sessions[session_id] = name
             current = self._round
             if current is not None and name not in current.selected and len(current.selected) < current.min_fit:
@@ -168,9 +168,7 @@ class Coordinator:
         name = self._sessions.get(session_id)
         if name is None:
             raise UnknownSession("unknown session: join first")
-        hospital = self._hospitals[name]
-        hospital.last_seen = self._clock()
-        return hospital
+        return self._hospitals[name]
 
     def next_instruction(
         self, session_id: str, timeout: float, is_active: Callable[[], bool] = lambda: True

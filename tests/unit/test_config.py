@@ -23,7 +23,7 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
         ({"round_timeout": -1}, "--round-timeout"),
         ({"model": "vgg"}, "--model"),
         ({"address": "nohost"}, "--address"),
-        ({"address": "127.0.0.1:70000"}, "outside 0..65535"),
+        ({"address": "[::1]:65536"}, "port 65536 is outside 0..65535"),
         ({"clients_per_round": 5, "min_clients": 3}, "cannot exceed --min-clients"),
         ({"bogus": 1}, "--bogus: unknown setting"),
     ],

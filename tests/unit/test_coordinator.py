@@ -178,3 +178,15 @@ def test_a_full_round_does_not_take_latecomers(coordinator: Coordinator) -> None
     late = coordinator.join("hospital_b", 10, INFO)
 
     assert isinstance(coordinator.next_instruction(late, timeout=0), Wait)
+
+
+def test_a_session_ends_when_its_hospital_leaves_and_joins_again(coordinator: Coordinator) -> None:
+    old = coordinator.join("hospital_a", 10, INFO)
+    coordinator.leave(old)
+
+    new = coordinator.join("hospital_a", 10, INFO)
+
+    with pytest.raises(SessionReplaced):
+        coordinator.leave(old)
+    assert coordinator.hospitals() == ["hospital_a"]
+    assert isinstance(coordinator.next_instruction(new, timeout=0), Wait)

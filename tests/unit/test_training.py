@@ -1,0 +1,59 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from medfed.common.data import Split
+from medfed.common.models import UnknownModelError, build_model
+from medfed.common.training import DeviceError, evaluate, pick_device, train_local
+
+
+def split(n: int = 64, seed: int = 0) -> Split:
+    gen = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, 1, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(n) % 3)
+
+
+def test_training_is_reproducible_from_its_seed_dropout_included() -> None:
+    torch.manual_seed(0)
+    first = build_model("cnn", 1, 3)
+    second = copy.deepcopy(first)
+    data = split()
+
+    for model in (first, second):
+        train_local(model, data, epochs=2, lr=1e-2, batch_size=16, device=torch.device("cpu"), seed=11, progress=False)
+
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
+
+
+def test_evaluate_counts_per_class_and_confusion() -> None:
+    class Constant(nn.Module):  # always predicts class 1
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([0.0, 1.0, 0.0]).repeat(len(x), 1)
+
+    data = Split(torch.zeros((4, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 1, 0]))
+
+    result = evaluate(Constant(), data, num_classes=3, device=torch.device("cpu"))
+
+    assert result.accuracy == 0.5
+    assert result.per_class_accuracy == [0.0, 1.0, None]
+    assert result.confusion == [[0, 2, 0], [0, 2, 0], [0, 0, 0]]
+
+
+def test_models_take_the_manifests_channels_and_classes() -> None:
+    out = build_model("resnet18", 3, 7)(torch.zeros(2, 3, 28, 28))
+
+    assert out.shape == (2, 7)
+    with pytest.raises(UnknownModelError, match="choose one of cnn, resnet18"):
+        build_model("vgg", 1, 2)
+
+
+def test_unavailable_devices_are_refused_by_name() -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no such CUDA device"):
+            pick_device("cuda:0")
+    with pytest.raises(DeviceError, match="unknown device"):
+        pick_device("quantum")
