@@ -37,10 +37,12 @@ T = TypeVar("T")
 JOIN_DEADLINE_S = 30.0
 TRANSFER_DEADLINE_S = 900.0
 MAX_MODEL_BYTES = 16 << 30
+# Transport trouble, or a coordinator going down mid-call (CANCELLED): worth retrying until max_wait.
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
 }
 
 

@@ -137,14 +137,16 @@ def load_medmnist(flag: str, size: int = 28, data_root: Path | None = None) -> S
 def _download_medmnist(flag: str, size: int, root: Path) -> None:
     import medmnist
 
+    info = _medmnist_info()[flag]
+    suffix = "" if size == 28 else f"_{size}"
     root.mkdir(parents=True, exist_ok=True)
-    dataset_class = getattr(medmnist, str(_medmnist_info()[flag]["python_class"]))
+    dataset_class = getattr(medmnist, str(info["python_class"]))
     try:
         dataset_class(split="train", root=str(root), download=True, size=size)
-    except Exception as exc:  # medmnist surfaces network failures as many exception types
+    except Exception:  # medmnist surfaces network failures as many exception types, with multi-line text
         raise DataError(
-            f"could not download {medmnist_file(flag, size)} ({type(exc).__name__}: {exc}); on an offline machine, "
-            f"copy the file from elsewhere and pass --data-root DIR"
+            f"could not download {medmnist_file(flag, size)} from {info.get('url' + suffix)} into {root}; "
+            f"on an offline machine, fetch it elsewhere (MD5 {info.get('MD5' + suffix)}) and pass --data-root DIR"
         ) from None
 
 

@@ -109,3 +109,23 @@ def test_medmnist_name_with_data_root_never_downloads(tmp_path: Path) -> None:
         load_source("no-such-dataset")
     with pytest.raises(DataError, match="3D"):
         load_source("organmnist3d", data_root=tmp_path)
+
+
+def test_a_failed_download_is_reported_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medmnist
+
+    from medfed.common import sources
+
+    class Offline:
+        def __init__(self, **kwargs: object) -> None:
+            raise RuntimeError("Automatic download failed!\n    1. Check your network connection")
+
+    monkeypatch.setattr(medmnist, "PneumoniaMNIST", Offline)
+    monkeypatch.setattr(sources, "DEFAULT_MEDMNIST_ROOT", tmp_path)
+
+    with pytest.raises(DataError) as err:
+        load_source("pneumoniamnist")
+
+    message = str(err.value)
+    assert "\n" not in message
+    assert "zenodo.org" in message and "--data-root" in message and "28209eda62fecd6e6a2d98b1501bb15f" in message
