@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -129,8 +131,13 @@ def _print_summary(per_class: dict[str, float | None], train_counts: dict[str, l
             )
 
 
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that stops the child processes
+
+
 def _run(argv: Sequence[str] | None) -> int:
     cfg = build_config(DemoConfig, {}, vars(build_parser().parse_args(argv)))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     setup_logging(cfg.verbose)
     out = cfg.out or Path(tempfile.mkdtemp(prefix="fed-demo-"))
     if out.exists() and any(out.iterdir()):

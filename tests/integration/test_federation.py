@@ -1,7 +1,9 @@
 """Real fed-server and fed-client processes federating over loopback on an ephemeral port."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -135,16 +137,19 @@ def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, pro
 def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
 
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, "-m", "medfed.common.demo", "--rounds", "2", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = demo.communicate(timeout=300)
+    finally:
+        if demo.poll() is None:  # never leave the demo's server and hospitals behind
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
 
-    assert result.returncode == 0, result.stdout + result.stderr
-    rounds = [line for line in result.stdout.splitlines() if line.startswith("round ")]
+    assert demo.returncode == 0, stdout + stderr
+    rounds = [line for line in stdout.splitlines() if line.startswith("round ")]
     assert len(rounds) == 2 and "test accuracy" in rounds[0]
     assert (out / "run" / "model.safetensors").exists() and (out / "run" / "model.json").exists()
 
