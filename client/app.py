@@ -19,6 +19,8 @@ from medfed.client.trainer import TaskError, Trainer
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml
 from medfed.common.data import load_folder
+from medfed.common.pki import check_pair, common_name
+from medfed.common.tls import channel_credentials
 from medfed.common.training import pick_device
 from medfed.common.transport import channel_options
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
@@ -27,7 +29,10 @@ log = logging.getLogger("medfed.client")
 
 EXAMPLES = """
 examples:
-  fed-client --data /hospital_a --server coordinator.example.org:8443 --insecure
+  fed-client --data /hospital_a --server coordinator.example.org:8443 \
+             --tls-cert hospital_a.crt --tls-key hospital_a.key --tls-ca ca.crt
+  fed-client --data /hospital_a --server 10.0.0.5:8443 --server-name coordinator.example.org \
+             --tls-cert hospital_a.crt --tls-key hospital_a.key --tls-ca ca.crt
   fed-client --data ./parts/hospital_b --server 127.0.0.1:8443 --insecure --threads 2 --no-progress
 """
 
@@ -53,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="this hospital's folder (made by fed-partition); required")
     p.add_argument("--server", help="coordinator HOST:PORT; required")
     p.add_argument("--name", help="hospital name (default: the name in the folder's manifest)")
+    p.add_argument(
+        "--tls-cert", type=Path, help="this hospital's certificate (fed-certs client); its name is the identity"
+    )
+    p.add_argument("--tls-key", type=Path, help="its private key")
+    p.add_argument("--tls-ca", type=Path, help="the federation's CA certificate, to verify the coordinator")
+    p.add_argument("--server-name", help="the name on the coordinator's certificate, when --server is an IP address")
     p.add_argument("--insecure", action="store_true", help="connect without TLS (plaintext)")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for training (default: PyTorch's choice)")
@@ -66,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _identity(cfg: ClientConfig) -> str | None:
+    """Under TLS the hospital is the name on its certificate, checked locally before any connection."""
+    if not cfg.tls:
+        return None
+    assert cfg.tls_cert and cfg.tls_key and cfg.tls_ca
+    name = common_name(check_pair(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, server=False))
+    if cfg.name is not None and cfg.name != name:
+        raise CliError(f"--name {cfg.name} differs from {name}, the name in {cfg.tls_cert}", EXIT_USAGE)
+    return name
+
+
+def _channel(cfg: ClientConfig) -> grpc.Channel:
+    options = channel_options()
+    if not cfg.tls:
+        return grpc.insecure_channel(cfg.server, options=options)
+    assert cfg.tls_cert and cfg.tls_key and cfg.tls_ca
+    if cfg.server_name:
+        options.append(("grpc.ssl_target_name_override", cfg.server_name))
+    return grpc.secure_channel(cfg.server, channel_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca), options=options)
+
+
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signum)
 
@@ -75,14 +107,14 @@ def _run(argv: Sequence[str] | None) -> int:
     file_values = load_toml(flags.pop("config")) if "config" in flags else {}
     cfg = build_config(ClientConfig, file_values, flags)
     setup_logging(cfg.verbose)
-    if not cfg.insecure:
+    if not cfg.tls and not cfg.insecure:
         raise CliError(
-            "refusing to connect without transport security: this version speaks plaintext only, "
-            "so pass --insecure to accept that",
+            "refusing to connect without TLS: give --tls-cert, --tls-key and --tls-ca (from fed-certs), "
+            "or --insecure to accept plaintext",
             EXIT_USAGE,
         )
     data = load_folder(cfg.data, require=("train",))
-    name = cfg.name or data.name
+    name = _identity(cfg) or cfg.name or data.name
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -96,7 +128,7 @@ def _run(argv: Sequence[str] | None) -> int:
     )
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    with grpc.insecure_channel(cfg.server, options=channel_options()) as channel:
+    with _channel(cfg) as channel:
         node = HospitalNode(
             pb_grpc.FederationStub(channel),
             data,
@@ -104,6 +136,7 @@ def _run(argv: Sequence[str] | None) -> int:
             name=name,
             server=cfg.server,
             max_wait=cfg.max_wait,
+            tls=cfg.tls,
         )
         try:
             node.run()

@@ -20,7 +20,7 @@ from medfed.client.trainer import LocalResult, Trainer
 from medfed.common import __version__
 from medfed.common.data import HospitalData
 from medfed.common.retry import Backoff
-from medfed.common.serde import WireFormatError, encode, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.serde import Chunk, WireFormatError, encode, from_chunks, layout_from_proto, layout_to_proto
 from medfed.common.wire import (
     ModelSpec,
     TrainSettings,
@@ -46,12 +46,35 @@ RETRYABLE = {
 }
 
 
+MAX_REJOINS = 3
+REFUSED_HANDSHAKES = 3
+"""TLS connections closed right after the handshake, before any call succeeded, that mean 'certificate refused'."""
+
+
 class NodeError(Exception):
     """Why this hospital has to stop."""
 
 
-class _SessionLost(Exception):
-    """The coordinator no longer knows this session (it restarted): join again."""
+def tls_failure(details: str, server: str) -> str | None:
+    """A final reason when a transport error is really an authentication failure, else None.
+
+    gRPC reports these as UNAVAILABLE, like a coordinator that is down; retrying them would only hide
+    a configuration error, so they end the node at once with what to fix."""
+    host = server.rsplit(":", 1)[0]
+    if "Hostname Verification" in details or "Peer name" in details:
+        return (
+            f"host name mismatch: the coordinator's certificate is not issued for {host}; connect with a name "
+            "it was issued for, or give that name with --server-name"
+        )
+    if "certificate has expired" in details:
+        return "the coordinator's certificate has expired; it needs a new one (fed-certs server)"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return "unknown CA: the coordinator's certificate was not issued by the CA in --tls-ca"
+    if "WRONG_VERSION_NUMBER" in details or "Tls handshake failed" in details:
+        return (
+            f"TLS handshake with {server} failed ({details.rsplit(': ', 1)[-1]}); is the coordinator running with TLS?"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -82,13 +105,17 @@ class HospitalNode:
         name: str,
         server: str,
         max_wait: float,
+        tls: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub, self._data, self._trainer = stub, data, trainer
         self._name, self._server, self._max_wait = name, server, max_wait
         self._sleep, self._clock = sleep, clock
+        self._tls = tls
         self._session: str | None = None
+        self._connected = False
+        self._rejoins = 0  # in a row, without a task in between
 
     def run(self) -> int:
         """Take part until the coordinator says the federation is over; returns the rounds trained."""
@@ -101,6 +128,7 @@ class HospitalNode:
                 return rounds
             if message is None:
                 continue
+            self._rejoins = 0
             result = self._trainer.run(message.round, message.settings, message.spec, message.state)
             self._log_round(message, result)
             self._submit(message.round, result)
@@ -120,12 +148,23 @@ class HospitalNode:
         """Retry transport failures with backoff until max_wait seconds have passed without success."""
         backoff = Backoff()
         deadline: float | None = None
+        closed = 0
         while True:
             try:
-                return call()
+                result = call()
+                self._connected = True
+                return result
             except grpc.RpcError as exc:
                 if _code(exc) not in RETRYABLE:
                     raise
+                if self._tls and (reason := tls_failure(_details(exc), self._server)):
+                    raise NodeError(reason) from None
+                closed = closed + 1 if self._tls and "Socket closed" in _details(exc) else 0
+                if closed >= REFUSED_HANDSHAKES and not self._connected:
+                    raise NodeError(
+                        "the coordinator refused this hospital's certificate (it closed every TLS connection right "
+                        "after the handshake): is it issued by the federation's CA, unexpired and not revoked?"
+                    ) from None
                 now = self._clock()
                 deadline = deadline if deadline is not None else now + self._max_wait
                 if now >= deadline:
@@ -179,8 +218,9 @@ class HospitalNode:
             return None
 
     def _handle_session_error(self, exc: grpc.RpcError) -> None:
-        if _code(exc) == grpc.StatusCode.NOT_FOUND:
+        if _code(exc) == grpc.StatusCode.UNAUTHENTICATED and self._rejoins < MAX_REJOINS:
             log.warning("the coordinator no longer knows this hospital (%s); joining again", _details(exc))
+            self._rejoins += 1
             self._join()
             return
         raise NodeError(f"the coordinator ended this hospital's session: {_details(exc)}") from None
@@ -198,8 +238,8 @@ class HospitalNode:
 
         def messages() -> Iterator[pb.UpdateMessage]:
             yield pb.UpdateMessage(header=header)
-            for chunk in encoded.chunks():
-                yield pb.UpdateMessage(chunk=chunk)
+            for offset, data in encoded.chunks():
+                yield pb.UpdateMessage(chunk=pb.Chunk(offset=offset, data=data))
 
         try:
             self._retrying(
@@ -209,9 +249,9 @@ class HospitalNode:
             code = _code(exc)
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 log.info("round %d: the coordinator already had this update", round_number)
-            elif code == grpc.StatusCode.FAILED_PRECONDITION:
+            elif code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED):
                 log.warning("round %d: update discarded by the coordinator: %s", round_number, _details(exc))
-            elif code == grpc.StatusCode.INVALID_ARGUMENT:
+            elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise NodeError(f"the coordinator refused this hospital's update: {_details(exc)}") from None
             else:
                 self._handle_session_error(exc)
@@ -235,8 +275,8 @@ class HospitalNode:
         )
 
 
-def _chunks(stream: Iterator[pb.TaskMessage]) -> Iterator[bytes]:
+def _chunks(stream: Iterator[pb.TaskMessage]) -> Iterator[Chunk]:
     for message in stream:
         if message.WhichOneof("kind") != "chunk":
             raise WireFormatError("expected only chunks after the task header")
-        yield message.chunk
+        yield message.chunk.offset, message.chunk.data

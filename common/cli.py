@@ -14,6 +14,7 @@ from medfed.common.config import ConfigError
 from medfed.common.data import DataError
 from medfed.common.models import UnknownModelError
 from medfed.common.partition import PartitionError
+from medfed.common.pki import PkiError
 from medfed.common.training import DeviceError
 
 log = logging.getLogger("medfed")
@@ -31,7 +32,14 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, DeviceError, PartitionError, UnknownModelError)
+BAD_INPUT: tuple[type[Exception], ...] = (
+    ConfigError,
+    DataError,
+    DeviceError,
+    PartitionError,
+    PkiError,
+    UnknownModelError,
+)
 
 
 def setup_logging(verbose: bool = False) -> None:

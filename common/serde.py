@@ -28,6 +28,8 @@ MAX_TENSORS = 20_000
 MAX_NDIM = 16
 
 StateDict = dict[str, torch.Tensor]
+Chunk = tuple[int, bytes]
+"""(offset, data): a piece of a model's byte stream."""
 
 _TO_WIRE: dict[torch.dtype, pb.DType.ValueType] = {
     torch.float32: pb.DTYPE_FLOAT32,
@@ -46,6 +48,10 @@ _FROM_WIRE: dict[pb.DType.ValueType, torch.dtype] = {v: k for k, v in _TO_WIRE.i
 
 class WireFormatError(ValueError):
     """A header or byte stream that does not describe a valid model."""
+
+
+class WireTooLarge(WireFormatError):
+    """More data than allowed (too many tensors, too many bytes): the sender is refused, nothing is kept."""
 
 
 def _require_little_endian() -> None:
@@ -98,10 +104,10 @@ class EncodedModel:
     layout: Layout
     buffer: bytearray
 
-    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[Chunk]:
         view = memoryview(self.buffer)
         for start in range(0, len(self.buffer), chunk_size):
-            yield bytes(view[start : start + chunk_size])
+            yield start, bytes(view[start : start + chunk_size])
 
 
 def encode(state: Mapping[str, torch.Tensor]) -> EncodedModel:
@@ -117,22 +123,27 @@ def encode(state: Mapping[str, torch.Tensor]) -> EncodedModel:
     return EncodedModel(layout, buffer)
 
 
-def to_chunks(state: Mapping[str, torch.Tensor], chunk_size: int = CHUNK_SIZE) -> tuple[Layout, Iterator[bytes]]:
+def to_chunks(state: Mapping[str, torch.Tensor], chunk_size: int = CHUNK_SIZE) -> tuple[Layout, Iterator[Chunk]]:
     encoded = encode(state)
     return encoded.layout, encoded.chunks(chunk_size)
 
 
-def from_chunks(layout: Layout, chunks: Iterable[bytes]) -> StateDict:
-    """Reassemble a state dict; the returned tensors are views into one preallocated buffer."""
+def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
+    """Reassemble a state dict; the returned tensors are views into one preallocated buffer.
+
+    Chunks must arrive in order, each starting where the previous one ended."""
     _require_little_endian()
     buffer = torch.empty(layout.total_bytes, dtype=torch.uint8)
     target = buffer.numpy()
     received = 0
-    for chunk in chunks:
-        end = received + len(chunk)
+    for offset, data in chunks:
+        if offset != received:
+            kind = "overlaps the previous one" if offset < received else "leaves a gap"
+            raise WireFormatError(f"chunk at offset {offset} {kind}: the next chunk must start at {received}")
+        end = received + len(data)
         if end > layout.total_bytes:
-            raise WireFormatError(f"more bytes than the header declared ({layout.total_bytes})")
-        target[received:end] = np.frombuffer(chunk, dtype=np.uint8)
+            raise WireTooLarge(f"stream longer than the {layout.total_bytes} bytes its header declared")
+        target[received:end] = np.frombuffer(data, dtype=np.uint8)
         received = end
     if received != layout.total_bytes:
         raise WireFormatError(f"stream ended after {received} of {layout.total_bytes} bytes")
@@ -155,10 +166,12 @@ def layout_to_proto(layout: Layout) -> pb.ModelHeader:
 def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout:
     """Validate a received header completely before a single byte of the model is accepted."""
     total = header.total_bytes
-    if total < 0 or total > max_total_bytes:
-        raise WireFormatError(f"model of {total} bytes is outside the allowed 0..{max_total_bytes}")
+    if total < 0:
+        raise WireFormatError(f"negative model size {total}")
+    if total > max_total_bytes:
+        raise WireTooLarge(f"model of {total} bytes exceeds the allowed {max_total_bytes}")
     if len(header.tensors) > MAX_TENSORS:
-        raise WireFormatError(f"{len(header.tensors)} tensors exceed the limit of {MAX_TENSORS}")
+        raise WireTooLarge(f"{len(header.tensors)} tensors exceed the limit of {MAX_TENSORS}")
     specs: list[TensorSpec] = []
     names: set[str] = set()
     for t in header.tensors:

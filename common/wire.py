@@ -6,13 +6,20 @@ network, and the servicer and the node's transport call these pairs at the edge.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from medfed.common.data import DatasetInfo
-from medfed.common.serde import WireFormatError
+from medfed.common.serde import WireFormatError, WireTooLarge
 from medfed.proto.v1 import federation_pb2 as pb
+
+MAX_TEXT = 128
+"""Longest dataset name, task, class name or version string accepted from the other side."""
+MAX_CLASSES = 1000
+MAX_METRICS = 64
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,28 @@ def info_to_proto(info: DatasetInfo) -> pb.DatasetInfo:
     )
 
 
+def check_text(what: str, value: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise WireTooLarge(f"{what} is {len(value)} characters long; the limit is {MAX_TEXT}")
+    return value
+
+
+def metrics_from_proto(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A hospital's reported metrics: at most MAX_METRICS names of at most MAX_TEXT characters, finite values."""
+    if len(metrics) > MAX_METRICS:
+        raise WireTooLarge(f"{len(metrics)} metrics exceed the limit of {MAX_METRICS}")
+    for name, value in metrics.items():
+        check_text("a metric name", name)
+        if not math.isfinite(value):
+            raise WireFormatError(f"metric {name!r} is not a finite number")
+    return dict(metrics)
+
+
 def info_from_proto(msg: pb.DatasetInfo) -> DatasetInfo:
+    if len(msg.class_names) > MAX_CLASSES:
+        raise WireTooLarge(f"{len(msg.class_names)} classes exceed the limit of {MAX_CLASSES}")
+    for text in (msg.dataset, msg.task, *msg.class_names):
+        check_text("a dataset description field", text)
     try:
         return DatasetInfo(
             dataset=msg.dataset,

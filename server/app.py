@@ -13,13 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import grpc
 import torch
 
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data import DatasetInfo, HospitalData, load_folder
 from medfed.common.models import MODEL_NAMES
+from medfed.common.pki import check_pair, load_cert
+from medfed.common.tls import server_credentials
 from medfed.common.training import pick_device
+from medfed.server.auth import PeerAuthenticator
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.evaluation import Evaluator
@@ -31,8 +35,11 @@ log = logging.getLogger("medfed.server")
 
 EXAMPLES = """
 examples:
-  fed-server --insecure --rounds 20 --min-clients 3 --model resnet18 --test-data /data/test --out runs/oct
+  fed-server --tls-cert pki/server.crt --tls-key pki/server.key --tls-ca pki/ca.crt --tls-crl pki/crl.pem \
+             --allow hospital_a,hospital_b,hospital_c --rounds 20 --min-clients 3 --model resnet18 \
+             --test-data /data/test --out runs/oct
   fed-server --config server.toml --rounds 5        (flags override the file)
+  fed-server --insecure --rounds 3 --min-clients 2  (plaintext: trusted networks and trials only)
 """
 
 
@@ -80,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help=f"folder for history.jsonl and the final model (default {d('out')})")
     p.add_argument("--force", action="store_true", help="replace a previous run's files in --out")
+    p.add_argument("--tls-cert", type=Path, help="the coordinator's certificate (fed-certs server)")
+    p.add_argument("--tls-key", type=Path, help="its private key")
+    p.add_argument("--tls-ca", type=Path, help="the federation's CA certificate: hospitals must present one it issued")
+    p.add_argument("--tls-crl", type=Path, help="revocation list (fed-certs revoke); re-read when it changes")
+    p.add_argument("--allow", help="comma-separated hospital names that may join (default: any the CA certified)")
+    p.add_argument(
+        "--max-examples", type=int, help="largest training-set size a hospital may declare (default 1000000)"
+    )
     p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")
     p.add_argument("--device", help="evaluation device: auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -123,6 +138,16 @@ def _evaluator_factory(cfg: ServerConfig, test: HospitalData | None, device: tor
     return Evaluator(test.split("test"), test.info, cfg.model, device)
 
 
+def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenticator | None]:
+    """Check the coordinator's certificate, key, CA and CRL before listening, with a reason if unusable."""
+    if not cfg.tls:
+        return None, None
+    assert cfg.tls_cert and cfg.tls_key and cfg.tls_ca
+    check_pair(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, server=True)
+    authenticator = PeerAuthenticator(load_cert(cfg.tls_ca), cfg.tls_crl)
+    return server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca), authenticator
+
+
 def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> None:
     def handle(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
@@ -142,12 +167,13 @@ def _run(argv: Sequence[str] | None) -> int:
     file_values = load_toml(flags.pop("config")) if "config" in flags else {}
     cfg = build_config(ServerConfig, file_values, flags)
     setup_logging(cfg.verbose)
-    if not cfg.insecure:
+    if not cfg.tls and not cfg.insecure:
         raise CliError(
-            "refusing to start without transport security: this version serves plaintext only, "
-            "so pass --insecure to accept that",
+            "refusing to start without TLS: give --tls-cert, --tls-key and --tls-ca (make them with fed-certs), "
+            "or --insecure to accept plaintext",
             EXIT_USAGE,
         )
+    credentials, authenticator = _tls(cfg)
     test = load_folder(cfg.test_data, require=("test",)) if cfg.test_data else None
     device = pick_device(cfg.device)
     check_bindable(cfg.address)
@@ -155,11 +181,22 @@ def _run(argv: Sequence[str] | None) -> int:
     output.prepare(force=cfg.force)
 
     info: DatasetInfo | None = test.info if test else None
-    coordinator = Coordinator(data_info=info)
-    server, port = create_server(coordinator, cfg.address, poll_timeout=cfg.poll_timeout, max_workers=cfg.max_workers)
+    allowed = frozenset(cfg.allow) if cfg.allow is not None else None
+    coordinator = Coordinator(data_info=info, allowed=allowed, max_examples=cfg.max_examples)
+    server, port = create_server(
+        coordinator, cfg.address, credentials=credentials, authenticator=authenticator,
+        poll_timeout=cfg.poll_timeout, upload_timeout=cfg.round_timeout, max_workers=cfg.max_workers,
+    )  # fmt: skip
     server.start()
     host, _ = parse_address(cfg.address)
-    log.warning("INSECURE: no TLS; model updates travel in plaintext and any process can join as any hospital")
+    if cfg.tls:
+        log.info(
+            "mutual TLS: hospitals need a certificate from %s%s",
+            cfg.tls_ca,
+            f"; allowed: {cfg.allow}" if allowed else "",
+        )
+    else:
+        log.warning("INSECURE: no TLS; model updates travel in plaintext and any process can join as any hospital")
     log.info("listening on %s:%d; results go to %s", host, port, cfg.out)
     if cfg.port_file:
         _write_port_file(cfg.port_file, port)

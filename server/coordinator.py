@@ -1,58 +1,50 @@
 """The coordinator's state: who has joined, which round is open, what each hospital should do next.
 
-No gRPC in here: the servicer translates calls into these methods and the errors below into status
-codes, and the driver (``server/federation.py``) opens and closes rounds. Everything is guarded by
-one condition variable; hospitals long-poll ``next_instruction`` and are woken when a round opens or
-the federation ends. Updates are folded into the round's accumulator as they arrive, under a separate
-lock so that a 45 MB fold never blocks joins and polls; ``close_round`` takes that lock too, so no
-fold can land in a closed round.
+No gRPC in here: the servicer translates calls into these methods and the errors of server/errors.py
+into status codes, and the driver (``server/federation.py``) opens and closes rounds. Everything is
+guarded by one condition variable; hospitals long-poll ``next_instruction`` and are woken when a round
+opens or the federation ends.
+
+An upload is checked completely from its header (session, identity, round, selection, duplicate,
+tensor table, size, sample count, metrics) and reserves its hospital's slot *before* a byte of it is
+accepted, so no hospital can have two uploads in flight or make the coordinator buffer more than one
+model for it. It is folded into the round's accumulator only after it arrived whole and holds finite
+values, under a separate lock so that a 45 MB fold never blocks joins and polls; ``close_round`` takes
+that lock too, so no fold can land in a closed round. A refused update changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import torch
 
 from medfed.common.data import DatasetInfo
-from medfed.common.serde import ALIGNMENT, EncodedModel, Layout
+from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
 from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.server.errors import (
+    DuplicateUpdate,
+    InvalidUpdate,
+    PermissionDenied,
+    Rejected,
+    SessionReplaced,
+    TooLarge,
+    Unauthenticated,
+    UnknownSession,
+)
 from medfed.server.strategy import Accumulator, AggregationError
 
 log = logging.getLogger("medfed.server")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class CoordinatorError(Exception):
-    """A refused call; the subclass says which kind, the message says why."""
-
-
-class UnknownSession(CoordinatorError):
-    pass
-
-
-class SessionReplaced(CoordinatorError):
-    pass
-
-
-class Rejected(CoordinatorError):
-    """The call is well-formed but not acceptable now (wrong round, not selected, incompatible data)."""
-
-
-class InvalidUpdate(CoordinatorError):
-    pass
-
-
-class DuplicateUpdate(CoordinatorError):
-    pass
+DEFAULT_MAX_EXAMPLES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -112,12 +104,38 @@ class RoundOutcome:
     accumulator: Accumulator
 
 
+class PendingUpdate:
+    """An upload whose header was accepted: its hospital's slot stays reserved until ``commit`` or exit."""
+
+    def __init__(self, coordinator: Coordinator, current: _OpenRound, contribution: Contribution) -> None:
+        self._coordinator, self._round, self._contribution = coordinator, current, contribution
+        self.name = contribution.name
+
+    def commit(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._coordinator._fold(self._round, self._contribution, state)
+
+    def __enter__(self) -> PendingUpdate:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._coordinator._release(self._round, self.name)
+
+
 class Coordinator:
-    def __init__(self, data_info: DatasetInfo | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        data_info: DatasetInfo | None = None,
+        *,
+        allowed: frozenset[str] | None = None,
+        max_examples: int = DEFAULT_MAX_EXAMPLES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
         self._clock = clock
         self._info = data_info
+        self._allowed = allowed
+        self._max_examples = max_examples
         self._hospitals: dict[str, Hospital] = {}
         self._sessions: dict[str, str] = {}
         self._replaced: set[str] = set()
@@ -128,20 +146,23 @@ class Coordinator:
     # ----- hospital-facing -------------------------------------------------------------------
 
     def join(self, name: str, num_examples: int, info: DatasetInfo) -> str:
+        """Admit a hospital (``name`` is its certificate's common name under TLS); returns its session."""
         if not NAME_PATTERN.match(name):
-            raise Rejected(f"hospital name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-        if num_examples < 1:
-            raise Rejected(f"{name} has no training examples")
+            raise InvalidUpdate(f"hospital name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        if self._allowed is not None and name not in self._allowed:
+            raise PermissionDenied(f"{name} is not on this federation's --allow list")
+        if not 1 <= num_examples <= self._max_examples:
+            raise InvalidUpdate(
+                f"{name} declares {num_examples} training examples; allowed are 1..{self._max_examples}"
+            )
         with self._cond:
             if self._finished is not None:
                 raise Rejected(f"the federation is over ({self._finished.reason})")
             if self._info is None:
                 self._info = info
                 log.info("%s set the federation's data: %s, classes %s", name, info.dataset, list(info.class_names))
-            else:
-                reason = self._info.mismatch(info)
-                if reason:
-                    raise Rejected(f"{name} cannot join: its {reason}")
+            elif reason := self._info.mismatch(info):
+                raise Rejected(f"{name} cannot join: its {reason}")
             old = self._hospitals.get(name)
             if old is not None:
                 del self._sessions[old.session_id]
@@ -161,23 +182,30 @@ class Coordinator:
         )
         return session_id
 
-    def _hospital(self, session_id: str) -> Hospital:
-        """Caller holds the condition."""
+    def _hospital(self, session_id: str, caller: str | None) -> Hospital:
+        """Caller holds the condition. ``caller`` is the TLS identity, None without TLS."""
         if session_id in self._replaced:
             raise SessionReplaced("this hospital joined again from another process; this session is closed")
         name = self._sessions.get(session_id)
         if name is None:
             raise UnknownSession("unknown session: join first")
+        if caller is not None and caller != name:
+            raise Unauthenticated(f"this session belongs to another hospital, not {caller}")
         return self._hospitals[name]
 
     def next_instruction(
-        self, session_id: str, timeout: float, is_active: Callable[[], bool] = lambda: True
+        self,
+        session_id: str,
+        timeout: float,
+        *,
+        caller: str | None = None,
+        is_active: Callable[[], bool] = lambda: True,
     ) -> Instruction:
         """Block until there is something for this hospital to do, or ``timeout`` seconds passed."""
         deadline = self._clock() + timeout
         with self._cond:
             while True:
-                hospital = self._hospital(session_id)
+                hospital = self._hospital(session_id, caller)
                 if self._finished is not None:
                     hospital.told_finished = True
                     self._cond.notify_all()
@@ -199,30 +227,32 @@ class Coordinator:
         with self._cond:
             self._cond.notify_all()
 
-    def check_update(self, session_id: str, round_number: int, layout: Layout) -> str:
-        """Cheap checks before the update's bytes are received; returns the hospital's name."""
+    def begin_update(
+        self,
+        session_id: str,
+        round_number: int,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        layout: Layout,
+        *,
+        caller: str | None = None,
+    ) -> PendingUpdate:
+        """Check an upload's header and reserve its slot; use the result as a context manager."""
         with self._cond:
-            hospital = self._hospital(session_id)
+            hospital = self._hospital(session_id, caller)
             current = self._check_round(hospital.name, round_number)
             expected = current.task.payload.layout
-            if layout.signature() != expected.signature():
-                raise InvalidUpdate(f"update from {hospital.name} does not match the model's tensors")
             if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
+                raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
+            if layout.signature() != expected.signature():
+                raise InvalidUpdate(f"the update's tensors differ from the model's: {_difference(layout, expected)}")
+            if not 1 <= num_examples <= hospital.num_examples:
                 raise InvalidUpdate(
-                    f"update from {hospital.name} declares {layout.total_bytes} bytes, more than the model needs"
+                    f"num_examples {num_examples} is outside 1..{hospital.num_examples} "
+                    f"(the count {hospital.name} joined with)"
                 )
-            return hospital.name
-
-    def _check_round(self, name: str, round_number: int) -> _OpenRound:
-        current = self._round
-        if current is None or current.task.round != round_number:
-            open_now = f"round {current.task.round} is" if current else "no round is open now"
-            raise Rejected(f"round {round_number} is not open: {open_now}")
-        if name not in current.selected:
-            raise Rejected(f"{name} was not asked to train in round {round_number}")
-        if name in current.contributions or name in current.receiving:
-            raise DuplicateUpdate(f"{name} already sent its update for round {round_number}")
-        return current
+            current.receiving.add(hospital.name)
+            return PendingUpdate(self, current, Contribution(hospital.name, num_examples, dict(metrics)))
 
     def submit_update(
         self,
@@ -231,45 +261,49 @@ class Coordinator:
         num_examples: int,
         metrics: Mapping[str, float],
         state: Mapping[str, torch.Tensor],
+        *,
+        caller: str | None = None,
     ) -> None:
-        with self._cond:
-            hospital = self._hospital(session_id)
-            current = self._check_round(hospital.name, round_number)
-            if not 1 <= num_examples <= hospital.num_examples:
-                raise InvalidUpdate(
-                    f"num_examples {num_examples} outside 1..{hospital.num_examples} "
-                    f"(the count {hospital.name} joined with)"
-                )
-            bad_metric = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
-            if bad_metric is not None:
-                raise InvalidUpdate(f"metric {bad_metric!r} is not a finite number")
-            current.receiving.add(hospital.name)
-        try:
-            with self._fold_lock:
-                with self._cond:
-                    if self._round is not current:
-                        raise Rejected(f"round {round_number} closed while the update was being received")
-                bad = next(
-                    (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()),
-                    None,
-                )
-                if bad is not None:
-                    raise InvalidUpdate(f"tensor {bad!r} holds NaN or infinite values")
-                try:
-                    current.accumulator.add(state, num_examples)
-                except AggregationError as exc:
-                    raise InvalidUpdate(str(exc)) from None
-                with self._cond:
-                    current.contributions[hospital.name] = Contribution(hospital.name, num_examples, dict(metrics))
-                    self._cond.notify_all()
-        finally:
+        """``begin_update`` and ``commit`` in one step, for callers that hold the whole update already."""
+        with self.begin_update(session_id, round_number, num_examples, metrics, layout_of(state), caller=caller) as up:
+            up.commit(state)
+
+    def _check_round(self, name: str, round_number: int) -> _OpenRound:
+        current = self._round
+        if current is None or current.task.round != round_number:
+            open_now = f"round {current.task.round} is" if current else "no round is open now"
+            raise Rejected(f"round {round_number} is not open: {open_now}")
+        if name not in current.selected:
+            raise PermissionDenied(f"{name} was not chosen for round {round_number}")
+        if name in current.contributions or name in current.receiving:
+            raise DuplicateUpdate(f"{name} already sent its update for round {round_number}")
+        return current
+
+    def _fold(self, current: _OpenRound, contribution: Contribution, state: Mapping[str, torch.Tensor]) -> None:
+        with self._fold_lock:
             with self._cond:
-                current.receiving.discard(hospital.name)
+                if self._round is not current:
+                    raise Rejected(f"round {current.task.round} closed while the update was being received")
+            bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            if bad is not None:
+                raise InvalidUpdate(f"tensor {bad!r} holds NaN or infinite values")
+            try:
+                current.accumulator.add(state, contribution.num_examples)
+            except AggregationError as exc:
+                raise InvalidUpdate(str(exc)) from None
+            with self._cond:
+                current.contributions[contribution.name] = contribution
+                current.receiving.discard(contribution.name)
                 self._cond.notify_all()
 
-    def leave(self, session_id: str) -> None:
+    def _release(self, current: _OpenRound, name: str) -> None:
         with self._cond:
-            hospital = self._hospital(session_id)
+            current.receiving.discard(name)
+            self._cond.notify_all()
+
+    def leave(self, session_id: str, *, caller: str | None = None) -> None:
+        with self._cond:
+            hospital = self._hospital(session_id, caller)
             hospital.left = True
             current = self._round
             if current is not None and hospital.name not in current.contributions:
@@ -278,11 +312,8 @@ class Coordinator:
                     log.warning(
                         "%s left; round %d now has %d of the %d hospitals it needs (--min-fit): "
                         "the next hospital to join takes part in it",
-                        hospital.name,
-                        current.task.round,
-                        len(current.selected),
-                        current.min_fit,
-                    )
+                        hospital.name, current.task.round, len(current.selected), current.min_fit,
+                    )  # fmt: skip
             self._cond.notify_all()
         log.info("%s left the federation", hospital.name)
 
@@ -374,3 +405,14 @@ class Coordinator:
                 if not untold or remaining <= 0:
                     return untold
                 self._cond.wait(remaining)
+
+
+def _difference(got: Layout, expected: Layout) -> str:
+    mine, theirs = got.signature(), expected.signature()
+    if missing := sorted(theirs.keys() - mine.keys()):
+        return f"missing {missing[:3]}"
+    if extra := sorted(mine.keys() - theirs.keys()):
+        return f"unexpected {extra[:3]}"
+    name = next(k for k in theirs if mine[k] != theirs[k])
+    (dtype, shape), (want_dtype, want_shape) = mine[name], theirs[name]
+    return f"{name!r} is {dtype} {list(shape)}, the model has {want_dtype} {list(want_shape)}"

@@ -69,11 +69,12 @@ class FedAvgAccumulator:
             missing = sorted(self._sums.keys() - update.keys())[:3]
             extra = sorted(update.keys() - self._sums.keys())[:3]
             raise AggregationError(f"update tensors differ from the model (missing {missing}, unexpected {extra})")
+        for name, total in self._sums.items():  # check everything before changing anything
+            if update[name].shape != total.shape:
+                shape = tuple(update[name].shape)
+                raise AggregationError(f"tensor {name!r} has shape {shape}, expected {tuple(total.shape)}")
         for name, total in self._sums.items():
-            value = update[name]
-            if value.shape != total.shape:
-                raise AggregationError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(total.shape)}")
-            total.add_(value.detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
+            total.add_(update[name].detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
         self._num_updates += 1
         self._num_examples += num_examples
 

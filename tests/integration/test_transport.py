@@ -54,8 +54,8 @@ def update_messages(session: str, state: dict[str, torch.Tensor]) -> Iterator[pb
             tensors=layout_to_proto(encoded.layout),
         )
     )
-    for chunk in encoded.chunks():
-        yield pb.UpdateMessage(chunk=chunk)
+    for offset, data in encoded.chunks():
+        yield pb.UpdateMessage(chunk=pb.Chunk(offset=offset, data=data))
 
 
 def test_models_larger_than_the_message_limit_stream_both_ways(federation) -> None:
@@ -65,7 +65,8 @@ def test_models_larger_than_the_message_limit_stream_both_ways(federation) -> No
 
     stream = stub.GetTask(pb.TaskRequest(session_id=session), timeout=30)
     header = next(stream).task
-    received = from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), (m.chunk for m in stream))
+    chunks = ((m.chunk.offset, m.chunk.data) for m in stream)
+    received = from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), chunks)
     reply = stub.SubmitUpdate(update_messages(session, received), timeout=30)
 
     assert header.round == 1 and torch.equal(received["big"], GLOBAL["big"])
@@ -105,7 +106,7 @@ def test_unknown_sessions_and_incompatible_hospitals_are_refused(federation) -> 
     with pytest.raises(grpc.RpcError) as incompatible:
         stub.Join(pb.JoinRequest(name="hospital_x", num_examples=5, data=other), timeout=10)
 
-    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert incompatible.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "channels" in incompatible.value.details()
 

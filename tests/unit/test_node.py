@@ -51,7 +51,8 @@ def task_stream(round_number: int) -> list[pb.TaskMessage]:
         round=round_number, total_rounds=2, config=settings_to_proto(TrainSettings(0, 1e-3, 4, 0)),
         model=model_spec_to_proto(ModelSpec("cnn", 1, 2)), tensors=layout_to_proto(encoded.layout),
     )  # fmt: skip
-    return [pb.TaskMessage(task=header), *(pb.TaskMessage(chunk=c) for c in encoded.chunks(chunk_size=5))]
+    chunks = (pb.TaskMessage(chunk=pb.Chunk(offset=o, data=d)) for o, d in encoded.chunks(chunk_size=5))
+    return [pb.TaskMessage(task=header), *chunks]
 
 
 class FakeStub:
@@ -132,7 +133,7 @@ def test_giving_up_after_max_wait_says_where_and_why() -> None:
 
 
 def test_a_coordinator_that_forgot_the_session_is_joined_again() -> None:
-    forgot = FakeRpcError(grpc.StatusCode.NOT_FOUND, "unknown session: join first")
+    forgot = FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "unknown session: join first")
     stub = FakeStub([joined("s1"), joined("s2")], [forgot, task_stream(1), FINISHED], [pb.SubmitReply()])
 
     node(stub, FakeTime()).run()

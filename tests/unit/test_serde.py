@@ -7,6 +7,7 @@ from medfed.common import serde
 from medfed.common.serde import (
     CHUNK_SIZE,
     WireFormatError,
+    WireTooLarge,
     from_chunks,
     layout_from_proto,
     layout_to_proto,
@@ -104,9 +105,9 @@ def test_a_300_megabyte_state_dict_streams_through_the_chunking_code() -> None:
     sizes: list[int] = []
 
     def counted():
-        for chunk in chunks:
-            sizes.append(len(chunk))
-            yield chunk
+        for offset, data in chunks:
+            sizes.append(len(data))
+            yield offset, data
 
     result = from_chunks(layout_from_proto(layout_to_proto(layout), max_total_bytes=1 << 40), counted())
 
@@ -114,17 +115,22 @@ def test_a_300_megabyte_state_dict_streams_through_the_chunking_code() -> None:
     assert len(sizes) == math.ceil(layout.total_bytes / CHUNK_SIZE)
     assert all(torch.equal(state[k], result[k]) for k in state)
     # a chunk wrapped in a message stays far below gRPC's 4 MiB default limit
-    assert pb.TaskMessage(chunk=bytes(CHUNK_SIZE)).ByteSize() < 4 * 1024 * 1024
+    assert pb.TaskMessage(chunk=pb.Chunk(offset=1 << 40, data=bytes(CHUNK_SIZE))).ByteSize() < 4 * 1024 * 1024
 
 
-def test_short_and_long_streams_are_refused() -> None:
-    layout, chunks = to_chunks({"w": torch.ones(100)})
-    data = b"".join(chunks)
+def test_short_long_reordered_overlapping_and_gapped_streams_are_refused() -> None:
+    layout, chunks = to_chunks({"w": torch.ones(100)}, chunk_size=100)
+    a, b, c, d = list(chunks)
 
-    with pytest.raises(WireFormatError, match="ended after"):
-        from_chunks(layout, [data[:-1]])
-    with pytest.raises(WireFormatError, match="more bytes"):
-        from_chunks(layout, [data, b"x"])
+    with pytest.raises(WireFormatError, match="ended after 300 of 400"):
+        from_chunks(layout, [a, b, c])
+    with pytest.raises(WireTooLarge, match="longer than the 400 bytes"):
+        from_chunks(layout, [a, b, c, d, (400, b"x")])
+    with pytest.raises(WireFormatError, match="offset 200 leaves a gap"):
+        from_chunks(layout, [a, c, b, d])
+    with pytest.raises(WireFormatError, match="offset 50 overlaps"):
+        from_chunks(layout, [a, (50, b[1])])
+    assert torch.equal(from_chunks(layout, [a, b, c, d])["w"], torch.ones(100))
 
 
 def _header(**tensor_fields: object) -> pb.ModelHeader:
@@ -159,5 +165,5 @@ def test_overlapping_and_oversized_headers_are_refused() -> None:
     )
     with pytest.raises(WireFormatError, match="overlap"):
         layout_from_proto(overlapping, max_total_bytes=1 << 20)
-    with pytest.raises(WireFormatError, match="outside the allowed"):
+    with pytest.raises(WireTooLarge, match="exceeds the allowed"):
         layout_from_proto(_header(), max_total_bytes=32)

@@ -101,3 +101,13 @@ def test_mismatched_updates_are_refused() -> None:
         accumulator.add({"w": torch.zeros(2)}, 0)
     with pytest.raises(AggregationError, match="no updates"):
         accumulator.result()
+
+
+def test_a_refused_update_leaves_the_running_sum_untouched() -> None:
+    accumulator = FedAvg().begin({"a": torch.zeros(2), "b": torch.zeros(2)})
+    accumulator.add({"a": torch.ones(2), "b": torch.ones(2)}, 1)
+
+    with pytest.raises(AggregationError):
+        accumulator.add({"a": torch.full((2,), 100.0), "b": torch.zeros(3)}, 1)  # "a" fits, "b" does not
+
+    assert torch.equal(accumulator.result()["a"], torch.ones(2)) and accumulator.num_updates == 1

@@ -112,6 +112,32 @@ class TensorSpec(_message.Message):
 Global___TensorSpec: _TypeAlias = TensorSpec  # noqa: Y015
 
 @_typing.final
+class Chunk(_message.Message):
+    """A piece of a model's byte stream. Pieces travel in order: each starts where the previous one ended,
+    so a receiver can tell a gap, an overlap, a reordering or a stream longer than announced at once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
+
+@_typing.final
 class ModelHeader(_message.Message):
     """The tensor table sent ahead of a model's bytes; total_bytes is the length of the byte stream."""
 
@@ -387,9 +413,10 @@ class TaskMessage(_message.Message):
     CHUNK_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
     @_builtins.property
     def task(self) -> Global___TaskHeader: ...
+    @_builtins.property
+    def chunk(self) -> Global___Chunk: ...
     @_builtins.property
     def wait(self) -> Global___Wait: ...
     @_builtins.property
@@ -398,7 +425,7 @@ class TaskMessage(_message.Message):
         self,
         *,
         task: Global___TaskHeader | None = ...,
-        chunk: _builtins.bytes = ...,
+        chunk: Global___Chunk | None = ...,
         wait: Global___Wait | None = ...,
         finished: Global___Finished | None = ...,
     ) -> None: ...
@@ -474,14 +501,15 @@ class UpdateMessage(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
     @_builtins.property
     def header(self) -> Global___UpdateHeader: ...
+    @_builtins.property
+    def chunk(self) -> Global___Chunk: ...
     def __init__(
         self,
         *,
         header: Global___UpdateHeader | None = ...,
-        chunk: _builtins.bytes = ...,
+        chunk: Global___Chunk | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
