@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Before gRPC loads: its C core would print TLS handshake details that this command reports itself.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import logging
 import signal

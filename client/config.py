@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medfed.common.config import check_address
+from medfed.common.wire import HOSPITAL_NAME
 
 
 class ClientConfig(BaseModel):
@@ -15,7 +16,7 @@ class ClientConfig(BaseModel):
 
     data: Path
     server: Annotated[str, AfterValidator(check_address)]
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str | None = Field(None, pattern=HOSPITAL_NAME.pattern)
     insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -159,12 +159,9 @@ class HospitalNode:
                     raise
                 if self._tls and (reason := tls_failure(_details(exc), self._server)):
                     raise NodeError(reason) from None
-                closed = closed + 1 if self._tls and "Socket closed" in _details(exc) else 0
+                closed = closed + 1 if "Socket closed" in _details(exc) else 0
                 if closed >= REFUSED_HANDSHAKES and not self._connected:
-                    raise NodeError(
-                        "the coordinator refused this hospital's certificate (it closed every TLS connection right "
-                        "after the handshake): is it issued by the federation's CA, unexpired and not revoked?"
-                    ) from None
+                    raise NodeError(self._closed_reason()) from None
                 now = self._clock()
                 deadline = deadline if deadline is not None else now + self._max_wait
                 if now >= deadline:
@@ -175,6 +172,18 @@ class HospitalNode:
                 delay = min(backoff.next_delay(), deadline - now)
                 log.warning("%s: coordinator unreachable (%s); retrying in %.1f s", what, _details(exc), delay)
                 self._sleep(delay)
+
+    def _closed_reason(self) -> str:
+        """Why a coordinator that accepts TCP connections would close every one of them at once."""
+        if self._tls:
+            return (
+                "the coordinator refused this hospital's certificate (it closed every TLS connection right after "
+                "the handshake): is it issued by the federation's CA, unexpired and not revoked?"
+            )
+        return (
+            f"{self._server} closed every plaintext connection at once: the coordinator most likely requires TLS; "
+            "give this hospital --tls-cert, --tls-key and --tls-ca"
+        )
 
     def _join(self) -> None:
         train = self._data.split("train")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medfed.common.certs_cli import init_ca, issue_client, issue_server
 from medfed.common.cli import CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default
 from medfed.common.partition import SCHEMES
@@ -131,6 +132,14 @@ def _print_summary(per_class: dict[str, float | None], train_counts: dict[str, l
             )
 
 
+def _make_pki(folder: Path, hospitals: list[str]) -> None:
+    """A throwaway federation PKI, made exactly as fed-certs makes one: the demo runs with mutual TLS."""
+    init_ca(folder, "medfed demo CA")
+    issue_server(folder, ["127.0.0.1", "localhost"])
+    for name in hospitals:
+        issue_client(folder, name)
+
+
 def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally that stops the child processes
 
@@ -163,8 +172,12 @@ def _run(argv: Sequence[str] | None) -> int:
     hospitals = [name for name in manifests if name != TEST_FOLDER]
     threads = max(1, (os.cpu_count() or 1) // len(hospitals))
     port_file = out / "server.port"
+    pki_dir = out / "pki"
+    _make_pki(pki_dir, hospitals)
     server_args = [
-        "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--rounds", str(cfg.rounds),
+        "--tls-cert", str(pki_dir / "server.crt"), "--tls-key", str(pki_dir / "server.key"),
+        "--tls-ca", str(pki_dir / "ca.crt"), "--tls-crl", str(pki_dir / "crl.pem"), "--allow", ",".join(hospitals),
+        "--address", "127.0.0.1:0", "--port-file", str(port_file), "--rounds", str(cfg.rounds),
         "--min-clients", str(len(hospitals)), "--model", cfg.model, "--local-epochs", str(cfg.local_epochs),
         "--seed", str(cfg.seed), "--test-data", str(data_dir / TEST_FOLDER), "--out", str(run_dir),
         "--finish-grace", "30",
@@ -173,11 +186,16 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         procs.start("server", "medfed.server", *server_args)
         port = procs.wait_for_port("server", port_file, STARTUP_TIMEOUT_S)
-        print(f"coordinator listening on 127.0.0.1:{port}; starting {len(hospitals)} hospitals", flush=True)
+        print(
+            f"coordinator listening on 127.0.0.1:{port} with mutual TLS (certificates in {pki_dir}); "
+            f"starting {len(hospitals)} hospitals",
+            flush=True,
+        )
         for name in hospitals:
             procs.start(
-                name, "medfed.client", "--data", str(data_dir / name), "--server", f"127.0.0.1:{port}", "--insecure",
-                "--no-progress", "--threads", str(threads), "--max-wait", "60",
+                name, "medfed.client", "--data", str(data_dir / name), "--server", f"127.0.0.1:{port}",
+                "--tls-cert", str(pki_dir / f"{name}.crt"), "--tls-key", str(pki_dir / f"{name}.key"),
+                "--tls-ca", str(pki_dir / "ca.crt"), "--no-progress", "--threads", str(threads), "--max-wait", "60",
             )  # fmt: skip
         last = _follow(procs, run_dir / "history.jsonl", cfg.rounds)
         codes = procs.wait_all(timeout=60)

@@ -16,7 +16,6 @@ that lock too, so no fold can land in a closed round. A refused update changes n
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import threading
 import time
@@ -28,7 +27,7 @@ import torch
 
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
-from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.common.wire import HOSPITAL_NAME, ModelSpec, TrainSettings
 from medfed.server.errors import (
     DuplicateUpdate,
     InvalidUpdate,
@@ -43,7 +42,6 @@ from medfed.server.strategy import Accumulator, AggregationError
 
 log = logging.getLogger("medfed.server")
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_EXAMPLES = 1_000_000
 
 
@@ -147,7 +145,7 @@ class Coordinator:
 
     def join(self, name: str, num_examples: int, info: DatasetInfo) -> str:
         """Admit a hospital (``name`` is its certificate's common name under TLS); returns its session."""
-        if not NAME_PATTERN.match(name):
+        if not HOSPITAL_NAME.match(name):
             raise InvalidUpdate(f"hospital name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
         if self._allowed is not None and name not in self._allowed:
             raise PermissionDenied(f"{name} is not on this federation's --allow list")
