@@ -20,6 +20,7 @@ import torch
 
 from medfed.client.config import ClientConfig
 from medfed.client.node import HospitalNode, NodeError
+from medfed.client.probe import Probe
 from medfed.client.trainer import TaskError, Trainer
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml
@@ -142,6 +143,7 @@ def _run(argv: Sequence[str] | None) -> int:
             server=cfg.server,
             max_wait=cfg.max_wait,
             tls=cfg.tls,
+            diagnose=Probe(cfg.server, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.server_name).diagnose,
         )
         try:
             node.run()

@@ -47,8 +47,6 @@ RETRYABLE = {
 
 
 MAX_REJOINS = 3
-REFUSED_HANDSHAKES = 3
-"""TLS connections closed right after the handshake, before any call succeeded, that mean 'certificate refused'."""
 
 
 class NodeError(Exception):
@@ -106,6 +104,7 @@ class HospitalNode:
         server: str,
         max_wait: float,
         tls: bool = False,
+        diagnose: Callable[[], str | None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -113,6 +112,7 @@ class HospitalNode:
         self._name, self._server, self._max_wait = name, server, max_wait
         self._sleep, self._clock = sleep, clock
         self._tls = tls
+        self._diagnose = diagnose
         self._session: str | None = None
         self._connected = False
         self._rejoins = 0  # in a row, without a task in between
@@ -148,7 +148,6 @@ class HospitalNode:
         """Retry transport failures with backoff until max_wait seconds have passed without success."""
         backoff = Backoff()
         deadline: float | None = None
-        closed = 0
         while True:
             try:
                 result = call()
@@ -159,9 +158,8 @@ class HospitalNode:
                     raise
                 if self._tls and (reason := tls_failure(_details(exc), self._server)):
                     raise NodeError(reason) from None
-                closed = closed + 1 if "Socket closed" in _details(exc) else 0
-                if closed >= REFUSED_HANDSHAKES and not self._connected:
-                    raise NodeError(self._closed_reason()) from None
+                if not self._connected and self._diagnose is not None and (reason := self._diagnose()):
+                    raise NodeError(reason) from None  # refused, not down: retrying would only hide it
                 now = self._clock()
                 deadline = deadline if deadline is not None else now + self._max_wait
                 if now >= deadline:
@@ -172,18 +170,6 @@ class HospitalNode:
                 delay = min(backoff.next_delay(), deadline - now)
                 log.warning("%s: coordinator unreachable (%s); retrying in %.1f s", what, _details(exc), delay)
                 self._sleep(delay)
-
-    def _closed_reason(self) -> str:
-        """Why a coordinator that accepts TCP connections would close every one of them at once."""
-        if self._tls:
-            return (
-                "the coordinator refused this hospital's certificate (it closed every TLS connection right after "
-                "the handshake): is it issued by the federation's CA, unexpired and not revoked?"
-            )
-        return (
-            f"{self._server} closed every plaintext connection at once: the coordinator most likely requires TLS; "
-            "give this hospital --tls-cert, --tls-key and --tls-ca"
-        )
 
     def _join(self) -> None:
         train = self._data.split("train")

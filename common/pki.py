@@ -168,15 +168,17 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def load_cert(path: Path) -> x509.Certificate:
+    data = _read(path, "certificate")
     try:
-        return x509.load_pem_x509_certificate(_read(path, "certificate"))
+        return x509.load_pem_x509_certificate(data)
     except ValueError:
         raise PkiError(f"{path} is not a PEM certificate") from None
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    data = _read(path, "private key")
     try:
-        key = serialization.load_pem_private_key(_read(path, "private key"), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise PkiError(f"{path} is not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -185,8 +187,9 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def load_crl(path: Path) -> x509.CertificateRevocationList:
+    data = _read(path, "revocation list")
     try:
-        return x509.load_pem_x509_crl(_read(path, "revocation list"))
+        return x509.load_pem_x509_crl(data)
     except ValueError:
         raise PkiError(f"{path} is not a PEM certificate revocation list") from None
 

@@ -1,0 +1,249 @@
+"""Real mutual-TLS handshakes on loopback, with certificates made in the test."""
+
+import datetime as dt
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from medfed.client.node import HospitalNode, NodeError, tls_failure
+from medfed.client.probe import Probe
+from medfed.client.trainer import Trainer
+from medfed.common import pki
+from medfed.common.data import DatasetInfo, HospitalData, Split
+from medfed.common.tls import channel_credentials, server_credentials
+from medfed.common.transport import channel_options
+from medfed.common.wire import info_to_proto
+from medfed.proto.v1 import federation_pb2 as pb
+from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.server.auth import PeerAuthenticator
+from medfed.server.coordinator import Coordinator
+from medfed.server.servicer import create_server
+from tests.helpers import run_cli
+
+INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(4, 4))
+PAST = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=800)
+
+
+@dataclass(frozen=True)
+class Pki:
+    root: Path
+
+    def cert(self, name: str) -> tuple[Path, Path]:
+        return self.root / f"{name}.crt", self.root / f"{name}.key"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def crl(self) -> Path:
+        return self.root / "crl.pem"
+
+
+def _save(root: Path, name: str, key: object, cert: object) -> None:
+    pki.write_private_key(root / f"{name}.key", key)  # type: ignore[arg-type]
+    pki.write_public(root / f"{name}.crt", cert)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca_key, ca = pki.make_ca()
+    _save(root, "ca", ca_key, ca)
+    pki.write_public(root / "crl.pem", pki.make_crl(ca_key, ca, {}))
+    _save(root, "server", *pki.issue(ca_key, ca, "localhost", server_hosts=["localhost", "127.0.0.1"]))
+    _save(root, "wrong_host_server", *pki.issue(ca_key, ca, "elsewhere.example", server_hosts=["elsewhere.example"]))
+    for name in ("hospital_a", "hospital_b", "hospital_c", "hospital_d"):
+        _save(root, name, *pki.issue(ca_key, ca, name))
+    _save(root, "expired", *pki.issue(ca_key, ca, "hospital_a", now=PAST))
+    other_key, other = pki.make_ca("another CA")
+    _save(root, "other_ca", other_key, other)
+    _save(root, "foreign", *pki.issue(other_key, other, "hospital_a"))
+    return Pki(root)
+
+
+@dataclass
+class Live:
+    coordinator: Coordinator
+    port: int
+
+
+@contextmanager
+def serving(certs: Pki, server_cert: str = "server") -> Iterator[Live]:
+    coordinator = Coordinator(data_info=INFO, allowed=frozenset({"hospital_a", "hospital_b", "hospital_c"}))
+    cert, key = certs.cert(server_cert)
+    server, port = create_server(
+        coordinator, "127.0.0.1:0", credentials=server_credentials(cert, key, certs.ca),
+        authenticator=PeerAuthenticator(pki.load_cert(certs.ca), certs.crl), poll_timeout=0.5,
+    )  # fmt: skip
+    server.start()
+    try:
+        yield Live(coordinator, port)
+    finally:
+        server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def live(certs: Pki) -> Iterator[Live]:
+    with serving(certs) as running:
+        yield running
+
+
+def stub(certs: Pki, port: int, name: str | None, ca: Path | None = None, target: str = "localhost",
+         server_name: str | None = None) -> pb_grpc.FederationStub:  # fmt: skip
+    root = (ca or certs.ca).read_bytes()
+    if name is None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    else:
+        cert, key = certs.cert(name)
+        credentials = channel_credentials(cert, key, ca or certs.ca)
+    options = channel_options() + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+    return pb_grpc.FederationStub(grpc.secure_channel(f"{target}:{port}", credentials, options=options))
+
+
+def join(s: pb_grpc.FederationStub, claimed: str = "") -> str:
+    request = pb.JoinRequest(name=claimed, num_examples=5, data=info_to_proto(INFO))
+    return s.Join(request, timeout=10).session_id
+
+
+def refusal(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
+
+
+def test_a_hospital_joins_as_the_name_on_its_certificate(certs: Pki, live: Live) -> None:
+    session = join(stub(certs, live.port, "hospital_a"))
+
+    assert session and live.coordinator.hospitals() == ["hospital_a"]
+
+
+def test_a_name_other_than_the_certificates_is_refused(certs: Pki, live: Live) -> None:
+    err = refusal(lambda: join(stub(certs, live.port, "hospital_a"), claimed="hospital_b"))
+
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "certificate is for hospital_a" in err.details()
+    assert live.coordinator.hospitals() == []
+
+
+@pytest.mark.parametrize("client", [None, "foreign", "expired"], ids=["no certificate", "another CA", "expired"])
+def test_the_handshake_refuses_bad_client_certificates(certs: Pki, live: Live, client: str | None) -> None:
+    err = refusal(lambda: join(stub(certs, live.port, client)))
+
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert live.coordinator.hospitals() == []
+
+
+def test_a_hospital_the_coordinator_refuses_stops_within_30_seconds_with_a_reason(certs: Pki, live: Live) -> None:
+    train = Split(torch.zeros((5, 1, 4, 4), dtype=torch.uint8), torch.zeros(5).long())
+    data = HospitalData(Path("h"), "hospital_a", INFO, {"train": train})
+    cert, key = certs.cert("foreign")  # issued by another CA; this hospital trusts the federation's CA
+    server = f"localhost:{live.port}"
+    node = HospitalNode(
+        stub(certs, live.port, "foreign"), data, Trainer(data, torch.device("cpu"), name="hospital_a"),
+        name="hospital_a", server=server, max_wait=120, tls=True,
+        diagnose=Probe(server, cert, key, certs.ca).diagnose,
+    )  # fmt: skip
+    started = time.monotonic()
+
+    with pytest.raises(NodeError, match="refused this hospital's certificate"):
+        node.run()
+    assert time.monotonic() - started < 30
+
+
+def test_a_revoked_certificate_is_refused_at_its_next_call(certs: Pki, live: Live) -> None:
+    b = stub(certs, live.port, "hospital_b")
+    session = join(b)
+    ca_key, ca = pki.load_key(certs.root / "ca.key"), pki.load_cert(certs.ca)
+    serial = pki.load_cert(certs.cert("hospital_b")[0]).serial_number
+    original = certs.crl.read_bytes()
+    try:
+        pki.write_public(certs.crl, pki.make_crl(ca_key, ca, {serial: dt.datetime.now(dt.timezone.utc)}))
+
+        err = refusal(lambda: next(b.GetTask(pb.TaskRequest(session_id=session), timeout=10)))
+    finally:
+        certs.crl.write_bytes(original)
+
+    assert (
+        err.code() == grpc.StatusCode.PERMISSION_DENIED and "hospital_b" in err.details() and "revoked" in err.details()
+    )
+
+
+def test_only_hospitals_on_the_allow_list_join(certs: Pki, live: Live) -> None:
+    err = refusal(lambda: join(stub(certs, live.port, "hospital_d")))
+
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "--allow" in err.details()
+
+
+def test_a_session_cannot_be_used_with_another_hospitals_certificate(certs: Pki, live: Live) -> None:
+    session = join(stub(certs, live.port, "hospital_a"))
+
+    err = refusal(
+        lambda: next(stub(certs, live.port, "hospital_b").GetTask(pb.TaskRequest(session_id=session), timeout=10))
+    )
+
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_coordinators_host_name_is_verified(certs: Pki) -> None:
+    with serving(certs, server_cert="wrong_host_server") as live:
+        err = refusal(lambda: join(stub(certs, live.port, "hospital_a")))
+        reason = tls_failure(err.details(), f"localhost:{live.port}")
+
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason is not None and reason.startswith("host name mismatch")
+        assert join(stub(certs, live.port, "hospital_a", target="127.0.0.1", server_name="elsewhere.example"))
+
+
+def test_a_coordinator_certificate_from_an_unknown_ca_is_refused(certs: Pki, live: Live) -> None:
+    err = refusal(lambda: join(stub(certs, live.port, "hospital_a", ca=certs.root / "other_ca.crt")))
+
+    reason = tls_failure(err.details(), f"localhost:{live.port}")
+    assert reason is not None and reason.startswith("unknown CA")
+
+
+def test_fed_client_reports_authentication_failures_in_one_line(certs: Pki, live: Live, tmp_path: Path) -> None:
+    from medfed.common.data import save_folder
+
+    save_folder(tmp_path / "h", "h", INFO, {"train": (np.zeros((4, 4, 4), dtype=np.uint8), np.array([0, 1, 0, 1]))})
+    base = ["--data", str(tmp_path / "h"), "--server", f"localhost:{live.port}", "--max-wait", "120"]
+    cert, key = certs.cert("expired")
+    foreign_cert, foreign_key = certs.cert("foreign")  # a hospital of another federation, trusting its own CA
+
+    expired = run_cli("medfed.client", *base, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(certs.ca))
+    unknown_ca = run_cli(
+        "medfed.client", *base, "--tls-cert", str(foreign_cert), "--tls-key", str(foreign_key),
+        "--tls-ca", str(certs.root / "other_ca.crt"),
+    )  # fmt: skip
+
+    assert expired.returncode == 2 and "expired on" in expired.stderr
+    assert unknown_ca.returncode == 1 and "fed-client: error: unknown CA" in unknown_ca.stderr
+    for result in (expired, unknown_ca):
+        assert "Traceback" not in result.stderr
+        assert sum(line.startswith("fed-client: error:") for line in result.stderr.splitlines()) == 1
+
+
+def test_the_probe_names_a_refusal_and_never_mistakes_an_outage_or_a_healthy_server(certs: Pki, live: Live) -> None:
+    tls_server = f"localhost:{live.port}"
+    cert, key = certs.cert("hospital_a")
+    plaintext = Coordinator(data_info=INFO)
+    insecure, insecure_port = create_server(plaintext, "127.0.0.1:0")
+    insecure.start()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: nobody there
+        nobody = f"127.0.0.1:{unused.getsockname()[1]}"
+        try:
+            assert "requires TLS" in (Probe(tls_server).diagnose() or "")
+            assert Probe(tls_server, cert, key, certs.ca).diagnose() is None
+            assert Probe(f"127.0.0.1:{insecure_port}").diagnose() is None
+            assert Probe(nobody, cert, key, certs.ca).diagnose() is None
+            assert Probe(nobody).diagnose() is None
+        finally:
+            insecure.stop(grace=None).wait()
