@@ -7,8 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medfed.common.config import check_address
-from medfed.common.wire import HOSPITAL_NAME
+from medfed.common.config import HOSPITAL_NAME, check_address
 
 
 class ClientConfig(BaseModel):

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.common import pki
 from medfed.common.cli import run_command, setup_logging
-from medfed.common.config import ConfigError
-from medfed.common.wire import HOSPITAL_NAME
+from medfed.common.config import HOSPITAL_NAME, ConfigError
 
 EXAMPLES = """
 examples:

@@ -10,12 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from medfed.common.config import ConfigError
-from medfed.common.data import DataError
-from medfed.common.models import UnknownModelError
-from medfed.common.partition import PartitionError
-from medfed.common.pki import PkiError
-from medfed.common.training import DeviceError
+from medfed.common.errors import USER_ERRORS
 
 log = logging.getLogger("medfed")
 
@@ -30,16 +25,6 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-BAD_INPUT: tuple[type[Exception], ...] = (
-    ConfigError,
-    DataError,
-    DeviceError,
-    PartitionError,
-    PkiError,
-    UnknownModelError,
-)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -62,7 +47,7 @@ def run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: Se
     except CliError as exc:
         _fail(prog, str(exc), verbose)
         return exc.exit_code
-    except BAD_INPUT as exc:
+    except USER_ERRORS as exc:
         _fail(prog, str(exc), verbose)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,11 +7,14 @@ names the flag (``--rounds``), never a traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from medfed.common.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,9 +23,8 @@ else:  # pragma: no cover
 
 M = TypeVar("M", bound=BaseModel)
 
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it."""
+HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A hospital's name: its identity in certificates, logs, history and file names."""
 
 
 def parse_address(value: str) -> tuple[str, int]:

@@ -20,14 +20,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medfed.common.errors import DataError
+
 FORMAT = "medfed-hospital/1"
 MANIFEST = "manifest.json"
 DATA_FILE = "data.npz"
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A data folder or source that cannot be used; the message names the file and the problem."""
 
 
 def _show(value: object) -> object:

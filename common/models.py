@@ -10,11 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
+from medfed.common.errors import UnknownModelError
+
 MODEL_NAMES = ("cnn", "resnet18")
-
-
-class UnknownModelError(ValueError):
-    pass
 
 
 def small_cnn(in_channels: int, num_classes: int, width: int = 32) -> nn.Module:

@@ -15,11 +15,9 @@ import string
 
 import numpy as np
 
+from medfed.common.errors import PartitionError
+
 SCHEMES = ("iid", "dirichlet", "exclude-classes")
-
-
-class PartitionError(ValueError):
-    """A partition that cannot be made with these settings."""
 
 
 def hospital_names(count: int) -> list[str]:

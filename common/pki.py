@@ -20,15 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medfed.common.errors import PkiError
+
 CA_DAYS = 5 * 365
 LEAF_DAYS = 397
 CRL_DAYS = 365
 CA_FILE, CA_KEY_FILE, CRL_FILE = "ca.crt", "ca.key", "crl.pem"
 SERVER_NAME = "server"
-
-
-class PkiError(ValueError):
-    """A certificate, key or CRL that cannot be used; the message says which and why."""
 
 
 def _now() -> dt.datetime:

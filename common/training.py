@@ -13,12 +13,9 @@ from torch import nn
 from tqdm import tqdm
 
 from medfed.common.data import Split
+from medfed.common.errors import DeviceError
 
 NORMALIZATION = {"mean": 0.5, "std": 0.5}
-
-
-class DeviceError(ValueError):
-    pass
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -7,7 +7,6 @@ network, and the servicer and the node's transport call these pairs at the edge.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,9 +15,6 @@ from pydantic import ValidationError
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import WireFormatError, WireTooLarge
 from medfed.proto.v1 import federation_pb2 as pb
-
-HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""A hospital's name: its identity in certificates, logs, history and file names."""
 
 MAX_TEXT = 128
 """Longest dataset name, task, class name or version string accepted from the other side."""

@@ -25,9 +25,10 @@ from types import TracebackType
 
 import torch
 
+from medfed.common.config import HOSPITAL_NAME
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
-from medfed.common.wire import HOSPITAL_NAME, ModelSpec, TrainSettings
+from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.errors import (
     DuplicateUpdate,
     InvalidUpdate,
@@ -240,10 +241,10 @@ class Coordinator:
             hospital = self._hospital(session_id, caller)
             current = self._check_round(hospital.name, round_number)
             expected = current.task.payload.layout
-            if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
-                raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
             if layout.signature() != expected.signature():
                 raise InvalidUpdate(f"the update's tensors differ from the model's: {_difference(layout, expected)}")
+            if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
+                raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
             if not 1 <= num_examples <= hospital.num_examples:
                 raise InvalidUpdate(
                     f"num_examples {num_examples} is outside 1..{hospital.num_examples} "

@@ -39,11 +39,10 @@ def synthetic_dataset(
 
 
 def start_server(procs: ProcessGroup, tmp: Path, *args: str, timeout: float = 60.0) -> int:
-    """Start fed-server on a free port (port 0) and return the port it bound."""
+    """Start fed-server on a free port (port 0) and return the port it bound; --insecure unless TLS is given."""
     port_file = tmp / "server.port"
-    procs.start(
-        "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file), *args
-    )
+    security = [] if "--tls-cert" in args else ["--insecure"]
+    procs.start("server", "medfed.server", *security, "--address", "127.0.0.1:0", "--port-file", str(port_file), *args)
     return procs.wait_for_port("server", port_file, timeout)
 
 

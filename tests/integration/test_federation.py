@@ -19,7 +19,7 @@ from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
 from medfed.common.training import evaluate
 from medfed.server.federation import initial_state
-from tests.helpers import start_server, synthetic_dataset
+from tests.helpers import run_cli, start_server, synthetic_dataset
 
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
 
@@ -31,38 +31,48 @@ def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
     group.stop_all()
 
 
-def start_hospitals(procs: ProcessGroup, data: Path, port: int) -> None:
+def start_hospitals(procs: ProcessGroup, data: Path, port: int, pki_dir: Path | None = None) -> None:
+    """Three fed-client processes; with ``pki_dir`` each presents its own certificate, else --insecure."""
     for name in HOSPITALS:
+        security = (
+            ["--tls-cert", str(pki_dir / f"{name}.crt"), "--tls-key", str(pki_dir / f"{name}.key"),
+             "--tls-ca", str(pki_dir / "ca.crt")]
+            if pki_dir else ["--insecure"]
+        )  # fmt: skip
         procs.start(
-            name,
-            "medfed.client",
-            "--data",
-            str(data / name),
-            "--server",
-            f"127.0.0.1:{port}",
-            "--insecure",
-            "--threads",
-            "1",
-            "--no-progress",
-            "--max-wait",
-            "30",
-        )
+            name, "medfed.client", "--data", str(data / name), "--server", f"127.0.0.1:{port}", *security,
+            "--threads", "1", "--no-progress", "--max-wait", "30",
+        )  # fmt: skip
+
+
+def make_pki(pki_dir: Path) -> list[str]:
+    """Certificates for the coordinator and the three hospitals, made with the fed-certs command."""
+    commands = [["init"], ["server", "--host", "127.0.0.1,localhost"]] + [["client", "--name", h] for h in HOSPITALS]
+    for command in commands:
+        result = run_cli("medfed.common.certs_cli", command[0], "--dir", str(pki_dir), *command[1:])
+        assert result.returncode == 0, result.stderr
+    return [
+        "--tls-cert", str(pki_dir / "server.crt"), "--tls-key", str(pki_dir / "server.key"),
+        "--tls-ca", str(pki_dir / "ca.crt"), "--tls-crl", str(pki_dir / "crl.pem"), "--allow", ",".join(HOSPITALS),
+    ]  # fmt: skip
 
 
 def read_history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
 
-def test_three_hospitals_federate_and_beat_chance(tmp_path: Path, procs: ProcessGroup) -> None:
+def test_three_hospitals_federate_over_mutual_tls_and_beat_chance(tmp_path: Path, procs: ProcessGroup) -> None:
     dataset = synthetic_dataset(num_classes=4)
     partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="exclude-classes", seed=0)
     config = tmp_path / "server.toml"
     config.write_text('rounds = 9\nmodel = "cnn"\nlocal-epochs = 2\nbatch-size = 16\n')
     out = tmp_path / "run"
+    tls_flags = make_pki(tmp_path / "pki")
 
     port = start_server(
         procs,
         tmp_path,
+        *tls_flags,
         "--config",
         str(config),
         "--rounds",
@@ -76,7 +86,7 @@ def test_three_hospitals_federate_and_beat_chance(tmp_path: Path, procs: Process
         "--round-timeout",
         "120",
     )
-    start_hospitals(procs, tmp_path / "data", port)
+    start_hospitals(procs, tmp_path / "data", port, pki_dir=tmp_path / "pki")
     codes = procs.wait_all(timeout=240)
 
     assert codes == {"server": 0, **{h: 0 for h in HOSPITALS}}, procs.log("server")

@@ -1,0 +1,183 @@
+"""A hostile hospital against a live coordinator: every bad input gets a precise status, the server keeps
+serving, and the round's aggregate is exactly the honest hospitals' weighted average."""
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from medfed.common.checkpoint import load_model
+from medfed.common.data import DatasetInfo
+from medfed.common.serde import encode, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.transport import channel_options
+from medfed.common.wire import info_to_proto
+from medfed.proto.v1 import federation_pb2 as pb
+from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.server.config import ServerConfig
+from medfed.server.coordinator import Coordinator
+from medfed.server.federation import run_federation
+from medfed.server.output import RunOutput
+from medfed.server.servicer import create_server
+from medfed.server.strategy import fedavg
+
+INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
+Code = grpc.StatusCode
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class Federation:
+    stub: pb_grpc.FederationStub
+    coordinator: Coordinator
+    out: Path
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    coordinator = Coordinator(data_info=INFO, max_examples=1000)
+    server, port = create_server(coordinator, "127.0.0.1:0", poll_timeout=1.0)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+    yield Federation(pb_grpc.FederationStub(channel), coordinator, tmp_path / "run")
+    channel.close()
+    server.stop(grace=None).wait()
+
+
+def join(stub: pb_grpc.FederationStub, name: str, n: int = 10, info: DatasetInfo = INFO) -> str:
+    return stub.Join(pb.JoinRequest(name=name, num_examples=n, data=info_to_proto(info)), timeout=10).session_id
+
+
+def fetch(stub: pb_grpc.FederationStub, session: str) -> tuple[int, State]:
+    """Long-poll until a task comes (the coordinator answers Wait while no round is open)."""
+    while True:
+        stream = iter(stub.GetTask(pb.TaskRequest(session_id=session), timeout=30))
+        first = next(stream)
+        if first.WhichOneof("kind") == "task":
+            break
+    header = first.task
+    state = from_chunks(
+        layout_from_proto(header.tensors, max_total_bytes=1 << 30), ((m.chunk.offset, m.chunk.data) for m in stream)
+    )
+    return header.round, state
+
+
+def messages(session: str, state: State, *, round_number: int = 1, n: int = 10,
+             metrics: dict[str, float] | None = None, chunk: int = 20_000) -> list[pb.UpdateMessage]:  # fmt: skip
+    encoded = encode(state)
+    header = pb.UpdateHeader(
+        session_id=session, round=round_number, num_examples=n, metrics=metrics or {},
+        kind=pb.UPDATE_KIND_WEIGHTS, tensors=layout_to_proto(encoded.layout),
+    )  # fmt: skip
+    chunks = [pb.UpdateMessage(chunk=pb.Chunk(offset=o, data=d)) for o, d in encoded.chunks(chunk)]
+    return [pb.UpdateMessage(header=header), *chunks]
+
+
+def status(call: Callable[[], object]) -> Code:
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err.code()
+    return Code.OK
+
+
+def shifted(state: State, by: float) -> State:
+    return {k: v + by if v.is_floating_point() else v.clone() for k, v in state.items()}
+
+
+def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Federation) -> None:
+    stub = federation.stub
+    a, b, hostile = join(stub, "honest_a", 10), join(stub, "honest_b", 30), join(stub, "hostile", 10)
+    cfg = ServerConfig.model_validate(
+        {"rounds": 1, "min_clients": 3, "min_fit": 2, "local_epochs": 0, "out": federation.out, "insecure": True}
+    )
+    output = RunOutput(cfg.out)
+    output.prepare(force=False)
+    driver = threading.Thread(target=run_federation, args=(cfg, federation.coordinator, output, lambda _info: None))
+    driver.start()
+    _, model = fetch(stub, hostile)
+    update_a, update_b = shifted(model, 1.0), shifted(model, 3.0)
+    bystander = join(stub, "bystander", 10)  # joins a round that is already full: not chosen
+    stub.SubmitUpdate(iter(messages(a, update_a, n=10)), timeout=30)
+
+    def upload(msgs: list[pb.UpdateMessage]) -> Callable[[], object]:
+        return lambda: stub.SubmitUpdate(iter(msgs), timeout=30)
+
+    def edit_header(change: Callable[[pb.UpdateHeader], None], state: State | None = None) -> list[pb.UpdateMessage]:
+        msgs = messages(hostile, state if state is not None else model)
+        change(msgs[0].header)
+        return msgs
+
+    good = messages(hostile, model)
+    renamed = {("x" + k if i == 0 else k): v for i, (k, v) in enumerate(model.items())}
+    first = next(k for k, v in model.items() if v.is_floating_point() and v.dim() > 1)
+    reshaped = {k: (v.reshape(-1) if k == first else v) for k, v in model.items()}
+    retyped = {k: (v.double() if k == first else v) for k, v in model.items()}
+    nan, inf = shifted(model, 0.0), shifted(model, 0.0)
+    nan[first].view(-1)[0], inf[first].view(-1)[-1] = float("nan"), float("inf")
+    too_many = dict.fromkeys((f"m{i}" for i in range(65)), 1.0)
+    bad_info = INFO.model_copy(update={"class_names": tuple(f"c{i}" for i in range(1001))})
+    end = good[0].header.tensors.total_bytes
+    past_end = pb.UpdateMessage(chunk=pb.Chunk(offset=end, data=b"x"))
+    last = good[-1].chunk
+    overlong_last = pb.UpdateMessage(chunk=pb.Chunk(offset=last.offset, data=last.data + b"extra"))
+    forged_poll = pb.TaskRequest(session_id="forged")
+    cases: dict[str, tuple[Callable[[], object], Code]] = {
+        "forged session (upload)": (upload(messages("forged", model)), Code.UNAUTHENTICATED),
+        "forged session (poll)": (lambda: next(iter(stub.GetTask(forged_poll))), Code.UNAUTHENTICATED),
+        "forged session (leave)": (lambda: stub.Leave(pb.LeaveRequest(session_id="forged")), Code.UNAUTHENTICATED),
+        "round that is not open": (upload(messages(hostile, model, round_number=2)), Code.FAILED_PRECONDITION),
+        "hospital not chosen": (upload(messages(bystander, model)), Code.PERMISSION_DENIED),
+        "second submission": (upload(messages(a, shifted(model, 100.0))), Code.ALREADY_EXISTS),
+        "renamed tensor": (upload(messages(hostile, renamed)), Code.INVALID_ARGUMENT),
+        "reshaped tensor": (upload(messages(hostile, reshaped)), Code.INVALID_ARGUMENT),
+        "other dtype": (upload(messages(hostile, retyped)), Code.INVALID_ARGUMENT),
+        "NaN": (upload(messages(hostile, nan)), Code.INVALID_ARGUMENT),
+        "Inf": (upload(messages(hostile, inf)), Code.INVALID_ARGUMENT),
+        "stream longer than the model": (upload([*good, past_end]), Code.RESOURCE_EXHAUSTED),
+        "bytes past the announced end": (upload([*good[:-1], overlong_last]), Code.RESOURCE_EXHAUSTED),
+        "header announcing too many bytes": (upload(edit_header(
+            lambda h: setattr(h.tensors, "total_bytes", h.tensors.total_bytes * 4))), Code.RESOURCE_EXHAUSTED),
+        "chunks out of order": (upload([good[0], good[2], good[1], *good[3:]]), Code.INVALID_ARGUMENT),
+        "overlapping chunks": (upload([good[0], good[1], good[1], *good[2:]]), Code.INVALID_ARGUMENT),
+        "stream cut short": (upload(good[:-1]), Code.INVALID_ARGUMENT),
+        "no header": (upload(good[1:]), Code.INVALID_ARGUMENT),
+        "two headers": (upload([good[0], *good]), Code.INVALID_ARGUMENT),
+        "delta update": (
+            upload(edit_header(lambda h: setattr(h, "kind", pb.UPDATE_KIND_DELTA))), Code.INVALID_ARGUMENT),
+        "zero examples": (upload(messages(hostile, model, n=0)), Code.INVALID_ARGUMENT),
+        "negative examples": (upload(messages(hostile, model, n=-5)), Code.INVALID_ARGUMENT),
+        "more examples than declared": (upload(messages(hostile, model, n=11)), Code.INVALID_ARGUMENT),
+        "non-finite metric": (upload(messages(hostile, model, metrics={"loss": float("nan")})), Code.INVALID_ARGUMENT),
+        "too many metrics": (upload(messages(hostile, model, metrics=too_many)), Code.RESOURCE_EXHAUSTED),
+        "huge metric name": (upload(messages(hostile, model, metrics={"x" * 1000: 1.0})), Code.RESOURCE_EXHAUSTED),
+        "message over the 4 MiB limit": (upload([good[0], pb.UpdateMessage(chunk=pb.Chunk(
+            offset=0, data=bytes(5 << 20)))]), Code.RESOURCE_EXHAUSTED),
+        "join with 1001 classes": (lambda: join(stub, "hostile_2", 10, bad_info), Code.RESOURCE_EXHAUSTED),
+        "join with a path as name": (lambda: join(stub, "../../etc/passwd"), Code.INVALID_ARGUMENT),
+        "join inflating its sample count": (lambda: join(stub, "hostile_3", 10**9), Code.INVALID_ARGUMENT),
+        "join with other classes": (
+            lambda: join(stub, "hostile_4", 10, INFO.model_copy(update={"class_names": ("x", "y")})),
+            Code.FAILED_PRECONDITION),
+    }  # fmt: skip
+
+    observed = {}
+    for name, (attempt, _) in cases.items():
+        observed[name] = status(attempt)
+        round_number, _ = fetch(stub, b)  # the server still answers, with the same open round
+        assert round_number == 1, name
+
+    assert observed == {name: code for name, (_, code) in cases.items()}
+    stub.SubmitUpdate(iter(messages(b, update_b, n=30)), timeout=30)
+    stub.Leave(pb.LeaveRequest(session_id=hostile, reason="done"))
+    driver.join(timeout=60)
+    assert not driver.is_alive()
+    history = [json.loads(line) for line in (federation.out / "history.jsonl").read_text().splitlines()]
+    assert [r["clients"] for r in history] == [["honest_a", "honest_b"]]
+    final, _ = load_model(federation.out)
+    expected = fedavg([(update_a, 10), (update_b, 30)])
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
