@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.common import pki
 from medfed.common.cli import run_command, setup_logging
-from medfed.common.config import HOSPITAL_NAME, ConfigError
+from medfed.common.config import HOSPITAL_NAME
+from medfed.common.errors import ConfigError
 
 EXAMPLES = """
 examples:

@@ -12,8 +12,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medfed.common.cli import run_command, setup_logging
-from medfed.common.config import ConfigError, build_config, field_default
+from medfed.common.config import build_config, field_default
 from medfed.common.data import MANIFEST, Manifest, save_folder
+from medfed.common.errors import ConfigError
 from medfed.common.partition import SCHEMES, hospital_names, partition
 from medfed.common.sources import MEDMNIST_SIZES, SourceDataset, load_source
 

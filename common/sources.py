@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medfed.common.data import SPLITS, DataError, DatasetInfo
+from medfed.common.data import SPLITS, DatasetInfo
+from medfed.common.errors import DataError
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
 DEFAULT_MEDMNIST_ROOT = Path.home() / ".medmnist"

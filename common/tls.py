@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from medfed.common.pki import PkiError
+from medfed.common.errors import PkiError
 
 
 def _read(path: Path) -> bytes:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from medfed.common.pki import PkiError, Revocations, load_crl, signed_by
+from medfed.common.errors import PkiError
+from medfed.common.pki import Revocations, load_crl, signed_by
 from medfed.server.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("medfed.server")

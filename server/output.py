@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from medfed.common.checkpoint import METADATA_FILE, MODEL_FILE, save_model
-from medfed.common.config import ConfigError
+from medfed.common.errors import ConfigError
 
 HISTORY_FILE = "history.jsonl"
 RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE)

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from medfed.client.config import ClientConfig
-from medfed.common.config import ConfigError, build_config, load_toml, parse_address
+from medfed.common.config import build_config, load_toml, parse_address
+from medfed.common.errors import ConfigError
 from medfed.server.config import ServerConfig
 
 

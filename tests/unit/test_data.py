@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfed.common.data import DataError, load_folder, save_folder
+from medfed.common.data import load_folder, save_folder
+from medfed.common.errors import DataError
 from medfed.common.sources import load_digits, load_npz, load_source
 from tests.helpers import synthetic_dataset
 

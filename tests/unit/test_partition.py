@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfed.common.config import ConfigError
 from medfed.common.data import load_folder
-from medfed.common.partition import PartitionError, hospital_names, partition
+from medfed.common.errors import ConfigError, PartitionError
+from medfed.common.partition import hospital_names, partition
 from medfed.common.partition_cli import partition_to_folders
 from tests.helpers import synthetic_dataset
 

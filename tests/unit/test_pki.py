@@ -8,7 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.common import pki
 from medfed.common.certs_cli import main as fed_certs
-from medfed.common.pki import PkiError, check_pair
+from medfed.common.errors import PkiError
+from medfed.common.pki import check_pair
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from medfed.common.data import Split
-from medfed.common.models import UnknownModelError, build_model
-from medfed.common.training import DeviceError, evaluate, pick_device, train_local
+from medfed.common.errors import DeviceError, UnknownModelError
+from medfed.common.models import build_model
+from medfed.common.training import evaluate, pick_device, train_local
 
 
 def split(n: int = 64, seed: int = 0) -> Split:
