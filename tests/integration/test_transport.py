@@ -1,5 +1,6 @@
 """The servicer over a real in-process gRPC server: streaming beyond 4 MiB, and malformed streams."""
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -119,3 +120,28 @@ def test_a_second_server_cannot_share_a_port() -> None:
             create_server(coordinator, f"127.0.0.1:{port}")
     finally:
         first.stop(grace=None)
+
+
+def test_a_stalled_upload_is_cancelled_and_frees_its_hospitals_slot() -> None:
+    coordinator = Coordinator(data_info=INFO)
+    server, port = create_server(coordinator, "127.0.0.1:0", upload_timeout=1.0)
+    server.start()
+    stub = pb_grpc.FederationStub(grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()))
+    try:
+        session = join(stub, "hospital_a")
+        open_round(coordinator, ["hospital_a"])
+        release = threading.Event()
+        valid = list(update_messages(session, GLOBAL))
+
+        def stalls() -> Iterator[pb.UpdateMessage]:
+            yield valid[0]  # the header, then nothing until the coordinator gives up
+            release.wait(60)
+
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitUpdate(stalls(), timeout=30)
+        release.set()
+
+        assert err.value.code() == grpc.StatusCode.CANCELLED
+        assert "accepted" in stub.SubmitUpdate(iter(valid), timeout=30).message
+    finally:
+        server.stop(grace=None).wait()
