@@ -87,10 +87,10 @@ def _identity(cfg: ClientConfig) -> str | None:
     """Under TLS the hospital is the name on its certificate, checked locally before any connection."""
     if not cfg.tls:
         return None
-    assert cfg.tls_cert and cfg.tls_key and cfg.tls_ca
-    name = common_name(check_pair(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, server=False))
+    cert, key, ca = cfg.tls_paths()
+    name = common_name(check_pair(cert, key, ca, server=False))
     if cfg.name is not None and cfg.name != name:
-        raise CliError(f"--name {cfg.name} differs from {name}, the name in {cfg.tls_cert}", EXIT_USAGE)
+        raise CliError(f"--name {cfg.name} differs from {name}, the name in {cert}", EXIT_USAGE)
     return name
 
 
@@ -98,10 +98,9 @@ def _channel(cfg: ClientConfig) -> grpc.Channel:
     options = channel_options()
     if not cfg.tls:
         return grpc.insecure_channel(cfg.server, options=options)
-    assert cfg.tls_cert and cfg.tls_key and cfg.tls_ca
     if cfg.server_name:
         options.append(("grpc.ssl_target_name_override", cfg.server_name))
-    return grpc.secure_channel(cfg.server, channel_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca), options=options)
+    return grpc.secure_channel(cfg.server, channel_credentials(*cfg.tls_paths()), options=options)
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:

@@ -5,21 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from medfed.common.config import HOSPITAL_NAME, check_address
+from medfed.common.config import HOSPITAL_NAME, TlsFiles, check_address
 
 
-class ClientConfig(BaseModel):
+class ClientConfig(TlsFiles):
     model_config = ConfigDict(extra="forbid")
 
     data: Path
     server: Annotated[str, AfterValidator(check_address)]
     name: str | None = Field(None, pattern=HOSPITAL_NAME.pattern)
-    insecure: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
     server_name: str | None = Field(None, min_length=1, max_length=253)
     device: str = "auto"
     threads: int | None = Field(None, ge=1, le=1024)
@@ -27,17 +23,8 @@ class ClientConfig(BaseModel):
     progress: bool = True
     verbose: bool = False
 
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
     @model_validator(mode="after")
     def _consistent(self) -> ClientConfig:
-        given = [self.tls_cert, self.tls_key, self.tls_ca]
-        if any(given) and not all(given):
-            raise ValueError("--tls-cert, --tls-key and --tls-ca go together")
-        if self.tls and self.insecure:
-            raise ValueError("--insecure contradicts the --tls-* flags; choose one")
         if self.server_name is not None and not self.tls:
             raise ValueError("--server-name only applies with TLS")
         return self

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
+from typing_extensions import Self
 
 from medfed.common.errors import ConfigError
 
@@ -62,8 +63,10 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 def _describe(error: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in error["loc"])
-    flag = f"--{field.replace('_', '-')}" if field else "config"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not field:  # a check across settings: its message names the flags itself
+        return message
+    flag = f"--{field.replace('_', '-')}"
     if error["type"] == "extra_forbidden":
         return f"{flag}: unknown setting"
     if error["type"] == "missing":
@@ -88,3 +91,31 @@ def build_config(model: type[M], file_values: dict[str, Any], flag_values: dict[
 
 def field_default(model: type[BaseModel], name: str) -> Any:
     return model.model_fields[name].default
+
+
+class TlsFiles(BaseModel):
+    """The TLS settings both commands share: all three files, or --insecure, never both."""
+
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def tls_paths(self) -> tuple[Path, Path, Path]:
+        """(certificate, key, CA); only when ``tls`` holds."""
+        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
+            raise ConfigError("--tls-cert, --tls-key and --tls-ca are required")
+        return self.tls_cert, self.tls_key, self.tls_ca
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> Self:
+        given = [self.tls_cert, self.tls_key, self.tls_ca]
+        if any(given) and not all(given):
+            raise ValueError("--tls-cert, --tls-key and --tls-ca go together")
+        if self.tls and self.insecure:
+            raise ValueError("--insecure contradicts the --tls-* flags; choose one")
+        return self

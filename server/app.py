@@ -147,10 +147,9 @@ def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenti
     """Check the coordinator's certificate, key, CA and CRL before listening, with a reason if unusable."""
     if not cfg.tls:
         return None, None
-    assert cfg.tls_cert and cfg.tls_key and cfg.tls_ca
-    check_pair(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, server=True)
-    authenticator = PeerAuthenticator(load_cert(cfg.tls_ca), cfg.tls_crl)
-    return server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca), authenticator
+    cert, key, ca = cfg.tls_paths()
+    check_pair(cert, key, ca, server=True)
+    return server_credentials(cert, key, ca), PeerAuthenticator(load_cert(ca), cfg.tls_crl)
 
 
 def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> None:

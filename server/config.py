@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from medfed.common.config import check_address
+from medfed.common.config import TlsFiles, check_address
 
 
-class ServerConfig(BaseModel):
+class ServerConfig(TlsFiles):
     model_config = ConfigDict(extra="forbid")
 
     address: Annotated[str, AfterValidator(check_address)] = "0.0.0.0:8443"
@@ -28,10 +28,6 @@ class ServerConfig(BaseModel):
     test_data: Path | None = None
     out: Path = Path("fed-out")
     force: bool = False
-    insecure: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
     tls_crl: Path | None = None
     allow: list[str] | None = None
     max_examples: int = Field(1_000_000, ge=1)
@@ -47,19 +43,10 @@ class ServerConfig(BaseModel):
     def _split_allow(cls, value: object) -> object:
         return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
-        given = [self.tls_cert, self.tls_key, self.tls_ca]
-        if any(given) and not all(given):
-            raise ValueError("--tls-cert, --tls-key and --tls-ca go together")
         if self.tls_crl is not None and not self.tls:
             raise ValueError("--tls-crl needs --tls-cert, --tls-key and --tls-ca")
-        if self.tls and self.insecure:
-            raise ValueError("--insecure contradicts the --tls-* flags; choose one")
         if self.clients_per_round is not None and self.clients_per_round > self.min_clients:
             raise ValueError(
                 f"--clients-per-round ({self.clients_per_round}) cannot exceed --min-clients ({self.min_clients})"
