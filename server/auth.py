@@ -34,6 +34,7 @@ class PeerAuthenticator:
         self._revoked = Revocations(frozenset())
         self._serials: dict[bytes, int] = {}
         if crl_path is not None:
+            load_crl(crl_path)  # fail at start-up, with the reason, if the file is missing or broken
             self._reload()
 
     def _reload(self) -> None:
@@ -42,7 +43,9 @@ class PeerAuthenticator:
         try:
             stat = os.stat(self._crl_path)
         except OSError as exc:
-            log.error("cannot read the revocation list %s (%s); keeping the last one", self._crl_path, exc.strerror)
+            if self._crl_stamp is not None:  # say it once, not on every call
+                log.error("cannot read the revocation list %s (%s); keeping the last one", self._crl_path, exc.strerror)
+                self._crl_stamp = None
             return
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._crl_stamp:
