@@ -20,8 +20,10 @@ import torch
 
 from medfed.client.config import ClientConfig
 from medfed.client.node import HospitalNode, NodeError
+from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
 from medfed.client.probe import Probe
 from medfed.client.trainer import TaskError, Trainer
+from medfed.common.accounting import default_delta
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml
 from medfed.common.data import load_folder
@@ -29,6 +31,7 @@ from medfed.common.pki import check_pair, common_name
 from medfed.common.tls import channel_credentials
 from medfed.common.training import pick_device
 from medfed.common.transport import channel_options
+from medfed.common.wire import MAX_TEXT
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger("medfed.client")
@@ -79,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to keep retrying an unreachable coordinator (default {d('max_wait')})",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    dp = p.add_argument_group(
+        "differential privacy",
+        "Local DP clips this hospital's update to L2 norm C and adds N(0, (σC)²) before it leaves; with "
+        "--dp-sgd, every patient's gradient is clipped and noised instead (Opacus). Spending is counted in a "
+        "ledger file that survives restarts.",
+    )
+    dp.add_argument("--dp-clip", type=float, help="C: the L2 bound of the update (or of each gradient, with --dp-sgd)")
+    dp.add_argument("--dp-noise-multiplier", type=float, help="σ: noise standard deviation in units of C")
+    dp.add_argument("--dp-sgd", action="store_true", help="per-patient DP-SGD instead of noising the update")
+    dp.add_argument("--dp-delta", type=float, help="δ of the reported (ε, δ) (default min(1e-5, 1/(10 n)))")
+    dp.add_argument(
+        "--dp-target-epsilon",
+        type=float,
+        help="stop taking part (exit 0) before a round would push ε above this",
+    )
+    dp.add_argument("--dp-ledger", type=Path, help="privacy ledger file (default DATA/privacy-ledger.json)")
     p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return p
 
@@ -131,6 +150,19 @@ def _run(argv: Sequence[str] | None) -> int:
         data.info.dataset,
         device,
     )
+    train_size = len(data.split("train"))
+    privacy = HospitalPrivacy(
+        cfg.own_dp,
+        num_examples=train_size,
+        delta=cfg.dp_delta or default_delta(train_size),
+        target_epsilon=cfg.dp_target_epsilon,
+        ledger_path=cfg.dp_ledger or cfg.data / LEDGER_FILE,
+    )
+    try:
+        privacy.check_start()
+    except BudgetExhausted as exc:
+        log.warning("%s", exc)
+        return 0
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     with _channel(cfg) as channel:
@@ -143,10 +175,15 @@ def _run(argv: Sequence[str] | None) -> int:
             max_wait=cfg.max_wait,
             tls=cfg.tls,
             diagnose=Probe(cfg.server, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.server_name).diagnose,
+            privacy=privacy,
         )
         try:
             node.run()
+        except BudgetExhausted as exc:
+            log.warning("%s", exc)
+            node.leave("privacy budget reached")
         except (NodeError, TaskError) as exc:
+            node.leave(str(exc)[:MAX_TEXT])
             raise CliError(str(exc)) from None
         except _Stop as stop:
             log.info("stopping on %s; leaving the federation", stop)

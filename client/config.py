@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from medfed.common.config import HOSPITAL_NAME, TlsFiles, check_address
+from medfed.common.privacy import DpSettings
 
 
 class ClientConfig(TlsFiles):
@@ -22,12 +23,29 @@ class ClientConfig(TlsFiles):
     max_wait: float = Field(120.0, gt=0)
     progress: bool = True
     verbose: bool = False
+    dp_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
+    dp_noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False)
+    dp_sgd: bool = False
+    dp_delta: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
+    dp_target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
+    dp_ledger: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ClientConfig:
         if self.server_name is not None and not self.tls:
             raise ValueError("--server-name only applies with TLS")
+        if (self.dp_clip is None) != (self.dp_noise_multiplier is None):
+            raise ValueError("--dp-clip and --dp-noise-multiplier go together: give both or neither")
+        if self.dp_sgd and self.dp_clip is None:
+            raise ValueError("--dp-sgd needs --dp-clip (per-patient gradient bound) and --dp-noise-multiplier")
         return self
+
+    @property
+    def own_dp(self) -> DpSettings | None:
+        """The hospital's own differential privacy, from its flags."""
+        if self.dp_clip is None or self.dp_noise_multiplier is None:
+            return None
+        return DpSettings("dp_sgd" if self.dp_sgd else "local", self.dp_clip, self.dp_noise_multiplier)
 
     @field_validator("device")
     @classmethod

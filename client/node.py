@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import grpc
 import torch
 
+from medfed.client.privacy import HospitalPrivacy
 from medfed.client.trainer import LocalResult, Trainer
 from medfed.common import __version__
 from medfed.common.data import HospitalData
@@ -26,6 +27,7 @@ from medfed.common.wire import (
     TrainSettings,
     info_to_proto,
     model_spec_from_proto,
+    report_to_proto,
     settings_from_proto,
 )
 from medfed.proto.v1 import federation_pb2 as pb
@@ -105,6 +107,7 @@ class HospitalNode:
         max_wait: float,
         tls: bool = False,
         diagnose: Callable[[], str | None] | None = None,
+        privacy: HospitalPrivacy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -113,6 +116,8 @@ class HospitalNode:
         self._sleep, self._clock = sleep, clock
         self._tls = tls
         self._diagnose = diagnose
+        self._privacy = privacy
+        self._federation = ""
         self._session: str | None = None
         self._connected = False
         self._rejoins = 0  # in a row, without a task in between
@@ -129,7 +134,10 @@ class HospitalNode:
             if message is None:
                 continue
             self._rejoins = 0
-            result = self._trainer.run(message.round, message.settings, message.spec, message.state)
+            planned = self._privacy.plan(message.settings.local_dp, message.settings) if self._privacy else None
+            result = self._trainer.run(message.round, message.settings, message.spec, message.state, planned)
+            if self._privacy is not None and planned is not None:  # spent before the update leaves
+                result = replace(result, privacy=self._privacy.record(self._federation, message.round, planned))
             self._log_round(message, result)
             self._submit(message.round, result)
             rounds += 1
@@ -184,6 +192,7 @@ class HospitalNode:
         except grpc.RpcError as exc:
             raise NodeError(f"the coordinator refused {self._name}: {_details(exc)}") from None
         self._session = reply.session_id
+        self._federation = reply.federation_id
         log.info("joined the federation at %s as %s (%d training images)", self._server, self._name, len(train))
 
     def _fetch(self) -> ReceivedTask | pb.Finished | None:
@@ -230,6 +239,8 @@ class HospitalNode:
             kind=pb.UPDATE_KIND_WEIGHTS,
             tensors=layout_to_proto(encoded.layout),
         )
+        if result.privacy is not None:
+            header.privacy.CopyFrom(report_to_proto(result.privacy))
 
         def messages() -> Iterator[pb.UpdateMessage]:
             yield pb.UpdateMessage(header=header)
@@ -252,13 +263,15 @@ class HospitalNode:
                 self._handle_session_error(exc)
 
     def _log_round(self, task: ReceivedTask, result: LocalResult) -> None:
-        m = result.metrics
+        m = result.local_metrics
         if not m:
             log.info("round %d/%d: no local training asked for; returning the model", task.round, task.total_rounds)
             return
         text = f"train loss {m['train_loss']:.4f}, accuracy {m['train_accuracy']:.4f}"
         if "val_accuracy" in m:
             text += f"; validation accuracy {m['val_accuracy']:.4f}"
+        if (p := result.privacy) is not None:
+            text += f"; privacy spent ε = {p.epsilon:.3g} at δ = {p.delta:.2g} after {p.releases} release(s)"
         log.info(
             "round %d/%d: %d epoch(s) on %d images in %.1f s: %s",
             task.round,

@@ -6,15 +6,18 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from medfed.client.privacy import RoundPrivacy
 from medfed.common.data import HospitalData
+from medfed.common.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
 from medfed.common.models import build_model
+from medfed.common.privacy import dp_model_problem, privatize_update, secure_generator
 from medfed.common.training import evaluate, train_local
-from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
 
 log = logging.getLogger("medfed.client")
 
@@ -28,6 +31,10 @@ class LocalResult:
     state: dict[str, torch.Tensor]
     num_examples: int
     metrics: dict[str, float]
+    """sent to the coordinator (empty under differential privacy: they are computed from the data)"""
+    local_metrics: dict[str, float] = field(default_factory=dict)
+    """for this hospital's log only"""
+    privacy: PrivacyReport | None = None
 
 
 class Trainer:
@@ -39,7 +46,7 @@ class Trainer:
         self._model: nn.Module | None = None
         self._spec: ModelSpec | None = None
 
-    def _model_for(self, spec: ModelSpec) -> nn.Module:
+    def _model_for(self, spec: ModelSpec, privacy: RoundPrivacy | None) -> nn.Module:
         info = self._data.info
         if (spec.in_channels, spec.num_classes) != (info.channels, info.num_classes):
             raise TaskError(
@@ -49,31 +56,58 @@ class Trainer:
         if self._model is None or self._spec != spec:
             self._model = build_model(spec.name, spec.in_channels, spec.num_classes)
             self._spec = spec
+        if privacy is not None:
+            mechanism = privacy.settings.mechanism
+            problem = dp_model_problem(self._model)
+            if problem is None and mechanism == "dp_sgd":
+                problem = wrap_problem(self._model)
+            if problem is not None:
+                what = "--dp-sgd" if mechanism == "dp_sgd" else "local differential privacy"
+                raise TaskError(f"{what} cannot train the coordinator's model {spec.name}: {problem}")
         return self._model
 
     def run(
-        self, round_number: int, settings: TrainSettings, spec: ModelSpec, state: Mapping[str, torch.Tensor]
+        self,
+        round_number: int,
+        settings: TrainSettings,
+        spec: ModelSpec,
+        state: Mapping[str, torch.Tensor],
+        privacy: RoundPrivacy | None = None,
     ) -> LocalResult:
         train = self._data.split("train")
         if settings.local_epochs == 0:
             return LocalResult(dict(state), len(train), {})
-        model = self._model_for(spec)
+        model = self._model_for(spec, privacy)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise TaskError(f"the received model does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
         started = time.monotonic()
-        result = train_local(
-            model,
-            train,
-            epochs=settings.local_epochs,
-            lr=settings.lr,
-            batch_size=settings.batch_size,
-            device=self._device,
-            seed=(settings.seed + self._seed_offset) % 2**63,
-            progress=self._progress,
-            desc=f"round {round_number}",
-        )
+        desc = f"round {round_number}"
+        if privacy is not None and privacy.settings.mechanism == "dp_sgd":
+            result = train_dp_sgd(
+                model,
+                train,
+                plan=DpSgdPlan(privacy.spend.sampling_rate, privacy.spend.steps),
+                lr=settings.lr,
+                clip=privacy.settings.clip,
+                noise_multiplier=privacy.settings.noise_multiplier,
+                device=self._device,
+                progress=self._progress,
+                desc=desc,
+            )
+        else:
+            result = train_local(
+                model,
+                train,
+                epochs=settings.local_epochs,
+                lr=settings.lr,
+                batch_size=settings.batch_size,
+                device=self._device,
+                seed=(settings.seed + self._seed_offset) % 2**63,
+                progress=self._progress,
+                desc=desc,
+            )
         metrics = {
             "train_loss": result.loss,
             "train_accuracy": result.accuracy,
@@ -84,4 +118,9 @@ class Trainer:
             evaluation = evaluate(model, val, self._data.info.num_classes, self._device)
             metrics.update(val_loss=evaluation.loss, val_accuracy=evaluation.accuracy)
         out = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-        return LocalResult(out, len(train), metrics)
+        if privacy is None:
+            return LocalResult(out, len(train), metrics, metrics)
+        if privacy.settings.mechanism == "local":
+            out, norm = privatize_update(out, state, privacy.settings, secure_generator())
+            metrics["update_norm"] = norm
+        return LocalResult(out, len(train), {}, metrics)

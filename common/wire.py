@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from medfed.common.data import DatasetInfo
+from medfed.common.privacy import DpSettings
 from medfed.common.serde import WireFormatError, WireTooLarge
 from medfed.proto.v1 import federation_pb2 as pb
 
@@ -29,6 +31,20 @@ class TrainSettings:
     batch_size: int
     seed: int
     optimizer: str = "adam"
+    local_dp: DpSettings | None = None
+    """the coordinator's request for local differential privacy"""
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    mechanism: Literal["local", "dp_sgd"]
+    clip: float
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    releases: int
+    epsilon: float
+    delta: float
 
 
 @dataclass(frozen=True)
@@ -76,26 +92,66 @@ def info_from_proto(msg: pb.DatasetInfo) -> DatasetInfo:
             task=msg.task,
             channels=msg.channels,
             class_names=tuple(msg.class_names),
-            image_size=tuple(msg.image_size),  # type: ignore[arg-type]
+            image_size=tuple(msg.image_size),
         )
     except ValidationError as exc:
         raise WireFormatError(f"invalid dataset description: {exc.errors()[0]['msg']}") from None
 
 
 def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
-    return pb.TrainConfig(
+    msg = pb.TrainConfig(
         local_epochs=settings.local_epochs,
         learning_rate=settings.lr,
         batch_size=settings.batch_size,
         optimizer=settings.optimizer,
         seed=settings.seed,
     )
+    if settings.local_dp is not None:
+        msg.local_dp.clip = settings.local_dp.clip
+        msg.local_dp.noise_multiplier = settings.local_dp.noise_multiplier
+    return msg
 
 
 def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
     if msg.local_epochs < 0 or msg.batch_size < 1 or not msg.learning_rate > 0:
         raise WireFormatError("invalid training configuration in the task")
-    return TrainSettings(msg.local_epochs, msg.learning_rate, msg.batch_size, msg.seed, msg.optimizer or "adam")
+    local_dp = None
+    if msg.HasField("local_dp"):
+        try:
+            local_dp = DpSettings("local", msg.local_dp.clip, msg.local_dp.noise_multiplier)
+        except ValueError as exc:
+            raise WireFormatError(f"invalid local DP request in the task: {exc}") from None
+    return TrainSettings(
+        msg.local_epochs, msg.learning_rate, msg.batch_size, msg.seed, msg.optimizer or "adam", local_dp
+    )
+
+
+def report_to_proto(report: PrivacyReport) -> pb.PrivacyReport:
+    return pb.PrivacyReport(**asdict(report))
+
+
+def report_from_proto(msg: pb.PrivacyReport) -> PrivacyReport:
+    """A hospital's self-reported privacy: a known mechanism, values in range (ε may be +inf: no noise)."""
+    if msg.mechanism not in ("local", "dp_sgd"):
+        raise WireFormatError(f"unknown privacy mechanism {check_text('a mechanism', msg.mechanism)!r}")
+    finite = (msg.clip, msg.noise_multiplier, msg.sampling_rate, msg.delta)
+    if not all(math.isfinite(v) for v in finite) or math.isnan(msg.epsilon):
+        raise WireFormatError("the privacy report holds a value that is not a number")
+    if not (msg.clip > 0 and msg.noise_multiplier >= 0 and 0 < msg.sampling_rate <= 1 and 0 < msg.delta < 1):
+        raise WireFormatError("the privacy report holds an out-of-range clip, noise multiplier, rate or delta")
+    if msg.steps < 1 or msg.releases < 1 or msg.epsilon < 0:
+        raise WireFormatError("the privacy report holds a negative or zero count or a negative epsilon")
+    mechanism: Literal["local", "dp_sgd"] = "local" if msg.mechanism == "local" else "dp_sgd"
+    return PrivacyReport(
+        mechanism, msg.clip, msg.noise_multiplier, msg.sampling_rate, msg.steps, msg.releases, msg.epsilon, msg.delta
+    )
+
+
+def report_to_json(report: PrivacyReport) -> dict[str, Any]:
+    """For history.jsonl and model.json (JSON has no infinity: ε without noise is null)."""
+    out = asdict(report)
+    out["epsilon"] = report.epsilon if math.isfinite(report.epsilon) else None
+    return out
 
 
 def model_spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:

@@ -21,18 +21,21 @@ from types import FrameType
 import grpc
 import torch
 
+from medfed.common.accounting import epsilon, rounds_within
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data import DatasetInfo, HospitalData, load_folder
-from medfed.common.models import MODEL_NAMES
+from medfed.common.errors import ConfigError
+from medfed.common.models import MODEL_NAMES, build_model
 from medfed.common.pki import check_pair, load_cert
+from medfed.common.privacy import dp_model_problem
 from medfed.common.tls import server_credentials
 from medfed.common.training import pick_device
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.evaluation import Evaluator
-from medfed.server.federation import Evaluate, FederationAborted, run_federation
+from medfed.server.federation import Evaluate, FederationAborted, central_strategy, run_federation
 from medfed.server.output import RunOutput
 from medfed.server.servicer import create_server
 
@@ -109,7 +112,56 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to let hospitals hear the run is over (default {d('finish_grace')})",
     )
     p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    dp = p.add_argument_group(
+        "differential privacy",
+        "--dp-central: clip each hospital's update to C, average with equal weights, add N(0, (σC)²) to the sum. "
+        "--dp-local: ask every hospital to clip and noise its own update (a hospital's own flags win over a "
+        "weaker request). Both need a GroupNorm model (cnn_gn, resnet18_gn).",
+    )
+    dp.add_argument("--dp-central", action="store_true", help="central DP on the coordinator (DP-FedAvg)")
+    dp.add_argument("--dp-local", action="store_true", help="ask hospitals for local DP on their updates")
+    dp.add_argument("--dp-clip", type=float, help="C: L2 bound of each hospital's update (initial C when adaptive)")
+    dp.add_argument("--dp-noise-multiplier", type=float, help="σ: noise standard deviation in units of C")
+    dp.add_argument(
+        "--dp-delta", type=float, help="δ per hospital for central DP (default min(1e-5, 1/(10 · --min-clients)))"
+    )
+    dp.add_argument("--dp-target-epsilon", type=float, help="refuse to run rounds that would push ε above this")
+    dp.add_argument(
+        "--dp-adaptive-clip", action="store_true", help="move C towards a quantile of the update norms (Andrew et al.)"
+    )
+    dp.add_argument(
+        "--dp-target-quantile",
+        type=float,
+        help=f"norm quantile adaptive clipping aims at (default {d('dp_target_quantile')})",
+    )
+    dp.add_argument(
+        "--dp-clip-learning-rate",
+        type=float,
+        help=f"adaptive clipping's geometric step (default {d('dp_clip_learning_rate')})",
+    )
     return p
+
+
+def check_privacy(cfg: ServerConfig) -> None:
+    """DP settings that cannot work are start-up errors naming the flag."""
+    if not (cfg.dp_central or cfg.dp_local):
+        return
+    problem = dp_model_problem(build_model(cfg.model, 1, 2))
+    if problem is not None:
+        raise ConfigError(f"--model {cfg.model} cannot be used with differential privacy: {problem}")
+    if cfg.dp_target_epsilon is None:
+        return
+    strategy = central_strategy(cfg)
+    if cfg.dp_noise_multiplier == 0:
+        raise ConfigError("--dp-target-epsilon cannot be met with --dp-noise-multiplier 0 (no noise: ε is infinite)")
+    fits = rounds_within(strategy.spend(), cfg.central_delta, cfg.dp_target_epsilon, cfg.rounds)
+    if fits < cfg.rounds:
+        total = epsilon([strategy.spend().model_copy(update={"steps": cfg.rounds})], cfg.central_delta)
+        raise ConfigError(
+            f"--dp-target-epsilon {cfg.dp_target_epsilon:g}: {cfg.rounds} rounds would spend ε = {total:.3g} "
+            f"(δ = {cfg.central_delta:.2g}); at most {fits} round(s) fit: lower --rounds or raise "
+            "--dp-noise-multiplier"
+        )
 
 
 def check_bindable(address: str) -> None:
@@ -177,6 +229,7 @@ def _run(argv: Sequence[str] | None) -> int:
             "or --insecure to accept plaintext",
             EXIT_USAGE,
         )
+    check_privacy(cfg)
     credentials, authenticator = _tls(cfg)
     test = load_folder(cfg.test_data, require=("test",)) if cfg.test_data else None
     device = pick_device(cfg.device)

@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from medfed.common.accounting import default_delta
 from medfed.common.config import TlsFiles, check_address
+from medfed.common.privacy import DpSettings
 
 
 class ServerConfig(TlsFiles):
@@ -20,7 +22,7 @@ class ServerConfig(TlsFiles):
     min_fit: int | None = Field(None, ge=1)
     round_timeout: float = Field(600.0, gt=0)
     join_timeout: float = Field(3600.0, gt=0)
-    model: Literal["cnn", "resnet18"] = "cnn"
+    model: Literal["cnn", "cnn_gn", "resnet18", "resnet18_gn"] = "cnn"
     local_epochs: int = Field(1, ge=0, le=10_000)
     lr: float = Field(1e-3, gt=0, le=10)
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -37,6 +39,15 @@ class ServerConfig(TlsFiles):
     finish_grace: float = Field(15.0, ge=0)
     max_workers: int = Field(256, ge=4)
     verbose: bool = False
+    dp_central: bool = False
+    dp_local: bool = False
+    dp_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
+    dp_noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False)
+    dp_delta: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
+    dp_target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
+    dp_adaptive_clip: bool = False
+    dp_target_quantile: float = Field(0.5, gt=0, lt=1)
+    dp_clip_learning_rate: float = Field(0.2, gt=0, le=10, allow_inf_nan=False)
 
     @field_validator("allow", mode="before")
     @classmethod
@@ -53,7 +64,39 @@ class ServerConfig(TlsFiles):
             )
         if self.min_fit is not None and self.min_fit > (self.clients_per_round or self.min_clients):
             raise ValueError("--min-fit cannot exceed the number of hospitals chosen per round")
+        self._check_dp()
         return self
+
+    def _check_dp(self) -> None:
+        if self.dp_central and self.dp_local:
+            raise ValueError("choose one of --dp-central and --dp-local")
+        mode = "--dp-central" if self.dp_central else "--dp-local" if self.dp_local else None
+        knobs = (("--dp-clip", self.dp_clip), ("--dp-noise-multiplier", self.dp_noise_multiplier))
+        given = [flag for flag, value in knobs if value is not None]
+        if mode is None and given:
+            raise ValueError(f"{given[0]} needs --dp-central or --dp-local")
+        if mode is not None and (self.dp_clip is None or self.dp_noise_multiplier is None):
+            raise ValueError(f"{mode} needs --dp-clip and --dp-noise-multiplier")
+        central_only = (
+            ("--dp-adaptive-clip", self.dp_adaptive_clip),
+            ("--dp-target-epsilon", self.dp_target_epsilon is not None),
+            ("--dp-delta", self.dp_delta is not None),
+        )
+        for flag, present in central_only:
+            if present and not self.dp_central:
+                hint = " (with --dp-local each hospital keeps its own budget: fed-client has the flag)"
+                raise ValueError(f"{flag} needs --dp-central{hint if self.dp_local else ''}")
+
+    @property
+    def local_dp_request(self) -> DpSettings | None:
+        if not self.dp_local or self.dp_clip is None or self.dp_noise_multiplier is None:
+            return None
+        return DpSettings("local", self.dp_clip, self.dp_noise_multiplier)
+
+    @property
+    def central_delta(self) -> float:
+        """δ per hospital: --dp-delta, else min(1e-5, 1/(10 · --min-clients))."""
+        return self.dp_delta or default_delta(self.min_clients)
 
     @property
     def effective_min_fit(self) -> int:

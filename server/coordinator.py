@@ -28,7 +28,7 @@ import torch
 from medfed.common.config import HOSPITAL_NAME
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
-from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
 from medfed.server.errors import (
     DuplicateUpdate,
     InvalidUpdate,
@@ -83,6 +83,7 @@ class Contribution:
     name: str
     num_examples: int
     metrics: dict[str, float]
+    privacy: PrivacyReport | None = None
 
 
 @dataclass
@@ -235,6 +236,7 @@ class Coordinator:
         layout: Layout,
         *,
         caller: str | None = None,
+        privacy: PrivacyReport | None = None,
     ) -> PendingUpdate:
         """Check an upload's header and reserve its slot; use the result as a context manager."""
         with self._cond:
@@ -251,7 +253,8 @@ class Coordinator:
                     f"(the count {hospital.name} joined with)"
                 )
             current.receiving.add(hospital.name)
-            return PendingUpdate(self, current, Contribution(hospital.name, num_examples, dict(metrics)))
+            contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy)
+            return PendingUpdate(self, current, contribution)
 
     def submit_update(
         self,
@@ -300,7 +303,7 @@ class Coordinator:
             current.receiving.discard(name)
             self._cond.notify_all()
 
-    def leave(self, session_id: str, *, caller: str | None = None) -> None:
+    def leave(self, session_id: str, *, caller: str | None = None, reason: str = "") -> None:
         with self._cond:
             hospital = self._hospital(session_id, caller)
             hospital.left = True
@@ -314,7 +317,7 @@ class Coordinator:
                         hospital.name, current.task.round, len(current.selected), current.min_fit,
                     )  # fmt: skip
             self._cond.notify_all()
-        log.info("%s left the federation", hospital.name)
+        log.info("%s left the federation%s", hospital.name, f": {reason}" if reason else "")
 
     # ----- driver-facing ---------------------------------------------------------------------
 

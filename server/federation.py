@@ -20,9 +20,11 @@ from medfed.common.models import build_model
 from medfed.common.serde import encode
 from medfed.common.training import NORMALIZATION
 from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, RoundOutcome, Task
 from medfed.server.output import RunOutput
+from medfed.server.privacy_record import PrivacyRecorder
 from medfed.server.strategy import FedAvg, Strategy
 
 log = logging.getLogger("medfed.server")
@@ -106,7 +108,14 @@ def _describe(record: Mapping[str, Any], rounds: int) -> str:
     )
     if "accuracy" in record:
         line += f", test accuracy {record['accuracy']:.4f}, loss {record['loss']:.4f}"
-    return line
+    return line + PrivacyRecorder.describe(record)
+
+
+def central_strategy(cfg: ServerConfig) -> DpFedAvg:
+    """DP-FedAvg from the --dp-* flags (only called with --dp-central)."""
+    assert cfg.dp_clip is not None and cfg.dp_noise_multiplier is not None
+    adaptive = AdaptiveClipping(cfg.dp_target_quantile, cfg.dp_clip_learning_rate) if cfg.dp_adaptive_clip else None
+    return DpFedAvg(cfg.dp_clip, cfg.dp_noise_multiplier, adaptive=adaptive)
 
 
 def run_federation(
@@ -120,13 +129,23 @@ def run_federation(
     evaluate = evaluator_factory(info)
     global_state = initial_state(cfg.model, info, cfg.seed)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
-    strategy = FedAvg()
+    central = central_strategy(cfg) if cfg.dp_central else None
+    strategy: Strategy = central or FedAvg()
+    privacy = PrivacyRecorder(central, cfg.central_delta)
+    if central is not None:
+        log.info("central DP: C=%g, σ=%g, δ=%.2g per hospital", central.clip, central.noise_multiplier, privacy.delta)
     rng = random.Random(cfg.seed)
     last_eval: dict[str, Any] = {}
     for round_number in range(1, cfg.rounds + 1):
         started = time.monotonic()
         selected = choose(coordinator.hospitals(), cfg.clients_per_round, rng)
-        settings = TrainSettings(cfg.local_epochs, cfg.lr, cfg.batch_size, seed=cfg.seed * 100_003 + round_number)
+        settings = TrainSettings(
+            cfg.local_epochs,
+            cfg.lr,
+            cfg.batch_size,
+            seed=cfg.seed * 100_003 + round_number,
+            local_dp=cfg.local_dp_request,
+        )
         task = Task(round_number, cfg.rounds, settings, model_spec, encode(global_state))
         outcome = _run_round(cfg, coordinator, task, strategy, global_state, selected)
         global_state = outcome.accumulator.result()
@@ -144,6 +163,7 @@ def run_federation(
             c.name: {"num_examples": c.num_examples, **c.metrics} for c in outcome.contributions
         }
         record["missing"] = outcome.missing
+        record.update(privacy.round(outcome.accumulator, outcome.contributions))
         output.append_history(record)
         log.info("%s", _describe(record, cfg.rounds))
     coordinator.finish("all rounds completed", cfg.rounds)
@@ -159,6 +179,7 @@ def run_federation(
         "normalization": NORMALIZATION,
         "round": cfg.rounds,
         "strategy": strategy.name,
+        "privacy": privacy.summary(),
         "metrics": {k: v for k, v in last_eval.items() if k != "confusion_matrix"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "medfed_version": __version__,

@@ -20,7 +20,15 @@ from medfed.common.serde import (
     layout_to_proto,
 )
 from medfed.common.transport import server_options
-from medfed.common.wire import check_text, info_from_proto, metrics_from_proto, model_spec_to_proto, settings_to_proto
+from medfed.common.wire import (
+    MAX_TEXT,
+    check_text,
+    info_from_proto,
+    metrics_from_proto,
+    model_spec_to_proto,
+    report_from_proto,
+    settings_to_proto,
+)
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from medfed.server.auth import AuthContext, PeerAuthenticator
@@ -154,8 +162,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 raise WireFormatError("this coordinator accepts only full-weight updates")
             layout = layout_from_proto(header.tensors, max_total_bytes=MAX_MODEL_BYTES)
             metrics = metrics_from_proto(header.metrics)
+            privacy = report_from_proto(header.privacy) if header.HasField("privacy") else None
             with self._coordinator.begin_update(
-                header.session_id, header.round, header.num_examples, metrics, layout, caller=caller
+                header.session_id, header.round, header.num_examples, metrics, layout, caller=caller, privacy=privacy
             ) as pending:
                 pending.commit(from_chunks(layout, _chunks(request_iterator)))
         except Refusal as exc:
@@ -173,7 +182,8 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
         try:
-            self._coordinator.leave(request.session_id, caller=self._caller(context))
+            reason = "".join(c if c.isprintable() else " " for c in request.reason[:MAX_TEXT])
+            self._coordinator.leave(request.session_id, caller=self._caller(context), reason=reason)
         except Refusal as exc:
             _abort(context, exc)
         return pb.LeaveReply()

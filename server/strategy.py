@@ -45,12 +45,25 @@ class Strategy(Protocol):
         ...
 
 
-class FedAvgAccumulator:
-    """Running float64 sums of n_i * w_i; ``result`` divides by sum(n_i)."""
+def check_update(template: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+    """Check everything about an update before any accumulator changes."""
+    if num_examples <= 0:
+        raise AggregationError(f"an update must come from at least one example, got {num_examples}")
+    if update.keys() != template.keys():
+        missing = sorted(template.keys() - update.keys())[:3]
+        extra = sorted(update.keys() - template.keys())[:3]
+        raise AggregationError(f"update tensors differ from the model (missing {missing}, unexpected {extra})")
+    for name, expected in template.items():
+        if update[name].shape != expected.shape:
+            shape = tuple(update[name].shape)
+            raise AggregationError(f"tensor {name!r} has shape {shape}, expected {tuple(expected.shape)}")
+
+
+class SumAccumulator:
+    """The part every accumulator shares: float64 sums shaped like the model, and what went into them."""
 
     def __init__(self, template: Mapping[str, torch.Tensor]) -> None:
         self._sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in template.items()}
-        self._dtypes = {k: v.dtype for k, v in template.items()}
         self._num_updates = 0
         self._num_examples = 0
 
@@ -62,21 +75,23 @@ class FedAvgAccumulator:
     def num_examples(self) -> int:
         return self._num_examples
 
-    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None:
-        if num_examples <= 0:
-            raise AggregationError(f"an update must come from at least one example, got {num_examples}")
-        if update.keys() != self._sums.keys():
-            missing = sorted(self._sums.keys() - update.keys())[:3]
-            extra = sorted(update.keys() - self._sums.keys())[:3]
-            raise AggregationError(f"update tensors differ from the model (missing {missing}, unexpected {extra})")
-        for name, total in self._sums.items():  # check everything before changing anything
-            if update[name].shape != total.shape:
-                shape = tuple(update[name].shape)
-                raise AggregationError(f"tensor {name!r} has shape {shape}, expected {tuple(total.shape)}")
-        for name, total in self._sums.items():
-            total.add_(update[name].detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
+    def _counted(self, num_examples: int) -> None:
         self._num_updates += 1
         self._num_examples += num_examples
+
+
+class FedAvgAccumulator(SumAccumulator):
+    """Running float64 sums of n_i * w_i; ``result`` divides by sum(n_i)."""
+
+    def __init__(self, template: Mapping[str, torch.Tensor]) -> None:
+        super().__init__(template)
+        self._dtypes = {k: v.dtype for k, v in template.items()}
+
+    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+        check_update(self._sums, update, num_examples)
+        for name, total in self._sums.items():
+            total.add_(update[name].detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
+        self._counted(num_examples)
 
     def result(self) -> StateDict:
         if self._num_examples == 0:

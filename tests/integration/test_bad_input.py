@@ -89,6 +89,25 @@ def test_server_on_a_port_in_use(tmp_path: Path) -> None:
         (["--rounds", "2"], ["--insecure"]),
         (["--insecure", "--address", "localhost"], ["--address", "HOST:PORT"]),
         (["--insecure", "--test-data", "/nonexistent/test"], ["/nonexistent/test", "does not exist"]),
+        (["--insecure", "--dp-central", "--dp-clip", "1", "--dp-noise-multiplier", "1"], ["--model cnn", "BatchNorm"]),
+        (["--insecure", "--dp-local", "--dp-clip", "-1", "--dp-noise-multiplier", "1"], ["--dp-clip"]),
+        (
+            [
+                "--insecure",
+                "--model",
+                "cnn_gn",
+                "--dp-central",
+                "--dp-clip",
+                "1",
+                "--dp-noise-multiplier",
+                "1",
+                "--rounds",
+                "50",
+                "--dp-target-epsilon",
+                "2",
+            ],
+            ["--dp-target-epsilon 2: 50 rounds would spend", "at most 0 round(s) fit"],
+        ),
     ],
 )
 def test_server_refuses_bad_settings(args: list[str], fragments: list[str], tmp_path: Path) -> None:

@@ -157,6 +157,14 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
         "huge metric name": (upload(messages(hostile, model, metrics={"x" * 1000: 1.0})), Code.RESOURCE_EXHAUSTED),
         "message over the 4 MiB limit": (upload([good[0], pb.UpdateMessage(chunk=pb.Chunk(
             offset=0, data=bytes(5 << 20)))]), Code.RESOURCE_EXHAUSTED),
+        "privacy report with NaN epsilon": (upload(edit_header(lambda h: h.privacy.CopyFrom(pb.PrivacyReport(
+            mechanism="local", clip=1, noise_multiplier=1, sampling_rate=1, steps=1, releases=1,
+            epsilon=float("nan"), delta=1e-5)))), Code.INVALID_ARGUMENT),
+        "privacy report of an unknown mechanism": (upload(edit_header(lambda h: h.privacy.CopyFrom(
+            pb.PrivacyReport(mechanism="x" * 500)))), Code.RESOURCE_EXHAUSTED),
+        "privacy report with delta 1": (upload(edit_header(lambda h: h.privacy.CopyFrom(pb.PrivacyReport(
+            mechanism="dp_sgd", clip=1, noise_multiplier=1, sampling_rate=0.1, steps=3, releases=1,
+            epsilon=2, delta=1)))), Code.INVALID_ARGUMENT),
         "join with 1001 classes": (lambda: join(stub, "hostile_2", 10, bad_info), Code.RESOURCE_EXHAUSTED),
         "join with a path as name": (lambda: join(stub, "../../etc/passwd"), Code.INVALID_ARGUMENT),
         "join inflating its sample count": (lambda: join(stub, "hostile_3", 10**9), Code.INVALID_ARGUMENT),

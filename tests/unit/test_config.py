@@ -57,3 +57,54 @@ def test_addresses_parse_with_ipv6_and_wildcards() -> None:
     assert parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
     with pytest.raises(ValueError):
         parse_address(":8443")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dp_central": True, "dp_clip": 0, "dp_noise_multiplier": 1}, "--dp-clip: Input should be greater than 0"),
+        ({"dp_central": True, "dp_clip": 1, "dp_noise_multiplier": -0.5}, "--dp-noise-multiplier: Input should be"),
+        ({"dp_central": True, "dp_clip": 1, "dp_noise_multiplier": 1, "dp_delta": 1.0}, "--dp-delta: Input should"),
+        ({"dp_central": True, "dp_clip": 1, "dp_noise_multiplier": 1, "dp_delta": 0}, "--dp-delta: Input should"),
+        ({"dp_central": True}, "--dp-central needs --dp-clip and --dp-noise-multiplier"),
+        ({"dp_clip": 1.0}, "--dp-clip needs --dp-central or --dp-local"),
+        ({"dp_noise_multiplier": 0.0}, "--dp-noise-multiplier needs --dp-central or --dp-local"),
+        ({"dp_central": True, "dp_local": True, "dp_clip": 1, "dp_noise_multiplier": 1}, "choose one of"),
+        ({"dp_local": True, "dp_clip": 1, "dp_noise_multiplier": 1, "dp_target_epsilon": 3}, "fed-client has the flag"),
+        ({"dp_adaptive_clip": True}, "--dp-adaptive-clip needs --dp-central"),
+        ({"dp_central": True, "dp_clip": 1, "dp_noise_multiplier": 1, "dp_target_epsilon": 0}, "--dp-target-epsilon"),
+    ],
+)
+def test_bad_server_privacy_settings_name_the_flag(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(ServerConfig, {}, values)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dp_clip": 0.0, "dp_noise_multiplier": 1.0}, "--dp-clip: Input should be greater than 0"),
+        ({"dp_clip": -2.0, "dp_noise_multiplier": 1.0}, "--dp-clip"),
+        ({"dp_clip": 1.0, "dp_noise_multiplier": -1.0}, "--dp-noise-multiplier"),
+        ({"dp_clip": 1.0, "dp_noise_multiplier": float("nan")}, "--dp-noise-multiplier"),
+        ({"dp_delta": 1.5}, "--dp-delta"),
+        ({"dp_delta": 0.0}, "--dp-delta"),
+        ({"dp_clip": 1.0}, "--dp-clip and --dp-noise-multiplier go together"),
+        ({"dp_sgd": True}, "--dp-sgd needs --dp-clip"),
+        ({"dp_target_epsilon": -1.0}, "--dp-target-epsilon"),
+    ],
+)
+def test_bad_client_privacy_settings_name_the_flag(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(ClientConfig, {}, {"data": "x", "server": "h:1", **values})
+    assert message in str(err.value)
+
+
+def test_client_privacy_flags_make_the_hospitals_own_settings() -> None:
+    cfg = build_config(
+        ClientConfig, {}, {"data": "x", "server": "h:1", "dp_clip": 1.0, "dp_noise_multiplier": 1.1, "dp_sgd": True}
+    )
+
+    assert cfg.own_dp is not None
+    assert (cfg.own_dp.mechanism, cfg.own_dp.clip, cfg.own_dp.noise_multiplier) == ("dp_sgd", 1.0, 1.1)

@@ -6,7 +6,7 @@ from torch import nn
 
 from medfed.common.data import Split
 from medfed.common.errors import DeviceError, UnknownModelError
-from medfed.common.models import build_model
+from medfed.common.models import MODEL_NAMES, build_model
 from medfed.common.training import evaluate, pick_device, train_local
 
 
@@ -43,11 +43,15 @@ def test_evaluate_counts_per_class_and_confusion() -> None:
     assert result.confusion == [[0, 2, 0], [0, 2, 0], [0, 0, 0]]
 
 
-def test_models_take_the_manifests_channels_and_classes() -> None:
-    out = build_model("resnet18", 3, 7)(torch.zeros(2, 3, 28, 28))
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_models_take_the_manifests_channels_and_classes(name: str) -> None:
+    out = build_model(name, 3, 7)(torch.zeros(2, 3, 28, 28))
 
     assert out.shape == (2, 7)
-    with pytest.raises(UnknownModelError, match="choose one of cnn, resnet18"):
+
+
+def test_unknown_models_are_refused_with_the_choices() -> None:
+    with pytest.raises(UnknownModelError, match="choose one of cnn, cnn_gn, resnet18, resnet18_gn"):
         build_model("vgg", 1, 2)
 
 

@@ -280,12 +280,19 @@ class TrainConfig(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    LOCAL_DP_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     """0: send the model back untrained (a pure communication round)"""
     learning_rate: _builtins.float
     batch_size: _builtins.int
     optimizer: _builtins.str
     seed: _builtins.int
+    @_builtins.property
+    def local_dp(self) -> Global___DpRequest:
+        """Set when the coordinator asks hospitals for local differential privacy. A hospital's own
+        settings win unless this asks for more noise (see the README's privacy section).
+        """
+
     def __init__(
         self,
         *,
@@ -294,14 +301,39 @@ class TrainConfig(_message.Message):
         batch_size: _builtins.int = ...,
         optimizer: _builtins.str = ...,
         seed: _builtins.int = ...,
+        local_dp: Global___DpRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainConfig: _TypeAlias = TrainConfig  # noqa: Y015
+
+@_typing.final
+class DpRequest(_message.Message):
+    """Clip each hospital's update to L2 norm `clip` and add N(0, (noise_multiplier * clip)^2) to every coordinate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIP_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    clip: _builtins.float
+    noise_multiplier: _builtins.float
+    def __init__(
+        self,
+        *,
+        clip: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "noise_multiplier", b"noise_multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DpRequest: _TypeAlias = DpRequest  # noqa: Y015
 
 @_typing.final
 class ModelSpec(_message.Message):
@@ -469,6 +501,7 @@ class UpdateHeader(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     TENSORS_FIELD_NUMBER: _builtins.int
+    PRIVACY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     round: _builtins.int
     num_examples: _builtins.int
@@ -477,6 +510,10 @@ class UpdateHeader(_message.Message):
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
     def tensors(self) -> Global___ModelHeader: ...
+    @_builtins.property
+    def privacy(self) -> Global___PrivacyReport:
+        """absent when the hospital applied no differential privacy"""
+
     def __init__(
         self,
         *,
@@ -486,14 +523,64 @@ class UpdateHeader(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         kind: Global___UpdateKind.ValueType = ...,
         tensors: Global___ModelHeader | None = ...,
+        privacy: Global___PrivacyReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["tensors", b"tensors"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["privacy", b"privacy", "tensors", b"tensors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "round", b"round", "session_id", b"session_id", "tensors", b"tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "privacy", b"privacy", "round", b"round", "session_id", b"session_id", "tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateHeader: _TypeAlias = UpdateHeader  # noqa: Y015
+
+@_typing.final
+class PrivacyReport(_message.Message):
+    """What a hospital's differential privacy did this round, and its total spend so far (self-reported:
+    the coordinator records it but cannot verify the noise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    SAMPLING_RATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    RELEASES_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    mechanism: _builtins.str
+    """"local" (clipped, noised update) or "dp_sgd" (per-patient DP-SGD)"""
+    clip: _builtins.float
+    noise_multiplier: _builtins.float
+    sampling_rate: _builtins.float
+    """DP-SGD's q = batch / n; 1 for local DP"""
+    steps: _builtins.int
+    """mechanism invocations this round (DP-SGD steps; 1 for local DP)"""
+    releases: _builtins.int
+    """DP releases in the hospital's ledger, this one included"""
+    epsilon: _builtins.float
+    """total epsilon of the ledger at `delta`; +inf when a release had no noise"""
+    delta: _builtins.float
+    def __init__(
+        self,
+        *,
+        mechanism: _builtins.str = ...,
+        clip: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+        sampling_rate: _builtins.float = ...,
+        steps: _builtins.int = ...,
+        releases: _builtins.int = ...,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "delta", b"delta", "epsilon", b"epsilon", "mechanism", b"mechanism", "noise_multiplier", b"noise_multiplier", "releases", b"releases", "sampling_rate", b"sampling_rate", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacyReport: _TypeAlias = PrivacyReport  # noqa: Y015
 
 @_typing.final
 class UpdateMessage(_message.Message):

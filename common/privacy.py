@@ -1,0 +1,121 @@
+"""Differential privacy as plain functions over state_dicts: difference, clip, noise.
+
+Used by hospitals (local DP on their update) and by the coordinator (central DP on each update and
+the aggregate); no transport and no accounting here (that is medfed.common.accounting).
+
+Noise is drawn from a generator seeded with fresh operating-system entropy: a noise stream that
+could be replayed from a known seed (such as the run's ``--seed``) could be subtracted again, so DP
+rounds are never reproducible bit for bit. Tests pass their own seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+Mechanism = Literal["local", "dp_sgd", "central"]
+
+MECHANISM_TEXT: dict[str, str] = {
+    "local": "local DP (clipped, noised update)",
+    "dp_sgd": "DP-SGD (per-patient clipping and noise)",
+    "central": "central DP (coordinator clips each update, noises the aggregate)",
+}
+
+
+@dataclass(frozen=True)
+class DpSettings:
+    """One mechanism's knobs: the L2 clipping bound C and the noise multiplier σ (noise std = σC)."""
+
+    mechanism: Mechanism
+    clip: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"the clipping bound must be a positive number, got {self.clip}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError(f"the noise multiplier must be zero or more, got {self.noise_multiplier}")
+
+    def describe(self) -> str:
+        return f"{MECHANISM_TEXT[self.mechanism]}, C={self.clip:g}, σ={self.noise_multiplier:g}"
+
+
+def secure_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def difference(local: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> StateDict:
+    """Δ = local − base over the floating-point tensors, in float64 (the other tensors carry no update)."""
+    return {
+        k: local[k].detach().to("cpu", torch.float64) - v.detach().to("cpu", torch.float64)
+        for k, v in base.items()
+        if v.dtype.is_floating_point
+    }
+
+
+def l2_norm(update: Mapping[str, torch.Tensor]) -> float:
+    """The norm of the whole update seen as one vector."""
+    total = sum((float(t.double().pow(2).sum()) for t in update.values()), 0.0)
+    return math.sqrt(total)
+
+
+def clip_update(update: Mapping[str, torch.Tensor], clip: float) -> tuple[StateDict, float]:
+    """Scale the update to L2 norm at most ``clip``; returns the result and the norm before clipping."""
+    norm = l2_norm(update)
+    factor = min(1.0, clip / norm) if norm > 0 else 1.0
+    return {k: v * factor for k, v in update.items()}, norm
+
+
+def add_gaussian_noise(update: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> StateDict:
+    """Independent N(0, std²) on every coordinate; std = 0 returns the update unchanged."""
+    if std == 0:
+        return dict(update)
+    return {
+        k: v + torch.normal(0.0, std, size=v.shape, dtype=v.dtype, device=v.device, generator=generator)
+        for k, v in update.items()
+    }
+
+
+def apply_update(base: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor]) -> StateDict:
+    """base + update, in base's dtypes; tensors without an update keep base's value."""
+    out: StateDict = {}
+    for k, v in base.items():
+        out[k] = (v.to(torch.float64) + update[k]).to(v.dtype) if k in update else v.clone()
+    return out
+
+
+def privatize_update(
+    local: Mapping[str, torch.Tensor],
+    base: Mapping[str, torch.Tensor],
+    settings: DpSettings,
+    generator: torch.Generator,
+) -> tuple[StateDict, float]:
+    """Local DP on a hospital's new weights: base + clip_C(local − base) + N(0, (σC)²).
+
+    Returns the weights to send and the update's norm before clipping (for the hospital's log)."""
+    clipped, norm = clip_update(difference(local, base), settings.clip)
+    noised = add_gaussian_noise(clipped, settings.noise_multiplier * settings.clip, generator)
+    return apply_update(base, noised), norm
+
+
+def dp_model_problem(model: nn.Module) -> str | None:
+    """Why a model cannot be trained under DP, or None when it can.
+
+    Buffers (BatchNorm's running statistics) are computed from patient data and would travel outside
+    the clipped and noised update."""
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.buffers(recurse=False))})
+        return (
+            f"it keeps statistics of the training data outside its weights ({', '.join(kinds)}: "
+            f"{len(buffers)} buffers), which differential privacy cannot cover; use a GroupNorm model "
+            "(cnn_gn or resnet18_gn)"
+        )
+    return None

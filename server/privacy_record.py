@@ -1,0 +1,76 @@
+"""What the coordinator writes about privacy: per round in history.jsonl, once in model.json.
+
+Central DP is accounted here (the coordinator runs it); hospitals' local DP and DP-SGD are accounted
+by each hospital against its own ledger and only recorded here, as they reported it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from medfed.common.accounting import epsilon, finite_or_none
+from medfed.common.wire import PrivacyReport, report_to_json
+from medfed.server.central_dp import DpAccumulator, DpFedAvg
+from medfed.server.coordinator import Contribution
+
+
+class PrivacyRecorder:
+    def __init__(self, central: DpFedAvg | None, delta: float) -> None:
+        self._central = central
+        self.delta = delta
+        self._rounds = 0
+        self._hospitals: dict[str, PrivacyReport] = {}
+        self._central_record: dict[str, Any] | None = None
+
+    def round(self, accumulator: object, contributions: Iterable[Contribution]) -> dict[str, Any]:
+        """Keys for this round's history record: ``privacy`` and ``epsilon`` (the largest ε in use)."""
+        out: dict[str, Any] = {}
+        worst: float | None = None
+        if self._central is not None and isinstance(accumulator, DpAccumulator):
+            self._rounds += 1
+            info = accumulator.round_info
+            spent = epsilon([self._central.spend().model_copy(update={"steps": self._rounds})], self.delta)
+            record: dict[str, Any] = {
+                **self._central.describe(),
+                "clip": info.clip if info else self._central.clip,
+                "rounds": self._rounds,
+                "sampling_rate": 1.0,
+                "epsilon": finite_or_none(spent),
+                "delta": self.delta,
+            }
+            if info is not None and info.unclipped_fraction is not None:
+                record["unclipped_fraction"] = info.unclipped_fraction
+                record["next_clip"] = info.next_clip
+            self._central_record = record
+            out["central"] = record
+            worst = spent
+        reports = {c.name: c.privacy for c in contributions if c.privacy is not None}
+        if reports:
+            self._hospitals.update(reports)
+            out["hospitals"] = {name: report_to_json(r) for name, r in sorted(reports.items())}
+            highest = max(r.epsilon for r in reports.values())
+            worst = highest if worst is None else max(worst, highest)
+        if not out:
+            return {}
+        return {"privacy": out, "epsilon": finite_or_none(worst) if worst is not None else None}
+
+    def summary(self) -> dict[str, Any]:
+        """For model.json: every mechanism that touched the model, with its final (ε, δ)."""
+        if self._central_record is None and not self._hospitals:
+            return {"mechanism": "none"}
+        out: dict[str, Any] = {}
+        if self._central_record is not None:
+            out["central"] = self._central_record
+        if self._hospitals:
+            out["hospitals"] = {name: report_to_json(r) for name, r in sorted(self._hospitals.items())}
+        return out
+
+    @staticmethod
+    def describe(record: Mapping[str, Any]) -> str:
+        """The round's log line addition."""
+        value = record.get("epsilon")
+        if "privacy" not in record:
+            return ""
+        return f", ε = {value:.3g}" if isinstance(value, float) and math.isfinite(value) else ", ε = ∞ (no noise)"
