@@ -22,6 +22,7 @@ class PrivacyRecorder:
         self.delta = delta
         self._rounds = 0
         self._hospitals: dict[str, PrivacyReport] = {}
+        self._hospital_rounds: dict[str, int] = {}
         self._central_record: dict[str, Any] | None = None
 
     def round(self, accumulator: object, contributions: Iterable[Contribution]) -> dict[str, Any]:
@@ -49,6 +50,8 @@ class PrivacyRecorder:
         reports = {c.name: c.privacy for c in contributions if c.privacy is not None}
         if reports:
             self._hospitals.update(reports)
+            for name in reports:
+                self._hospital_rounds[name] = self._hospital_rounds.get(name, 0) + 1
             out["hospitals"] = {name: report_to_json(r) for name, r in sorted(reports.items())}
             highest = max(r.epsilon for r in reports.values())
             worst = highest if worst is None else max(worst, highest)
@@ -64,7 +67,10 @@ class PrivacyRecorder:
         if self._central_record is not None:
             out["central"] = self._central_record
         if self._hospitals:
-            out["hospitals"] = {name: report_to_json(r) for name, r in sorted(self._hospitals.items())}
+            out["hospitals"] = {
+                name: {**report_to_json(r), "rounds": self._hospital_rounds[name]}
+                for name, r in sorted(self._hospitals.items())
+            }
         return out
 
     @staticmethod

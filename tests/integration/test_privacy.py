@@ -68,8 +68,8 @@ def test_local_dp_and_dp_sgd_report_a_growing_epsilon_and_a_spent_budget_stops_a
     assert "above --dp-target-epsilon 12" in procs.log("hospital_c")
     assert "privacy budget reached" in procs.log("server")
     final = json.loads((out / "model.json").read_text())["privacy"]["hospitals"]["hospital_a"]
-    assert final == {**reports[2]["hospital_a"], "releases": 3}
-    assert set(final) >= {"mechanism", "clip", "noise_multiplier", "sampling_rate", "epsilon", "delta"}
+    assert final == {**reports[2]["hospital_a"], "releases": 3, "rounds": 3}
+    assert set(final) >= {"mechanism", "clip", "noise_multiplier", "rounds", "sampling_rate", "epsilon", "delta"}
     ledger = json.loads((data / "hospital_a" / "privacy-ledger.json").read_text())
     assert [e["round"] for e in ledger["entries"]] == [1, 2, 3]
 
