@@ -128,6 +128,9 @@ class HospitalNode:
         rounds = 0
         while True:
             message = self._poll()
+            if isinstance(message, pb.Finished) and message.resumable:
+                self._await_return(message.reason)
+                continue
             if isinstance(message, pb.Finished):
                 log.info("federation finished (%s); this hospital trained %d round(s)", message.reason, rounds)
                 return rounds
@@ -141,6 +144,31 @@ class HospitalNode:
             self._log_round(message, result)
             self._submit(message.round, result)
             rounds += 1
+
+    def _await_return(self, reason: str) -> None:
+        """The coordinator stopped before its last round (a redeploy): join it again when it is back."""
+        log.warning(
+            "the coordinator stopped (%s); waiting up to %.0f s (--max-wait) for it to come back",
+            reason,
+            self._max_wait,
+        )
+        self._session = None
+        backoff = Backoff()
+        deadline = self._clock() + self._max_wait
+        while True:
+            try:
+                self._join(retrying=False)
+                return
+            except grpc.RpcError as exc:
+                # Down (UNAVAILABLE), or still the stopping coordinator ("the federation is over").
+                if _code(exc) not in (*RETRYABLE, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise NodeError(f"the coordinator refused {self._name}: {_details(exc)}") from None
+            now = self._clock()
+            if now >= deadline:
+                raise NodeError(
+                    f"the coordinator stopped ({reason}) and did not come back within {self._max_wait:.0f} s"
+                )
+            self._sleep(min(backoff.next_delay(), deadline - now))
 
     def leave(self, reason: str) -> None:
         if self._session is None:
@@ -179,7 +207,7 @@ class HospitalNode:
                 log.warning("%s: coordinator unreachable (%s); retrying in %.1f s", what, _details(exc), delay)
                 self._sleep(delay)
 
-    def _join(self) -> None:
+    def _join(self, *, retrying: bool = True) -> None:
         train = self._data.split("train")
         request = pb.JoinRequest(
             name=self._name,
@@ -187,6 +215,11 @@ class HospitalNode:
             data=info_to_proto(self._data.info),
             client_version=__version__,
         )
+        if not retrying:
+            reply = self._stub.Join(request, timeout=JOIN_DEADLINE_S)
+            self._session, self._federation = reply.session_id, reply.federation_id
+            log.info("joined the federation at %s again as %s", self._server, self._name)
+            return
         try:
             reply = self._retrying("join", lambda: self._stub.Join(request, timeout=JOIN_DEADLINE_S))
         except grpc.RpcError as exc:

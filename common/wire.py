@@ -160,3 +160,10 @@ def model_spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:
 
 def model_spec_from_proto(msg: pb.ModelSpec) -> ModelSpec:
     return ModelSpec(msg.name, msg.in_channels, msg.num_classes)
+
+
+def report_from_json(data: Mapping[str, Any]) -> PrivacyReport:
+    """The inverse of ``report_to_json`` (for the coordinator's own checkpoint, not for network input)."""
+    fields = dict(data)
+    fields["epsilon"] = math.inf if fields.get("epsilon") is None else float(fields["epsilon"])
+    return PrivacyReport(**fields)

@@ -32,11 +32,12 @@ from medfed.common.privacy import dp_model_problem
 from medfed.common.tls import server_credentials
 from medfed.common.training import pick_device
 from medfed.server.auth import PeerAuthenticator
+from medfed.server.checkpoint import Checkpoint, check_settings, load_checkpoint
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.evaluation import Evaluator
 from medfed.server.federation import Evaluate, FederationAborted, central_strategy, run_federation
-from medfed.server.output import RunOutput
+from medfed.server.output import CHECKPOINT_FILE, RunOutput
 from medfed.server.servicer import create_server
 
 log = logging.getLogger("medfed.server")
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help=f"folder for history.jsonl and the final model (default {d('out')})")
     p.add_argument("--force", action="store_true", help="replace a previous run's files in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out after its last completed round (same settings; --rounds may grow)",
+    )
     p.add_argument("--tls-cert", type=Path, help="the coordinator's certificate (fed-certs server)")
     p.add_argument("--tls-key", type=Path, help="its private key")
     p.add_argument("--tls-ca", type=Path, help="the federation's CA certificate: hospitals must present one it issued")
@@ -189,6 +195,18 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
+def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+    checkpoint, state = load_checkpoint(cfg.out)
+    check_settings(checkpoint.settings, cfg.resume_settings())
+    if checkpoint.round >= cfg.rounds:
+        raise ConfigError(
+            f"--resume: the run in {cfg.out} has already completed {checkpoint.round} of --rounds {cfg.rounds}; "
+            "give a larger --rounds to train further"
+        )
+    output.truncate_history(checkpoint.round)
+    return checkpoint, state
+
+
 def _evaluator_factory(cfg: ServerConfig, test: HospitalData | None, device: torch.device) -> Evaluate | None:
     if test is None:
         return None
@@ -211,6 +229,7 @@ def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> N
         threading.Thread(
             target=coordinator.finish,
             args=(f"coordinator stopped by {signal.Signals(signum).name}", 0),
+            kwargs={"resumable": True},
             daemon=True,
         ).start()
 
@@ -235,11 +254,23 @@ def _run(argv: Sequence[str] | None) -> int:
     device = pick_device(cfg.device)
     check_bindable(cfg.address)
     output = RunOutput(cfg.out)
-    output.prepare(force=cfg.force)
+    resume = _resume(cfg, output) if cfg.resume else None
+    if resume is None:
+        output.prepare(force=cfg.force)
 
     info: DatasetInfo | None = test.info if test else None
+    if resume is not None:
+        saved = DatasetInfo.model_validate(resume[0].data)
+        if info is not None and (reason := saved.mismatch(info)):
+            raise ConfigError(f"--test-data: its {reason} (the run being resumed used {saved.dataset})")
+        info = saved
     allowed = frozenset(cfg.allow) if cfg.allow is not None else None
-    coordinator = Coordinator(data_info=info, allowed=allowed, max_examples=cfg.max_examples)
+    coordinator = Coordinator(
+        data_info=info,
+        allowed=allowed,
+        max_examples=cfg.max_examples,
+        federation_id=resume[0].federation_id if resume else None,
+    )
     server, port = create_server(
         coordinator, cfg.address, credentials=credentials, authenticator=authenticator,
         poll_timeout=cfg.poll_timeout, upload_timeout=cfg.round_timeout, max_workers=cfg.max_workers,
@@ -260,7 +291,7 @@ def _run(argv: Sequence[str] | None) -> int:
     received: list[int] = []
     _install_signal_handlers(coordinator, received)
     try:
-        run_federation(cfg, coordinator, output, lambda _info: _evaluator_factory(cfg, test, device))
+        run_federation(cfg, coordinator, output, lambda _info: _evaluator_factory(cfg, test, device), resume)
         untold = coordinator.wait_until_told(cfg.finish_grace)
         if untold:
             log.warning("did not hear from %s after the last round", ", ".join(untold))
@@ -270,7 +301,10 @@ def _run(argv: Sequence[str] | None) -> int:
         coordinator.finish(str(exc), 0)
         coordinator.wait_until_told(min(cfg.finish_grace, 5.0))
         code = 128 + received[0] if received else 1
-        raise CliError(f"stopped before the last round: {exc}", code) from None
+        hint = ""
+        if (output.directory / CHECKPOINT_FILE).exists():
+            hint = "; the last completed round is checkpointed: continue with the same command and --resume"
+        raise CliError(f"stopped before the last round: {exc}{hint}", code) from None
     finally:
         server.stop(grace=2.0).wait()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -30,6 +30,7 @@ class ServerConfig(TlsFiles):
     test_data: Path | None = None
     out: Path = Path("fed-out")
     force: bool = False
+    resume: bool = False
     tls_crl: Path | None = None
     allow: list[str] | None = None
     max_examples: int = Field(1_000_000, ge=1)
@@ -64,6 +65,8 @@ class ServerConfig(TlsFiles):
             )
         if self.min_fit is not None and self.min_fit > (self.clients_per_round or self.min_clients):
             raise ValueError("--min-fit cannot exceed the number of hospitals chosen per round")
+        if self.resume and self.force:
+            raise ValueError("--resume continues the run in --out and --force replaces it: choose one")
         self._check_dp()
         return self
 
@@ -86,6 +89,15 @@ class ServerConfig(TlsFiles):
             if present and not self.dp_central:
                 hint = " (with --dp-local each hospital keeps its own budget: fed-client has the flag)"
                 raise ValueError(f"{flag} needs --dp-central{hint if self.dp_local else ''}")
+
+    def resume_settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the one it continues (everything but --rounds and transport)."""
+        keys = (
+            "model", "seed", "local_epochs", "lr", "batch_size", "clients_per_round", "dp_central", "dp_local",
+            "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_adaptive_clip", "dp_target_quantile",
+            "dp_clip_learning_rate",
+        )  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
 
     @property
     def local_dp_request(self) -> DpSettings | None:

@@ -64,6 +64,7 @@ class Wait:
 class Finished:
     reason: str
     rounds_completed: int
+    resumable: bool = False
 
 
 Instruction = Task | Wait | Finished
@@ -129,6 +130,7 @@ class Coordinator:
         allowed: frozenset[str] | None = None,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
         clock: Callable[[], float] = time.monotonic,
+        federation_id: str | None = None,
     ) -> None:
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
@@ -141,7 +143,7 @@ class Coordinator:
         self._replaced: set[str] = set()
         self._round: _OpenRound | None = None
         self._finished: Finished | None = None
-        self.federation_id = secrets.token_hex(8)
+        self.federation_id = federation_id or secrets.token_hex(8)
 
     # ----- hospital-facing -------------------------------------------------------------------
 
@@ -390,11 +392,12 @@ class Coordinator:
         with self._cond:
             return self._finished
 
-    def finish(self, reason: str, rounds_completed: int) -> None:
-        """Tell every hospital (on its next poll, or now if it is waiting) that the federation is over."""
+    def finish(self, reason: str, rounds_completed: int, *, resumable: bool = False) -> None:
+        """Tell every hospital (on its next poll, or now if it is waiting) that the federation is over,
+        or, when ``resumable``, that this coordinator stops and a resumed one may follow."""
         with self._cond:
             if self._finished is None:
-                self._finished = Finished(reason, rounds_completed)
+                self._finished = Finished(reason, rounds_completed, resumable)
             self._cond.notify_all()
 
     def wait_until_told(self, timeout: float) -> list[str]:

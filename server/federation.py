@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +22,7 @@ from medfed.common.serde import encode
 from medfed.common.training import NORMALIZATION
 from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
+from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, RoundOutcome, Task
 from medfed.server.output import RunOutput
@@ -118,27 +120,72 @@ def central_strategy(cfg: ServerConfig) -> DpFedAvg:
     return DpFedAvg(cfg.dp_clip, cfg.dp_noise_multiplier, adaptive=adaptive)
 
 
+@dataclass
+class _Run:
+    """The state that carries from round to round, and so goes into every checkpoint."""
+
+    completed: int
+    global_state: dict[str, torch.Tensor]
+    rng: random.Random
+    central: DpFedAvg | None
+    privacy: PrivacyRecorder
+    last_eval: dict[str, Any]
+
+
+def _start(cfg: ServerConfig, info: DatasetInfo, resume: tuple[Checkpoint, dict[str, torch.Tensor]] | None) -> _Run:
+    central = central_strategy(cfg) if cfg.dp_central else None
+    privacy = PrivacyRecorder(central, cfg.central_delta)
+    if resume is None:
+        return _Run(0, initial_state(cfg.model, info, cfg.seed), random.Random(cfg.seed), central, privacy, {})
+    checkpoint, state = resume
+    rng = random.Random()
+    version, internal, gauss = checkpoint.rng_state
+    rng.setstate((version, tuple(internal), gauss))
+    if central is not None:
+        central.clip = float(checkpoint.strategy["clip"])
+    privacy.restore(checkpoint.privacy)
+    log.info("resuming after round %d of %d", checkpoint.round, cfg.rounds)
+    return _Run(checkpoint.round, state, rng, central, privacy, checkpoint.last_eval)
+
+
+def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, output: RunOutput, run: _Run, info: DatasetInfo) -> None:
+    version, internal, gauss = run.rng.getstate()
+    checkpoint = Checkpoint(
+        round=run.completed,
+        model_file=MODEL_PATTERN.format(run.completed),
+        federation_id=coordinator.federation_id,
+        data=info.model_dump(mode="json"),
+        settings=cfg.resume_settings(),
+        rng_state=[version, list(internal), gauss],
+        strategy={"clip": run.central.clip} if run.central else {},
+        privacy=run.privacy.state(),
+        last_eval={k: v for k, v in run.last_eval.items()},
+    )
+    save_checkpoint(output.directory, checkpoint, run.global_state)
+
+
 def run_federation(
     cfg: ServerConfig,
     coordinator: Coordinator,
     output: RunOutput,
     evaluator_factory: Callable[[DatasetInfo], Evaluate | None],
+    resume: tuple[Checkpoint, dict[str, torch.Tensor]] | None = None,
 ) -> int:
-    """Run every round; returns the number completed. Raises FederationAborted when stopped early."""
+    """Run every round (after the checkpoint's, when resuming); returns the number completed.
+
+    Raises FederationAborted when stopped early; the last completed round is checkpointed."""
     info = _wait_for_hospitals(cfg, coordinator)
     evaluate = evaluator_factory(info)
-    global_state = initial_state(cfg.model, info, cfg.seed)
+    run = _start(cfg, info, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
-    central = central_strategy(cfg) if cfg.dp_central else None
-    strategy: Strategy = central or FedAvg()
-    privacy = PrivacyRecorder(central, cfg.central_delta)
-    if central is not None:
-        log.info("central DP: C=%g, σ=%g, δ=%.2g per hospital", central.clip, central.noise_multiplier, privacy.delta)
-    rng = random.Random(cfg.seed)
-    last_eval: dict[str, Any] = {}
-    for round_number in range(1, cfg.rounds + 1):
+    strategy: Strategy = run.central or FedAvg()
+    if run.central is not None:
+        log.info(
+            "central DP: C=%g, σ=%g, δ=%.2g per hospital", run.central.clip, cfg.dp_noise_multiplier, run.privacy.delta
+        )
+    for round_number in range(run.completed + 1, cfg.rounds + 1):
         started = time.monotonic()
-        selected = choose(coordinator.hospitals(), cfg.clients_per_round, rng)
+        selected = choose(coordinator.hospitals(), cfg.clients_per_round, run.rng)
         settings = TrainSettings(
             cfg.local_epochs,
             cfg.lr,
@@ -146,9 +193,9 @@ def run_federation(
             seed=cfg.seed * 100_003 + round_number,
             local_dp=cfg.local_dp_request,
         )
-        task = Task(round_number, cfg.rounds, settings, model_spec, encode(global_state))
-        outcome = _run_round(cfg, coordinator, task, strategy, global_state, selected)
-        global_state = outcome.accumulator.result()
+        task = Task(round_number, cfg.rounds, settings, model_spec, encode(run.global_state))
+        outcome = _run_round(cfg, coordinator, task, strategy, run.global_state, selected)
+        run.global_state = outcome.accumulator.result()
         record: dict[str, Any] = {
             "round": round_number,
             "num_clients": len(outcome.contributions),
@@ -157,14 +204,16 @@ def run_federation(
             "duration_s": round(time.monotonic() - started, 4),
         }
         if evaluate is not None:
-            last_eval = evaluate(global_state)
-            record.update(last_eval)
+            run.last_eval = evaluate(run.global_state)
+            record.update(run.last_eval)
         record["client_metrics"] = {
             c.name: {"num_examples": c.num_examples, **c.metrics} for c in outcome.contributions
         }
         record["missing"] = outcome.missing
-        record.update(privacy.round(outcome.accumulator, outcome.contributions))
+        record.update(run.privacy.round(outcome.accumulator, outcome.contributions))
         output.append_history(record)
+        run.completed = round_number
+        _checkpoint(cfg, coordinator, output, run, info)
         log.info("%s", _describe(record, cfg.rounds))
     coordinator.finish("all rounds completed", cfg.rounds)
     metadata = {
@@ -179,11 +228,11 @@ def run_federation(
         "normalization": NORMALIZATION,
         "round": cfg.rounds,
         "strategy": strategy.name,
-        "privacy": privacy.summary(),
-        "metrics": {k: v for k, v in last_eval.items() if k != "confusion_matrix"},
+        "privacy": run.privacy.summary(),
+        "metrics": {k: v for k, v in run.last_eval.items() if k != "confusion_matrix"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "medfed_version": __version__,
     }
-    path = output.save_model(global_state, metadata)
+    path = output.save_model(run.global_state, metadata)
     log.info("final model written to %s", path)
     return cfg.rounds

@@ -15,7 +15,8 @@ from medfed.common.checkpoint import METADATA_FILE, MODEL_FILE, save_model
 from medfed.common.errors import ConfigError
 
 HISTORY_FILE = "history.jsonl"
-RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE)
+CHECKPOINT_FILE = "checkpoint.json"
+RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE, CHECKPOINT_FILE)
 
 
 class RunOutput:
@@ -30,14 +31,42 @@ class RunOutput:
         if existing and not force:
             raise ConfigError(
                 f"--out: {self.directory} already holds a run ({', '.join(existing)}); "
-                "choose another --out or pass --force to replace it"
+                "continue it with --resume, choose another --out, or pass --force to replace it"
             )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             for name in existing:
                 (self.directory / name).unlink()
+            for old in self.directory.glob("checkpoint-round-*.safetensors"):
+                old.unlink()
         except OSError as exc:
             raise ConfigError(f"--out: cannot use {self.directory}: {exc.strerror}") from None
+
+    def truncate_history(self, rounds: int) -> None:
+        """Keep each round up to ``rounds`` once, in order: a crash between a round's history line and
+        its checkpoint left a line for a round the resumed run will do again (and a torn last line)."""
+        kept: dict[int, str] = {}
+        lines = self.history_path.read_text().splitlines() if self.history_path.exists() else []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    continue  # the write a crash interrupted
+                raise ConfigError(f"--resume: {self.history_path} line {number} is not JSON") from None
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] <= rounds:
+                kept.setdefault(record["round"], line)
+        if sorted(kept) != list(range(1, rounds + 1)):
+            raise ConfigError(
+                f"--resume: {self.history_path} lacks rounds the checkpoint says are done "
+                f"({sorted(set(range(1, rounds + 1)) - kept.keys())[:5]})"
+            )
+        tmp = self.history_path.with_name(f".{HISTORY_FILE}.tmp")
+        with open(tmp, "w") as f:
+            f.write("".join(kept[r] + "\n" for r in sorted(kept)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.history_path)
 
     @property
     def history_path(self) -> Path:

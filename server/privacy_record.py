@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from medfed.common.accounting import epsilon, finite_or_none
-from medfed.common.wire import PrivacyReport, report_to_json
+from medfed.common.wire import PrivacyReport, report_from_json, report_to_json
 from medfed.server.central_dp import DpAccumulator, DpFedAvg
 from medfed.server.coordinator import Contribution
 
@@ -58,6 +58,21 @@ class PrivacyRecorder:
         if not out:
             return {}
         return {"privacy": out, "epsilon": finite_or_none(worst) if worst is not None else None}
+
+    def state(self) -> dict[str, Any]:
+        """For the coordinator's checkpoint: what a resumed run needs to keep accounting."""
+        return {
+            "central_rounds": self._rounds,
+            "central_record": self._central_record,
+            "hospitals": {name: report_to_json(r) for name, r in self._hospitals.items()},
+            "hospital_rounds": self._hospital_rounds,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._rounds = int(state.get("central_rounds", 0))
+        self._central_record = state.get("central_record")
+        self._hospitals = {name: report_from_json(r) for name, r in state.get("hospitals", {}).items()}
+        self._hospital_rounds = {name: int(n) for name, n in state.get("hospital_rounds", {}).items()}
 
     def summary(self) -> dict[str, Any]:
         """For model.json: every mechanism that touched the model, with its final (ε, δ)."""

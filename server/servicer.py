@@ -140,7 +140,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         if isinstance(instruction, Task):
             yield from task_messages(instruction)
         elif isinstance(instruction, Finished):
-            finished = pb.Finished(reason=instruction.reason, rounds_completed=instruction.rounds_completed)
+            finished = pb.Finished(
+                reason=instruction.reason,
+                rounds_completed=instruction.rounds_completed,
+                resumable=instruction.resumable,
+            )
             yield pb.TaskMessage(finished=finished)
         else:
             yield pb.TaskMessage(wait=pb.Wait(reason=instruction.reason))

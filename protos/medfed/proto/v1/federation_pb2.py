@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n medfed/proto/v1/federation.proto\x12\x0fmedfed.proto.v1\"p\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05\x64type\x18\x02 \x01(\x0e\x32\x16.medfed.proto.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06nbytes\x18\x05 \x01(\x03\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\x0bModelHeader\x12,\n\x07tensors\x18\x01 \x03(\x0b\x32\x1b.medfed.proto.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"g\n\x0b\x44\x61tasetInfo\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x12\n\nimage_size\x18\x05 \x03(\x05\"u\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12*\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x1c.medfed.proto.v1.DatasetInfo\x12\x16\n\x0e\x63lient_version\x18\x04 \x01(\t\"6\n\tJoinReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rfederation_id\x18\x02 \x01(\t\"!\n\x0bTaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x9d\x01\n\x0bTrainConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\x05\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12,\n\x08local_dp\x18\x06 \x01(\x0b\x32\x1a.medfed.proto.v1.DpRequest\"3\n\tDpRequest\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\"C\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bin_channels\x18\x02 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\"\xb9\x01\n\nTaskHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0ctotal_rounds\x18\x02 \x01(\x03\x12,\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1c.medfed.proto.v1.TrainConfig\x12)\n\x05model\x18\x04 \x01(\x0b\x32\x1a.medfed.proto.v1.ModelSpec\x12-\n\x07tensors\x18\x05 \x01(\x0b\x32\x1c.medfed.proto.v1.ModelHeader\"\x16\n\x04Wait\x12\x0e\n\x06reason\x18\x01 \x01(\t\"4\n\x08\x46inished\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x18\n\x10rounds_completed\x18\x02 \x01(\x03\"\xc1\x01\n\x0bTaskMessage\x12+\n\x04task\x18\x01 \x01(\x0b\x32\x1b.medfed.proto.v1.TaskHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.medfed.proto.v1.ChunkH\x00\x12%\n\x04wait\x18\x03 \x01(\x0b\x32\x15.medfed.proto.v1.WaitH\x00\x12-\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x19.medfed.proto.v1.FinishedH\x00\x42\x06\n\x04kind\"\xbf\x02\n\x0cUpdateHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12;\n\x07metrics\x18\x04 \x03(\x0b\x32*.medfed.proto.v1.UpdateHeader.MetricsEntry\x12)\n\x04kind\x18\x05 \x01(\x0e\x32\x1b.medfed.proto.v1.UpdateKind\x12-\n\x07tensors\x18\x06 \x01(\x0b\x32\x1c.medfed.proto.v1.ModelHeader\x12/\n\x07privacy\x18\x07 \x01(\x0b\x32\x1e.medfed.proto.v1.PrivacyReport\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa2\x01\n\rPrivacyReport\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rsampling_rate\x18\x04 \x01(\x01\x12\r\n\x05steps\x18\x05 \x01(\x03\x12\x10\n\x08releases\x18\x06 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x01\"q\n\rUpdateMessage\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.medfed.proto.v1.UpdateHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.medfed.proto.v1.ChunkH\x00\x42\x06\n\x04kind\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07message\x18\x01 \x01(\t\"2\n\x0cLeaveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0c\n\nLeaveReply*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\n*Y\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_KIND_WEIGHTS\x10\x01\x12\x15\n\x11UPDATE_KIND_DELTA\x10\x02\x32\xac\x02\n\nFederation\x12@\n\x04Join\x12\x1c.medfed.proto.v1.JoinRequest\x1a\x1a.medfed.proto.v1.JoinReply\x12G\n\x07GetTask\x12\x1c.medfed.proto.v1.TaskRequest\x1a\x1c.medfed.proto.v1.TaskMessage0\x01\x12N\n\x0cSubmitUpdate\x12\x1e.medfed.proto.v1.UpdateMessage\x1a\x1c.medfed.proto.v1.SubmitReply(\x01\x12\x43\n\x05Leave\x12\x1d.medfed.proto.v1.LeaveRequest\x1a\x1b.medfed.proto.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n medfed/proto/v1/federation.proto\x12\x0fmedfed.proto.v1\"p\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05\x64type\x18\x02 \x01(\x0e\x32\x16.medfed.proto.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06nbytes\x18\x05 \x01(\x03\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\x0bModelHeader\x12,\n\x07tensors\x18\x01 \x03(\x0b\x32\x1b.medfed.proto.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"g\n\x0b\x44\x61tasetInfo\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x12\n\nimage_size\x18\x05 \x03(\x05\"u\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12*\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x1c.medfed.proto.v1.DatasetInfo\x12\x16\n\x0e\x63lient_version\x18\x04 \x01(\t\"6\n\tJoinReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rfederation_id\x18\x02 \x01(\t\"!\n\x0bTaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x9d\x01\n\x0bTrainConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\x05\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12,\n\x08local_dp\x18\x06 \x01(\x0b\x32\x1a.medfed.proto.v1.DpRequest\"3\n\tDpRequest\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\"C\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bin_channels\x18\x02 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\"\xb9\x01\n\nTaskHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0ctotal_rounds\x18\x02 \x01(\x03\x12,\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1c.medfed.proto.v1.TrainConfig\x12)\n\x05model\x18\x04 \x01(\x0b\x32\x1a.medfed.proto.v1.ModelSpec\x12-\n\x07tensors\x18\x05 \x01(\x0b\x32\x1c.medfed.proto.v1.ModelHeader\"\x16\n\x04Wait\x12\x0e\n\x06reason\x18\x01 \x01(\t\"G\n\x08\x46inished\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x18\n\x10rounds_completed\x18\x02 \x01(\x03\x12\x11\n\tresumable\x18\x03 \x01(\x08\"\xc1\x01\n\x0bTaskMessage\x12+\n\x04task\x18\x01 \x01(\x0b\x32\x1b.medfed.proto.v1.TaskHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.medfed.proto.v1.ChunkH\x00\x12%\n\x04wait\x18\x03 \x01(\x0b\x32\x15.medfed.proto.v1.WaitH\x00\x12-\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x19.medfed.proto.v1.FinishedH\x00\x42\x06\n\x04kind\"\xbf\x02\n\x0cUpdateHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12;\n\x07metrics\x18\x04 \x03(\x0b\x32*.medfed.proto.v1.UpdateHeader.MetricsEntry\x12)\n\x04kind\x18\x05 \x01(\x0e\x32\x1b.medfed.proto.v1.UpdateKind\x12-\n\x07tensors\x18\x06 \x01(\x0b\x32\x1c.medfed.proto.v1.ModelHeader\x12/\n\x07privacy\x18\x07 \x01(\x0b\x32\x1e.medfed.proto.v1.PrivacyReport\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa2\x01\n\rPrivacyReport\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rsampling_rate\x18\x04 \x01(\x01\x12\r\n\x05steps\x18\x05 \x01(\x03\x12\x10\n\x08releases\x18\x06 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x01\"q\n\rUpdateMessage\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.medfed.proto.v1.UpdateHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.medfed.proto.v1.ChunkH\x00\x42\x06\n\x04kind\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07message\x18\x01 \x01(\t\"2\n\x0cLeaveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0c\n\nLeaveReply*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\n*Y\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_KIND_WEIGHTS\x10\x01\x12\x15\n\x11UPDATE_KIND_DELTA\x10\x02\x32\xac\x02\n\nFederation\x12@\n\x04Join\x12\x1c.medfed.proto.v1.JoinRequest\x1a\x1a.medfed.proto.v1.JoinReply\x12G\n\x07GetTask\x12\x1c.medfed.proto.v1.TaskRequest\x1a\x1c.medfed.proto.v1.TaskMessage0\x01\x12N\n\x0cSubmitUpdate\x12\x1e.medfed.proto.v1.UpdateMessage\x1a\x1c.medfed.proto.v1.SubmitReply(\x01\x12\x43\n\x05Leave\x12\x1d.medfed.proto.v1.LeaveRequest\x1a\x1b.medfed.proto.v1.LeaveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2048
-  _globals['_DTYPE']._serialized_end=2255
-  _globals['_UPDATEKIND']._serialized_start=2257
-  _globals['_UPDATEKIND']._serialized_end=2346
+  _globals['_DTYPE']._serialized_start=2067
+  _globals['_DTYPE']._serialized_end=2274
+  _globals['_UPDATEKIND']._serialized_start=2276
+  _globals['_UPDATEKIND']._serialized_end=2365
   _globals['_TENSORSPEC']._serialized_start=53
   _globals['_TENSORSPEC']._serialized_end=165
   _globals['_CHUNK']._serialized_start=167
@@ -62,23 +62,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WAIT']._serialized_start=1073
   _globals['_WAIT']._serialized_end=1095
   _globals['_FINISHED']._serialized_start=1097
-  _globals['_FINISHED']._serialized_end=1149
-  _globals['_TASKMESSAGE']._serialized_start=1152
-  _globals['_TASKMESSAGE']._serialized_end=1345
-  _globals['_UPDATEHEADER']._serialized_start=1348
-  _globals['_UPDATEHEADER']._serialized_end=1667
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1621
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1667
-  _globals['_PRIVACYREPORT']._serialized_start=1670
-  _globals['_PRIVACYREPORT']._serialized_end=1832
-  _globals['_UPDATEMESSAGE']._serialized_start=1834
-  _globals['_UPDATEMESSAGE']._serialized_end=1947
-  _globals['_SUBMITREPLY']._serialized_start=1949
-  _globals['_SUBMITREPLY']._serialized_end=1979
-  _globals['_LEAVEREQUEST']._serialized_start=1981
-  _globals['_LEAVEREQUEST']._serialized_end=2031
-  _globals['_LEAVEREPLY']._serialized_start=2033
-  _globals['_LEAVEREPLY']._serialized_end=2045
-  _globals['_FEDERATION']._serialized_start=2349
-  _globals['_FEDERATION']._serialized_end=2649
+  _globals['_FINISHED']._serialized_end=1168
+  _globals['_TASKMESSAGE']._serialized_start=1171
+  _globals['_TASKMESSAGE']._serialized_end=1364
+  _globals['_UPDATEHEADER']._serialized_start=1367
+  _globals['_UPDATEHEADER']._serialized_end=1686
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1640
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1686
+  _globals['_PRIVACYREPORT']._serialized_start=1689
+  _globals['_PRIVACYREPORT']._serialized_end=1851
+  _globals['_UPDATEMESSAGE']._serialized_start=1853
+  _globals['_UPDATEMESSAGE']._serialized_end=1966
+  _globals['_SUBMITREPLY']._serialized_start=1968
+  _globals['_SUBMITREPLY']._serialized_end=1998
+  _globals['_LEAVEREQUEST']._serialized_start=2000
+  _globals['_LEAVEREQUEST']._serialized_end=2050
+  _globals['_LEAVEREPLY']._serialized_start=2052
+  _globals['_LEAVEREPLY']._serialized_end=2064
+  _globals['_FEDERATION']._serialized_start=2368
+  _globals['_FEDERATION']._serialized_end=2668
 # @@protoc_insertion_point(module_scope)

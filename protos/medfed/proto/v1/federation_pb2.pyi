@@ -421,17 +421,23 @@ class Finished(_message.Message):
 
     REASON_FIELD_NUMBER: _builtins.int
     ROUNDS_COMPLETED_FIELD_NUMBER: _builtins.int
+    RESUMABLE_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     rounds_completed: _builtins.int
+    resumable: _builtins.bool
+    """The coordinator stopped before its last round (a signal, a redeploy) and can continue with
+    `fed-server --resume`: hospitals wait up to their --max-wait for it to come back.
+    """
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
         rounds_completed: _builtins.int = ...,
+        resumable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "rounds_completed", b"rounds_completed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "resumable", b"resumable", "rounds_completed", b"rounds_completed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,137 @@
+"""Faults with real processes: a coordinator killed or stopped mid-run resumes, hospitals come back."""
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from medfed.common.checkpoint import load_model
+from medfed.common.partition_cli import partition_to_folders
+from medfed.common.processes import ProcessGroup
+from tests.helpers import start_server, synthetic_dataset
+
+HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
+POLL_S = 0.05
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
+    group = ProcessGroup(tmp_path / "logs")
+    yield group
+    group.stop_all()
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    partition_to_folders(synthetic_dataset(num_classes=3, size=8), tmp_path / "data", clients=3, scheme="iid")
+    return tmp_path / "data"
+
+
+def rounds_done(out: Path) -> list[int]:
+    path = out / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["round"] for line in path.read_text().split("\n")[:-1]]
+
+
+def wait_for_round(out: Path, round_number: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while round_number not in rounds_done(out):
+        assert time.monotonic() < deadline, f"round {round_number} did not complete in {timeout} s"
+        time.sleep(POLL_S)
+
+
+def server_args(out: Path, rounds: int) -> list[str]:
+    return ["--rounds", str(rounds), "--min-clients", "3", "--out", str(out), "--seed", "3", "--batch-size", "16",
+            "--round-timeout", "60"]  # fmt: skip
+
+
+def start_hospitals(procs: ProcessGroup, data: Path, port: int) -> None:
+    for name in HOSPITALS:
+        procs.start(
+            name, "medfed.client", "--data", str(data / name), "--server", f"127.0.0.1:{port}", "--insecure",
+            "--threads", "1", "--no-progress", "--max-wait", "60",
+        )  # fmt: skip
+
+
+def restart_server(procs: ProcessGroup, tmp_path: Path, port: int, out: Path, rounds: int, label: str) -> None:
+    procs.start(
+        label, "medfed.server", "--insecure", "--address", f"127.0.0.1:{port}", *server_args(out, rounds), "--resume"
+    )
+
+
+def test_coordinator_killed_twice_resumes_with_complete_history_and_the_same_model(
+    tmp_path: Path, data: Path, procs: ProcessGroup
+) -> None:
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    uninterrupted_run = ProcessGroup(tmp_path / "reference-logs")
+    try:
+        port = start_server(uninterrupted_run, reference, *server_args(reference, 4))
+        start_hospitals(uninterrupted_run, data, port)
+        assert set(uninterrupted_run.wait_all(timeout=180).values()) == {0}, uninterrupted_run.log("server")
+    finally:
+        uninterrupted_run.stop_all()
+
+    port = start_server(procs, tmp_path, *server_args(out, 4))
+    start_hospitals(procs, data, port)
+    wait_for_round(out, 1)
+    procs.procs["server"].send_signal(signal.SIGKILL)  # during round 2, or between its history line and checkpoint
+    procs.procs["server"].wait()
+    restart_server(procs, tmp_path, port, out, 4, "server_2")
+    wait_for_round(out, 3)
+    procs.procs["server_2"].send_signal(signal.SIGKILL)
+    procs.procs["server_2"].wait()
+    restart_server(procs, tmp_path, port, out, 4, "server_3")
+    codes = procs.wait_all(timeout=180)
+
+    assert codes["server_3"] == 0, procs.log("server_3")
+    assert all(codes[name] == 0 for name in HOSPITALS), {n: procs.tail(n) for n in HOSPITALS}
+    assert rounds_done(out) == [1, 2, 3, 4]
+    assert all(sorted(json.loads(line)["clients"]) == list(HOSPITALS) for line in (out / "history.jsonl").open())
+    resumed, _ = load_model(out)
+    uninterrupted, _ = load_model(reference)
+    # Same seeds, same checkpointed model: only float64 summation order may differ between the runs.
+    assert all(torch.allclose(resumed[k].float(), uninterrupted[k].float(), rtol=0, atol=1e-6) for k in resumed)
+
+
+def test_sigterm_stops_the_coordinator_resumably_and_hospitals_wait_for_it(
+    tmp_path: Path, data: Path, procs: ProcessGroup
+) -> None:
+    out = tmp_path / "run"
+    port = start_server(procs, tmp_path, *server_args(out, 3))
+    start_hospitals(procs, data, port)
+    wait_for_round(out, 1)
+
+    procs.procs["server"].send_signal(signal.SIGTERM)
+    first_code = procs.procs["server"].wait(timeout=60)
+    hospitals_alive = [procs.procs[name].poll() is None for name in HOSPITALS]
+    restart_server(procs, tmp_path, port, out, 3, "server_2")
+    codes = procs.wait_all(timeout=180)
+
+    assert first_code == 128 + signal.SIGTERM
+    assert "continue with the same command and --resume" in procs.log("server")
+    assert hospitals_alive == [True, True, True]
+    assert codes["server_2"] == 0 and all(codes[name] == 0 for name in HOSPITALS), procs.log("server_2")
+    assert "waiting up to 60 s (--max-wait) for it to come back" in procs.log("hospital_a")
+    assert rounds_done(out) == [1, 2, 3]
+
+
+def test_resume_refuses_other_settings_and_a_finished_run(tmp_path: Path, data: Path, procs: ProcessGroup) -> None:
+    out = tmp_path / "run"
+    port = start_server(procs, tmp_path, *server_args(out, 1))
+    start_hospitals(procs, data, port)
+    assert set(procs.wait_all(timeout=120).values()) == {0}
+
+    other_model = procs.start("m", "medfed.server", "--insecure", *server_args(out, 2), "--model", "cnn_gn", "--resume")
+    finished = procs.start("f", "medfed.server", "--insecure", *server_args(out, 1), "--resume")
+    fresh = procs.start("n", "medfed.server", "--insecure", *server_args(out, 2))
+
+    assert [p.wait(timeout=60) for p in (other_model, finished, fresh)] == [2, 2, 2]
+    assert "--resume: the run was started with --model cnn, this command gives cnn_gn" in procs.log("m")
+    assert "has already completed 1 of --rounds 1; give a larger --rounds" in procs.log("f")
+    assert "continue it with --resume" in procs.log("n")
+    assert rounds_done(out) == [1]
