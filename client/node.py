@@ -8,6 +8,7 @@ rejected update) is final and ends the process with its reason.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -49,6 +50,7 @@ RETRYABLE = {
 
 
 MAX_REJOINS = 3
+HEARTBEAT_INTERVAL_S = 15.0
 
 
 class NodeError(Exception):
@@ -108,6 +110,7 @@ class HospitalNode:
         tls: bool = False,
         diagnose: Callable[[], str | None] | None = None,
         privacy: HospitalPrivacy | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -117,6 +120,8 @@ class HospitalNode:
         self._tls = tls
         self._diagnose = diagnose
         self._privacy = privacy
+        self._heartbeat_interval = heartbeat_interval
+        self._stop = threading.Event()
         self._federation = ""
         self._session: str | None = None
         self._connected = False
@@ -125,6 +130,26 @@ class HospitalNode:
     def run(self) -> int:
         """Take part until the coordinator says the federation is over; returns the rounds trained."""
         self._join()
+        beats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beats.start()
+        try:
+            return self._take_part()
+        finally:
+            self._stop.set()
+            beats.join(timeout=5)
+
+    def _heartbeats(self) -> None:
+        """A sign of life every HEARTBEAT_INTERVAL_S while this hospital downloads, trains or uploads."""
+        while not self._stop.wait(self._heartbeat_interval):
+            session = self._session
+            if session is None:
+                continue
+            try:
+                self._stub.Heartbeat(pb.HeartbeatRequest(session_id=session), timeout=10.0)
+            except Exception as exc:  # a missed beat is never fatal: the next call tells what is wrong
+                log.debug("heartbeat failed: %s", exc)
+
+    def _take_part(self) -> int:
         rounds = 0
         while True:
             message = self._poll()

@@ -37,6 +37,7 @@ from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.evaluation import Evaluator
 from medfed.server.federation import Evaluate, FederationAborted, central_strategy, run_federation
+from medfed.server.health import health_only_server, make_health
 from medfed.server.output import CHECKPOINT_FILE, RunOutput
 from medfed.server.servicer import create_server
 
@@ -73,11 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"hospitals that must join before round 1 (default {d('min_clients')})",
     )
     p.add_argument("--clients-per-round", type=int, help="hospitals sampled per round with --seed (default: all)")
+    p.add_argument(
+        "--over-select",
+        type=int,
+        help="choose this many hospitals more than --clients-per-round and close at the first that many updates",
+    )
     p.add_argument("--min-fit", type=int, help="updates a round needs to close (default: --min-clients)")
     p.add_argument(
         "--round-timeout",
         type=float,
         help=f"seconds a round waits for updates (default {d('round_timeout')})",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        help=f"seconds without a call after which a hospital is taken for gone (default {d('heartbeat_timeout')})",
     )
     p.add_argument(
         "--join-timeout", type=float, help=f"seconds to wait for --min-clients (default {d('join_timeout')})"
@@ -111,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")
+    p.add_argument(
+        "--health-address",
+        help="also answer grpc.health.v1 checks in plaintext on HOST:PORT (for container probes: fed-health)",
+    )
     p.add_argument("--device", help="evaluation device: auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--finish-grace",
@@ -270,11 +285,23 @@ def _run(argv: Sequence[str] | None) -> int:
         allowed=allowed,
         max_examples=cfg.max_examples,
         federation_id=resume[0].federation_id if resume else None,
+        heartbeat_timeout=cfg.heartbeat_timeout,
     )
+    health = make_health()
     server, port = create_server(
         coordinator, cfg.address, credentials=credentials, authenticator=authenticator,
         poll_timeout=cfg.poll_timeout, upload_timeout=cfg.round_timeout, max_workers=cfg.max_workers,
+        health=health,
     )  # fmt: skip
+    servers = [server]
+    if cfg.health_address:
+        check_bindable(cfg.health_address)
+        health_server, health_port = health_only_server(cfg.health_address, health)
+        servers.append(health_server)
+        health_server.start()
+        log.info(
+            "health checks (grpc.health.v1, plaintext) on %s:%d", parse_address(cfg.health_address)[0], health_port
+        )
     server.start()
     host, _ = parse_address(cfg.address)
     if cfg.tls:
@@ -306,7 +333,9 @@ def _run(argv: Sequence[str] | None) -> int:
             hint = "; the last completed round is checkpointed: continue with the same command and --resume"
         raise CliError(f"stopped before the last round: {exc}{hint}", code) from None
     finally:
-        server.stop(grace=2.0).wait()
+        health.enter_graceful_shutdown()
+        for each in servers:
+            each.stop(grace=2.0).wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ class ServerConfig(TlsFiles):
     rounds: int = Field(10, ge=1, le=100_000)
     min_clients: int = Field(2, ge=1)
     clients_per_round: int | None = Field(None, ge=1)
+    over_select: int = Field(0, ge=0)
     min_fit: int | None = Field(None, ge=1)
     round_timeout: float = Field(600.0, gt=0)
     join_timeout: float = Field(3600.0, gt=0)
@@ -35,8 +36,10 @@ class ServerConfig(TlsFiles):
     allow: list[str] | None = None
     max_examples: int = Field(1_000_000, ge=1)
     port_file: Path | None = None
+    health_address: Annotated[str, AfterValidator(check_address)] | None = None
     device: str = "auto"
     poll_timeout: float = Field(20.0, gt=0, le=300)
+    heartbeat_timeout: float = Field(90.0, gt=0)
     finish_grace: float = Field(15.0, ge=0)
     max_workers: int = Field(256, ge=4)
     verbose: bool = False
@@ -65,6 +68,12 @@ class ServerConfig(TlsFiles):
             )
         if self.min_fit is not None and self.min_fit > (self.clients_per_round or self.min_clients):
             raise ValueError("--min-fit cannot exceed the number of hospitals chosen per round")
+        if self.heartbeat_timeout <= self.poll_timeout:
+            raise ValueError(
+                f"--heartbeat-timeout must exceed the {self.poll_timeout:g} s a hospital's long poll may last"
+            )
+        if self.over_select and self.clients_per_round is None:
+            raise ValueError("--over-select needs --clients-per-round (the number of updates a round closes at)")
         if self.resume and self.force:
             raise ValueError("--resume continues the run in --out and --force replaces it: choose one")
         self._check_dp()
@@ -93,7 +102,8 @@ class ServerConfig(TlsFiles):
     def resume_settings(self) -> dict[str, Any]:
         """What a resumed run must share with the one it continues (everything but --rounds and transport)."""
         keys = (
-            "model", "seed", "local_epochs", "lr", "batch_size", "clients_per_round", "dp_central", "dp_local",
+            "model", "seed", "local_epochs", "lr", "batch_size", "clients_per_round", "over_select", "dp_central",
+            "dp_local",
             "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_adaptive_clip", "dp_target_quantile",
             "dp_clip_learning_rate",
         )  # fmt: skip

@@ -77,6 +77,9 @@ class Hospital:
     num_examples: int
     told_finished: bool = False
     left: bool = False
+    last_seen: float = 0.0
+    silent: bool = False
+    """taken for gone after --heartbeat-timeout without a call; any call brings it back"""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class _OpenRound:
     selected: set[str]
     accumulator: Accumulator
     min_fit: int
+    enough: int | None = None
+    """over-selection: the round closes at the first ``enough`` updates"""
     contributions: dict[str, Contribution] = field(default_factory=dict)
     receiving: set[str] = field(default_factory=set)
 
@@ -131,6 +136,7 @@ class Coordinator:
         max_examples: int = DEFAULT_MAX_EXAMPLES,
         clock: Callable[[], float] = time.monotonic,
         federation_id: str | None = None,
+        heartbeat_timeout: float | None = None,
     ) -> None:
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
@@ -144,6 +150,7 @@ class Coordinator:
         self._round: _OpenRound | None = None
         self._finished: Finished | None = None
         self.federation_id = federation_id or secrets.token_hex(8)
+        self._heartbeat_timeout = heartbeat_timeout
 
     # ----- hospital-facing -------------------------------------------------------------------
 
@@ -172,7 +179,7 @@ class Coordinator:
                 if not old.left:
                     log.warning("%s joined again; its previous session is closed", name)
             session_id = secrets.token_urlsafe(18)
-            self._hospitals[name] = Hospital(name, session_id, num_examples)
+            self._hospitals[name] = Hospital(name, session_id, num_examples, last_seen=self._clock())
             self._sessions[session_id] = name
             current = self._round
             if current is not None and name not in current.selected and len(current.selected) < current.min_fit:
@@ -193,7 +200,38 @@ class Coordinator:
             raise UnknownSession("unknown session: join first")
         if caller is not None and caller != name:
             raise Unauthenticated(f"this session belongs to another hospital, not {caller}")
-        return self._hospitals[name]
+        hospital = self._hospitals[name]
+        hospital.last_seen = self._clock()
+        if hospital.silent:
+            hospital.silent = hospital.left = False
+            current = self._round
+            if current is not None and name not in current.selected and len(current.selected) < current.min_fit:
+                current.selected.add(name)  # the round is short of hospitals: it takes this one back at once
+            log.info("%s is back after a silence", name)
+            self._cond.notify_all()
+        return hospital
+
+    def heartbeat(self, session_id: str, *, caller: str | None = None) -> None:
+        with self._cond:
+            self._hospital(session_id, caller)
+
+    def _drop_silent(self, current: _OpenRound) -> None:
+        """Caller holds the condition: stop waiting for chosen hospitals that stopped calling."""
+        if self._heartbeat_timeout is None:
+            return
+        now = self._clock()
+        for name in sorted(current.selected - current.contributions.keys() - current.receiving):
+            hospital = self._hospitals.get(name)
+            if hospital is None or now - hospital.last_seen <= self._heartbeat_timeout:
+                continue
+            current.selected.discard(name)
+            hospital.left = hospital.silent = True
+            log.warning(
+                "%s has been silent for %.0f s (--heartbeat-timeout): taken for gone; round %d goes on without it%s",
+                name, now - hospital.last_seen, current.task.round,
+                f" but now has {len(current.selected)} of the {current.min_fit} hospitals it needs (--min-fit)"
+                if len(current.selected) < current.min_fit else "",
+            )  # fmt: skip
 
     def next_instruction(
         self,
@@ -344,10 +382,13 @@ class Coordinator:
                 self._cond.wait(remaining)
             return sorted(h.name for h in self._hospitals.values() if not h.left)
 
-    def open_round(self, task: Task, selected: list[str], accumulator: Accumulator, min_fit: int = 1) -> None:
-        """Start a round for ``selected``; it needs ``min_fit`` updates to be aggregated."""
+    def open_round(
+        self, task: Task, selected: list[str], accumulator: Accumulator, min_fit: int = 1, enough: int | None = None
+    ) -> None:
+        """Start a round for ``selected``; it needs ``min_fit`` updates to be aggregated and, with
+        ``enough``, closes as soon as that many have arrived (the others' updates are then refused)."""
         with self._cond:
-            self._round = _OpenRound(task, set(selected), accumulator, min_fit)
+            self._round = _OpenRound(task, set(selected), accumulator, min_fit, enough)
             self._cond.notify_all()
 
     def add_to_round(self, names: list[str]) -> None:
@@ -364,12 +405,15 @@ class Coordinator:
             if current is None:
                 raise RuntimeError("no round is open")
             while self._finished is None:
+                self._drop_silent(current)
                 waiting = current.selected - current.contributions.keys()
                 complete = not waiting and len(current.contributions) >= current.min_fit
+                if current.enough is not None and len(current.contributions) >= current.enough:
+                    complete = True
                 remaining = deadline - self._clock()
                 if complete or remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, self._heartbeat_timeout / 4) if self._heartbeat_timeout else remaining)
             return self._outcome(current)
 
     def close_round(self) -> RoundOutcome:

@@ -79,7 +79,8 @@ def _run_round(
     selected: list[str],
 ) -> RoundOutcome:
     min_fit = cfg.effective_min_fit
-    coordinator.open_round(task, selected, strategy.begin(global_state), min_fit)
+    enough = cfg.clients_per_round if cfg.over_select else None
+    coordinator.open_round(task, selected, strategy.begin(global_state), min_fit, enough)
     outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     while len(outcome.contributions) < min_fit and coordinator.finished is None:
         late = ", ".join(outcome.missing) or "none"
@@ -185,7 +186,8 @@ def run_federation(
         )
     for round_number in range(run.completed + 1, cfg.rounds + 1):
         started = time.monotonic()
-        selected = choose(coordinator.hospitals(), cfg.clients_per_round, run.rng)
+        wanted = cfg.clients_per_round + cfg.over_select if cfg.clients_per_round else None
+        selected = choose(coordinator.hospitals(), wanted, run.rng)
         settings = TrainSettings(
             cfg.local_epochs,
             cfg.lr,

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, cast
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 
 from medfed.common.serde import (
     Chunk,
@@ -184,6 +186,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         log.debug("round %d: update from %s accepted", header.round, pending.name)
         return pb.SubmitReply(message=f"update for round {header.round} accepted")
 
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
+        try:
+            self._coordinator.heartbeat(request.session_id, caller=self._caller(context))
+        except Refusal as exc:
+            _abort(context, exc)
+        return pb.HeartbeatReply()
+
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
         try:
             reason = "".join(c if c.isprintable() else " " for c in request.reason[:MAX_TEXT])
@@ -202,6 +211,7 @@ def create_server(
     poll_timeout: float = 20.0,
     upload_timeout: float = 600.0,
     max_workers: int = 256,
+    health: HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a server for ``coordinator`` bound to ``address``; returns it and its port.
 
@@ -214,6 +224,8 @@ def create_server(
     )
     servicer = FederationServicer(coordinator, poll_timeout, authenticator, upload_timeout)
     pb_grpc.add_FederationServicer_to_server(servicer, server)
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if credentials is None:
         return server, server.add_insecure_port(address)
     return server, server.add_secure_port(address, credentials)

@@ -2,17 +2,20 @@
 
 import json
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medfed.common.checkpoint import load_model
 from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
-from tests.helpers import start_server, synthetic_dataset
+from tests.helpers import run_cli, start_server, synthetic_dataset
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 POLL_S = 0.05
@@ -135,3 +138,67 @@ def test_resume_refuses_other_settings_and_a_finished_run(tmp_path: Path, data: 
     assert "has already completed 1 of --rounds 1; give a larger --rounds" in procs.log("f")
     assert "continue it with --resume" in procs.log("n")
     assert rounds_done(out) == [1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_health_checks_and_a_hospital_killed_mid_round_do_not_stall_the_run(
+    tmp_path: Path, data: Path, procs: ProcessGroup
+) -> None:
+    out, health_port = tmp_path / "run", free_port()
+    port = start_server(
+        procs, tmp_path, *server_args(out, 3), "--min-fit", "2", "--round-timeout", "6",
+        "--health-address", f"127.0.0.1:{health_port}",
+    )  # fmt: skip
+    probe = run_cli("medfed.server.health", f"127.0.0.1:{health_port}")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        main_port_status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    start_hospitals(procs, data, port)
+    wait_for_round(out, 1)
+
+    procs.procs["hospital_c"].send_signal(signal.SIGKILL)
+    wait_for_round(out, 2)  # closes at --round-timeout with the two hospitals left (--min-fit 2)
+    procs.start(
+        "hospital_c_again", "medfed.client", "--data", str(data / "hospital_c"), "--server", f"127.0.0.1:{port}",
+        "--insecure", "--threads", "1", "--no-progress",
+    )  # fmt: skip
+    codes = procs.wait_all(timeout=180)
+
+    assert probe.returncode == 0 and "SERVING" in probe.stdout, probe.stderr
+    assert main_port_status.status == health_pb2.HealthCheckResponse.SERVING
+    assert codes["server"] == 0 and codes["hospital_c_again"] == 0, procs.log("server")
+    history = [json.loads(line) for line in (out / "history.jsonl").open()]
+    assert [sorted(r["clients"]) for r in history] == [list(HOSPITALS), ["hospital_a", "hospital_b"], list(HOSPITALS)]
+    assert history[1]["missing"] == ["hospital_c"]
+    after = run_cli("medfed.server.health", f"127.0.0.1:{health_port}", "--timeout", "2")
+    assert after.returncode == 1  # the coordinator has exited: the probe fails with one line
+    assert "Traceback" not in after.stderr
+
+
+def test_a_frozen_hospital_is_taken_for_gone_after_the_heartbeat_timeout_and_comes_back(
+    tmp_path: Path, data: Path, procs: ProcessGroup
+) -> None:
+    out, config = tmp_path / "run", tmp_path / "server.toml"
+    config.write_text("poll-timeout = 1\n")  # hospitals' long polls last 1 s, so 4 s of silence means trouble
+    port = start_server(
+        procs, tmp_path, *server_args(out, 4), "--config", str(config), "--heartbeat-timeout", "4",
+        "--round-timeout", "300", "--min-fit", "2",
+    )  # fmt: skip
+    start_hospitals(procs, data, port)
+    wait_for_round(out, 1)
+
+    procs.procs["hospital_c"].send_signal(signal.SIGSTOP)  # a hung host: its connections stay open
+    wait_for_round(out, 2)
+    procs.procs["hospital_c"].send_signal(signal.SIGCONT)
+    codes = procs.wait_all(timeout=180)
+
+    assert set(codes.values()) == {0}, procs.log("server")
+    history = [json.loads(line) for line in (out / "history.jsonl").open()]
+    assert "hospital_c" not in history[1]["clients"]
+    assert "hospital_c has been silent for" in procs.log("server")
+    assert "hospital_c is back" in procs.log("server")
+    assert "hospital_c" in history[3]["clients"]  # back in time for the last round at the latest

@@ -189,3 +189,55 @@ def test_a_session_ends_when_its_hospital_leaves_and_joins_again(coordinator: Co
         coordinator.leave(old)
     assert coordinator.hospitals() == ["hospital_a"]
     assert isinstance(coordinator.next_instruction(new, timeout=0), Wait)
+
+
+def test_over_selection_closes_at_the_first_k_updates_and_refuses_the_straggler(coordinator: Coordinator) -> None:
+    sessions = {name: coordinator.join(name, 10, INFO) for name in ("hospital_a", "hospital_b", "hospital_c")}
+    task = Task(1, 5, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL))
+    coordinator.open_round(task, list(sessions), FedAvg().begin(GLOBAL), min_fit=2, enough=2)
+
+    coordinator.submit_update(sessions["hospital_b"], 1, 10, {}, update(1.0))
+    coordinator.submit_update(sessions["hospital_c"], 1, 10, {}, update(3.0))
+    outcome = coordinator.wait_for_round(deadline=float("inf"))  # returns at once: two updates are enough
+    closed = coordinator.close_round()
+
+    assert [c.name for c in closed.contributions] == ["hospital_b", "hospital_c"]
+    assert outcome.missing == ["hospital_a"]
+    assert torch.allclose(closed.accumulator.result()["w"], torch.full((3,), 2.0))
+    with pytest.raises(Rejected, match="round 1 is not open"):
+        coordinator.submit_update(sessions["hospital_a"], 1, 10, {}, update(9.0))
+
+
+def test_a_silent_hospital_is_taken_for_gone_and_comes_back_when_it_calls() -> None:
+    now = [0.0]
+    coordinator = Coordinator(data_info=INFO, clock=lambda: now[0], heartbeat_timeout=60)
+    a, b = coordinator.join("hospital_a", 10, INFO), coordinator.join("hospital_b", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a", "hospital_b"])
+    coordinator.submit_update(a, 1, 10, {}, update(1.0))
+
+    now[0] = 59.0
+    still_waiting = coordinator.wait_for_round(deadline=0)  # b is quiet, but not for long enough yet
+    now[0] = 61.0
+    outcome = coordinator.wait_for_round(deadline=float("inf"))  # b has been silent too long: not waited for
+    coordinator.heartbeat(b)  # ... and any call brings it back for the next round
+
+    assert still_waiting.missing == ["hospital_b"]
+    assert outcome.missing == [] and [c.name for c in outcome.contributions] == ["hospital_a"]
+    assert coordinator.hospitals() == ["hospital_a", "hospital_b"]
+
+
+def test_heartbeats_keep_a_long_training_hospital_in_the_round() -> None:
+    now = [0.0]
+    coordinator = Coordinator(data_info=INFO, clock=lambda: now[0], heartbeat_timeout=60)
+    a = coordinator.join("hospital_a", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a"])
+
+    for minute in range(1, 11):  # ten minutes of local training, a beat every 30 s
+        now[0] = minute * 60.0 - 30
+        coordinator.heartbeat(a)
+        now[0] = minute * 60.0
+        assert coordinator.wait_for_round(deadline=0).missing == ["hospital_a"]
+        coordinator.heartbeat(a)
+    coordinator.submit_update(a, 1, 10, {}, update(1.0))
+
+    assert [c.name for c in coordinator.close_round().contributions] == ["hospital_a"]

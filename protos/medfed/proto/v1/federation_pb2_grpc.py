@@ -54,6 +54,11 @@ class FederationStub:
                 request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.LeaveReply.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/medfed.proto.v1.Federation/Heartbeat',
+                request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -89,6 +94,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
+        longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.LeaveRequest.FromString,
                     response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.LeaveReply.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +239,33 @@ class Federation:
             '/medfed.proto.v1.Federation/Leave',
             medfed_dot_proto_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
             medfed_dot_proto_dot_v1_dot_federation__pb2.LeaveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.proto.v1.Federation/Heartbeat',
+            medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.FromString,
             options,
             channel_credentials,
             insecure,

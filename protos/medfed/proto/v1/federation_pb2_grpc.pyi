@@ -48,6 +48,10 @@ class FederationStub:
     """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages."""
     Leave: _grpc.UnaryUnaryMultiCallable[_federation_pb2.LeaveRequest, _federation_pb2.LeaveReply]
     """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatReply]
+    """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
+    longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
+    """
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -63,6 +67,10 @@ class FederationAsyncStub(FederationStub):
     """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages."""
     Leave: _aio.UnaryUnaryMultiCallable[_federation_pb2.LeaveRequest, _federation_pb2.LeaveReply]  # type: ignore[assignment]
     """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatReply]  # type: ignore[assignment]
+    """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
+    longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
+    """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,5 +107,15 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.LeaveReply, _abc.Awaitable[_federation_pb2.LeaveReply]]:
         """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _federation_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.HeartbeatReply, _abc.Awaitable[_federation_pb2.HeartbeatReply]]:
+        """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
+        longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
+        """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
