@@ -38,6 +38,7 @@ from medfed.server.errors import (
     TooLarge,
     Unauthenticated,
     UnknownSession,
+    UploadInProgress,
 )
 from medfed.server.strategy import Accumulator, AggregationError
 
@@ -317,8 +318,10 @@ class Coordinator:
             raise Rejected(f"round {round_number} is not open: {open_now}")
         if name not in current.selected:
             raise PermissionDenied(f"{name} was not chosen for round {round_number}")
-        if name in current.contributions or name in current.receiving:
+        if name in current.contributions:
             raise DuplicateUpdate(f"{name} already sent its update for round {round_number}")
+        if name in current.receiving:
+            raise UploadInProgress(f"an earlier upload of {name}'s update for round {round_number} is still open")
         return current
 
     def _fold(self, current: _OpenRound, contribution: Contribution, state: Mapping[str, torch.Tensor]) -> None:

@@ -39,3 +39,8 @@ class TooLarge(CoordinatorError):
 
 class DuplicateUpdate(CoordinatorError):
     """This hospital's update for this round already arrived (or is arriving). (ALREADY_EXISTS)"""
+
+
+class UploadInProgress(CoordinatorError):
+    """An earlier upload of this hospital's update is still being received (a retry after a cut
+    connection can overtake the coordinator noticing the cut): retry shortly. (UNAVAILABLE)"""

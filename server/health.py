@@ -34,7 +34,12 @@ def health_only_server(address: str, servicer: health.HealthServicer) -> tuple[g
 
 def main(argv: Sequence[str] | None = None) -> int:
     """fed-health: exit 0 when the coordinator at HOST:PORT reports SERVING, 1 otherwise (one line why)."""
-    parser = argparse.ArgumentParser(prog="fed-health", description="Check a coordinator's health (plaintext).")
+    parser = argparse.ArgumentParser(
+        prog="fed-health",
+        description="Check a coordinator's health over its plaintext --health-address (grpc.health.v1).",
+        epilog="examples:\n  fed-health 127.0.0.1:8081\n  HEALTHCHECK CMD fed-health 127.0.0.1:8081  (Dockerfile)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("address", help="HOST:PORT of fed-server's --health-address")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     args = parser.parse_args(argv)

@@ -44,6 +44,7 @@ from medfed.server.errors import (
     SessionReplaced,
     TooLarge,
     Unauthenticated,
+    UploadInProgress,
 )
 
 log = logging.getLogger("medfed.server")
@@ -58,6 +59,7 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DuplicateUpdate: grpc.StatusCode.ALREADY_EXISTS,
+    UploadInProgress: grpc.StatusCode.UNAVAILABLE,
     WireTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     WireFormatError: grpc.StatusCode.INVALID_ARGUMENT,
 }

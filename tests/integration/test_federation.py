@@ -164,7 +164,7 @@ def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert (out / "run" / "model.safetensors").exists() and (out / "run" / "model.json").exists()
 
 
-@pytest.mark.parametrize("script", ["fed-server", "fed-client", "fed-certs", "fed-partition", "fed-demo"])
+@pytest.mark.parametrize("script", ["fed-server", "fed-client", "fed-certs", "fed-partition", "fed-demo", "fed-health"])
 def test_console_scripts_are_installed(script: str) -> None:
     path = shutil.which(script, path=str(Path(sys.executable).parent))
     assert path is not None

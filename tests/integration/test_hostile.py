@@ -3,6 +3,7 @@ serving, and the round's aggregate is exactly the honest hospitals' weighted ave
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,4 +189,40 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
     assert [r["clients"] for r in history] == [["honest_a", "honest_b"]]
     final, _ = load_model(federation.out)
     expected = fedavg([(update_a, 10), (update_b, 30)])
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federation: Federation) -> None:
+    stub = federation.stub
+    a, b = join(stub, "hospital_a", 10), join(stub, "hospital_b", 10)
+    cfg = ServerConfig.model_validate(
+        {"rounds": 1, "min_clients": 2, "local_epochs": 0, "out": federation.out, "insecure": True}
+    )
+    output = RunOutput(cfg.out)
+    output.prepare(force=False)
+    driver = threading.Thread(target=run_federation, args=(cfg, federation.coordinator, output, lambda _info: None))
+    driver.start()
+    _, model = fetch(stub, a)
+    update_a = shifted(model, 1.0)
+    full = messages(a, update_a, chunk=4096)
+
+    def cut_half_way() -> Iterator[pb.UpdateMessage]:
+        yield from full[: len(full) // 2]
+        raise ConnectionResetError("network cut")  # the client library cancels the call mid-stream
+
+    cut = status(lambda: stub.SubmitUpdate(cut_half_way(), timeout=30))
+    deadline = time.monotonic() + 10
+    while (retried := status(lambda: stub.SubmitUpdate(iter(full), timeout=30))) == Code.UNAVAILABLE:
+        assert time.monotonic() < deadline  # the coordinator had not yet seen the cut: retry, as hospitals do
+        time.sleep(0.05)
+    again = status(lambda: stub.SubmitUpdate(iter(full), timeout=30))
+    stub.SubmitUpdate(iter(messages(b, shifted(model, 3.0))), timeout=30)
+    driver.join(timeout=60)
+
+    assert (cut, retried, again) == (Code.UNKNOWN, Code.OK, Code.ALREADY_EXISTS)
+    assert not driver.is_alive()
+    history = [json.loads(line) for line in (federation.out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["clients"] == ["hospital_a", "hospital_b"] and history[0]["num_examples"] == 20
+    final, _ = load_model(federation.out)
+    expected = fedavg([(update_a, 10), (shifted(model, 3.0), 10)])
     assert all(torch.equal(final[k], expected[k]) for k in expected)

@@ -1,0 +1,156 @@
+"""Many hospitals at once against one coordinator: round time and coordinator memory for N hospitals.
+
+A real fed-server process and N hospitals, each a full HospitalNode (its own gRPC channel, joining,
+long-polling, heartbeating, training and uploading exactly as fed-client does). A fed-client process
+holds PyTorch (about 600 MB), so 100 of them would not fit in this machine's memory: the hospitals run
+as threads, 25 to a worker process. Every hospital trains the small CNN for one epoch on 32 generated
+8x8 images per round.
+
+    python bench/many_hospitals.py --hospitals 10 25 50 100 --rounds 4     (from the repository root)
+
+Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is VmHWM from /proc. A run
+counts only if every round aggregated every hospital (no hospital missing, no process failing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medfed.common.data import DatasetInfo
+from medfed.common.partition import hospital_names
+from medfed.common.partition_cli import partition_to_folders
+from medfed.common.processes import ProcessGroup
+from medfed.common.sources import SourceDataset
+
+PER_PROCESS = 25
+
+
+def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
+    rng = np.random.default_rng(seed)
+    n = 32 * hospitals
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 120, size=(n, 8, 8), dtype=np.uint8)
+    images[labels == 1, :4] += 100
+    info = DatasetInfo(dataset="random", channels=1, class_names=("a", "b"), image_size=(8, 8))
+    return SourceDataset(info, {"train": (images, labels)})
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def measure(hospitals: int, rounds: int, work: Path) -> dict[str, float]:
+    data = work / f"data{hospitals}"
+    partition_to_folders(tiny_dataset(hospitals), data, clients=hospitals, scheme="iid")
+    names = hospital_names(hospitals)
+    out, port_file = work / f"run{hospitals}", work / f"port{hospitals}"
+    procs = ProcessGroup(work / f"logs{hospitals}")
+    peak = 0.0
+    try:
+        server = procs.start(
+            "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
+            "--rounds", str(rounds), "--min-clients", str(hospitals), "--model", "cnn", "--local-epochs", "1",
+            "--batch-size", "16", "--out", str(out), "--round-timeout", "600",
+        )  # fmt: skip
+        port = procs.wait_for_port("server", port_file, 120)
+        for i in range(0, hospitals, PER_PROCESS):
+            group = ",".join(names[i : i + PER_PROCESS])
+            procs.start(f"worker{i}", "bench.many_hospitals", "--worker", f"127.0.0.1:{port}", str(data), group)
+        while server.poll() is None:
+            peak = max(peak, peak_rss_mb(server.pid) or 0.0)
+            if procs.failed():
+                break
+            time.sleep(0.5)
+        codes = procs.wait_all(timeout=600)
+    finally:
+        procs.stop_all()
+    if any(codes.values()):
+        raise SystemExit(f"{hospitals} hospitals: a process failed: {codes}; logs in {procs.log_dir}")
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    complete = all(r["num_clients"] == hospitals and not r["missing"] for r in history)
+    if not complete or len(history) != rounds:
+        raise SystemExit(f"{hospitals} hospitals: not every round aggregated every hospital; see {out}")
+    measured = [r["duration_s"] for r in history[1:]]
+    return {"hospitals": hospitals, "median_s": statistics.median(measured), "max_s": max(measured),
+            "coordinator_peak_rss_mb": peak}  # fmt: skip
+
+
+def worker(server: str, data: Path, names: list[str]) -> int:
+    """Run one HospitalNode per name, each in a thread with its own channel; 0 when all finished."""
+    import grpc
+    import torch
+
+    from medfed.client.node import HospitalNode
+    from medfed.client.trainer import Trainer
+    from medfed.common.cli import setup_logging
+    from medfed.common.data import load_folder
+    from medfed.common.transport import channel_options
+    from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+
+    setup_logging(False)
+    torch.set_num_threads(1)
+    failures: list[str] = []
+
+    def run(name: str) -> None:
+        folder = load_folder(data / name, require=("train",))
+        with grpc.insecure_channel(server, options=channel_options()) as channel:
+            trainer = Trainer(folder, torch.device("cpu"), name=name, progress=False)
+            node = HospitalNode(
+                pb_grpc.FederationStub(channel), folder, trainer, name=name, server=server, max_wait=300
+            )
+            try:
+                node.run()
+            except Exception as exc:
+                failures.append(f"{name}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        sys.exit(worker(sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hospitals", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per run, the first being a warm-up")
+    parser.add_argument("--out", type=Path, default=Path("bench/many_hospitals.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="medfed-many-") as tmp:
+        results = []
+        for n in args.hospitals:
+            result = measure(n, args.rounds, Path(tmp))
+            print(f"{n} hospitals: median round {result['median_s']:.2f} s, coordinator peak RSS "
+                  f"{result['coordinator_peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+            results.append(result)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nPython {platform.python_version()}, {platform.machine()}; small CNN, 1 local epoch on 32 images "
+          f"of 8x8, {args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
+    print("| hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|")
+    for r in results:
+        print(f"| {r['hospitals']} | {r['median_s']:.2f} | {r['max_s']:.2f} | {r['coordinator_peak_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
