@@ -210,7 +210,10 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
-def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, dict[str, torch.Tensor]] | None:
+    if output.nothing_completed():
+        log.warning("--resume: %s holds no completed round yet; starting at round 1", cfg.out)
+        return None
     checkpoint, state = load_checkpoint(cfg.out)
     check_settings(checkpoint.settings, cfg.resume_settings())
     if checkpoint.round >= cfg.rounds:
@@ -271,7 +274,7 @@ def _run(argv: Sequence[str] | None) -> int:
     output = RunOutput(cfg.out)
     resume = _resume(cfg, output) if cfg.resume else None
     if resume is None:
-        output.prepare(force=cfg.force)
+        output.prepare(force=cfg.force or cfg.resume)
 
     info: DatasetInfo | None = test.info if test else None
     if resume is not None:

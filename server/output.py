@@ -42,6 +42,11 @@ class RunOutput:
         except OSError as exc:
             raise ConfigError(f"--out: cannot use {self.directory}: {exc.strerror}") from None
 
+    def nothing_completed(self) -> bool:
+        """No round of a run here was checkpointed (a history line without its checkpoint is a round that
+        will be run again): --resume then starts at round 1, so a restart policy can always pass it."""
+        return not any((self.directory / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, METADATA_FILE))
+
     def truncate_history(self, rounds: int) -> None:
         """Keep each round up to ``rounds`` once, in order: a crash between a round's history line and
         its checkpoint left a line for a round the resumed run will do again (and a torn last line)."""

@@ -97,18 +97,21 @@ def test_coordinator_killed_twice_resumes_with_complete_history_and_the_same_mod
         uninterrupted_run.stop_all()
 
     port = start_server(procs, tmp_path, *server_args(out, 4))
-    start_hospitals(procs, data, port)
-    wait_for_round(out, 1)
-    procs.procs["server"].send_signal(signal.SIGKILL)  # during round 2, or between its history line and checkpoint
+    freeze_after_joining(procs, data, port, "hospital_c")
+    start_hospitals(procs, data, port, names=("hospital_a", "hospital_b"))
+    wait_for_log(procs, "hospital_a", "round 1/")  # round 1 is open and waits for hospital_c
+    procs.procs["server"].send_signal(signal.SIGKILL)  # during a round, before any checkpoint
     procs.procs["server"].wait()
-    restart_server(procs, tmp_path, port, out, 4, "server_2")
-    wait_for_round(out, 3)
-    procs.procs["server_2"].send_signal(signal.SIGKILL)
+    procs.procs["hospital_c"].send_signal(signal.SIGCONT)
+    restart_server(procs, tmp_path, port, out, 4, "server_2")  # --resume with nothing completed starts afresh
+    wait_for_round(out, 2)
+    procs.procs["server_2"].send_signal(signal.SIGKILL)  # after round 2's checkpoint or during round 3
     procs.procs["server_2"].wait()
     restart_server(procs, tmp_path, port, out, 4, "server_3")
     codes = procs.wait_all(timeout=180)
 
     assert codes["server_3"] == 0, procs.log("server_3")
+    assert "holds no completed round yet; starting at round 1" in procs.log("server_2")
     assert all(codes[name] == 0 for name in HOSPITALS), {n: procs.tail(n) for n in HOSPITALS}
     assert rounds_done(out) == [1, 2, 3, 4]
     assert all(sorted(json.loads(line)["clients"]) == list(HOSPITALS) for line in (out / "history.jsonl").open())
