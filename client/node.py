@@ -239,6 +239,9 @@ class HospitalNode:
             num_examples=len(train),
             data=info_to_proto(self._data.info),
             client_version=__version__,
+            classes=[]
+            if self._privacy is not None and self._privacy.own is not None
+            else torch.bincount(train.labels).nonzero().flatten().tolist(),
         )
         if not retrying:
             reply = self._stub.Join(request, timeout=JOIN_DEADLINE_S)

@@ -82,6 +82,13 @@ class Trainer:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise TaskError(f"the received model does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
+        val = self._data.split("val")
+        metrics: dict[str, float] = {}
+        if len(val):  # federated evaluation: the global model on this hospital's own validation images
+            received = evaluate(model, val, self._data.info.num_classes, self._device)
+            metrics.update(global_val_loss=received.loss, global_val_accuracy=received.accuracy)
+            if received.auc is not None:
+                metrics["global_val_auc"] = received.auc
         started = time.monotonic()
         desc = f"round {round_number}"
         if privacy is not None and privacy.settings.mechanism == "dp_sgd":
@@ -108,12 +115,7 @@ class Trainer:
                 progress=self._progress,
                 desc=desc,
             )
-        metrics = {
-            "train_loss": result.loss,
-            "train_accuracy": result.accuracy,
-            "train_seconds": time.monotonic() - started,
-        }
-        val = self._data.split("val")
+        metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=time.monotonic() - started)
         if len(val):
             evaluation = evaluate(model, val, self._data.info.num_classes, self._device)
             metrics.update(val_loss=evaluation.loss, val_accuracy=evaluation.accuracy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -52,6 +53,8 @@ class Evaluation:
     """None for a class with no examples in the evaluated split."""
     confusion: list[list[int]] = field(default_factory=list)
     """rows: true class, columns: predicted class"""
+    auc: float | None = None
+    """macro one-vs-rest ROC AUC (MedMNIST's convention); None when no class has both positives and negatives"""
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,13 @@ def evaluate(
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64)
     total_loss = 0.0
+    probabilities = []
     for start in range(0, len(split), batch_size):
         x = normalize(split.images[start : start + batch_size]).to(device)
         y = split.labels[start : start + batch_size].to(device)
         logits = model(x)
         total_loss += float(loss_fn(logits, y))
+        probabilities.append(torch.softmax(logits.float(), 1).cpu())
         pred = logits.argmax(1)
         confusion += torch.bincount(y.cpu() * num_classes + pred.cpu(), minlength=num_classes**2).reshape(
             num_classes, num_classes
@@ -135,4 +140,18 @@ def evaluate(
         float(confusion[c, c]) / float(per_class_total[c]) if per_class_total[c] else None for c in range(num_classes)
     ]
     accuracy = float(confusion.diag().sum()) / n if n else 0.0
-    return Evaluation(n, total_loss / n if n else 0.0, accuracy, per_class, confusion.tolist())
+    auc = macro_auc(split.labels.numpy(), torch.cat(probabilities).numpy()) if n else None
+    return Evaluation(n, total_loss / n if n else 0.0, accuracy, per_class, confusion.tolist(), auc)
+
+
+def macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """The mean over classes of the one-vs-rest AUC, skipping classes absent from (or the only class of)
+    ``labels``; for two classes it equals the usual AUC of the positive class's score."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = [
+        float(roc_auc_score(labels == c, probabilities[:, c]))
+        for c in range(probabilities.shape[1])
+        if 0 < int((labels == c).sum()) < len(labels)
+    ]
+    return float(np.mean(scores)) if scores else None

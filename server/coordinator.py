@@ -81,6 +81,8 @@ class Hospital:
     last_seen: float = 0.0
     silent: bool = False
     """taken for gone after --heartbeat-timeout without a call; any call brings it back"""
+    classes: tuple[int, ...] = ()
+    """the classes in its training data, as it reported them (for the report only)"""
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Coordinator:
 
     # ----- hospital-facing -------------------------------------------------------------------
 
-    def join(self, name: str, num_examples: int, info: DatasetInfo) -> str:
+    def join(self, name: str, num_examples: int, info: DatasetInfo, *, classes: tuple[int, ...] = ()) -> str:
         """Admit a hospital (``name`` is its certificate's common name under TLS); returns its session."""
         if not HOSPITAL_NAME.match(name):
             raise InvalidUpdate(f"hospital name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
@@ -173,6 +175,9 @@ class Coordinator:
                 log.info("%s set the federation's data: %s, classes %s", name, info.dataset, list(info.class_names))
             elif reason := self._info.mismatch(info):
                 raise Rejected(f"{name} cannot join: its {reason}")
+            known = self._info.num_classes
+            if len(set(classes)) != len(classes) or any(not 0 <= c < known for c in classes):
+                raise InvalidUpdate(f"{name} reports classes {list(classes)[:10]}: expected distinct 0..{known - 1}")
             old = self._hospitals.get(name)
             if old is not None:
                 del self._sessions[old.session_id]
@@ -180,7 +185,9 @@ class Coordinator:
                 if not old.left:
                     log.warning("%s joined again; its previous session is closed", name)
             session_id = secrets.token_urlsafe(18)
-            self._hospitals[name] = Hospital(name, session_id, num_examples, last_seen=self._clock())
+            self._hospitals[name] = Hospital(
+                name, session_id, num_examples, last_seen=self._clock(), classes=tuple(sorted(classes))
+            )
             self._sessions[session_id] = name
             current = self._round
             if current is not None and name not in current.selected and len(current.selected) < current.min_fit:
@@ -368,6 +375,11 @@ class Coordinator:
     def data_info(self) -> DatasetInfo | None:
         with self._cond:
             return self._info
+
+    def hospital_classes(self) -> dict[str, tuple[int, ...]]:
+        """What each hospital that ever joined reported of its classes (empty tuples left out)."""
+        with self._cond:
+            return {h.name: h.classes for h in self._hospitals.values() if h.classes}
 
     def hospitals(self) -> list[str]:
         with self._cond:

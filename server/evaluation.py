@@ -25,6 +25,7 @@ class Evaluator:
         return {
             "loss": result.loss,
             "accuracy": result.accuracy,
+            "auc": result.auc,
             "per_class_accuracy": dict(zip(self._info.class_names, result.per_class_accuracy, strict=True)),
             "test_examples": result.num_examples,
             "confusion_matrix": result.confusion,

@@ -27,6 +27,7 @@ from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, RoundOutcome, Task
 from medfed.server.output import RunOutput
 from medfed.server.privacy_record import PrivacyRecorder
+from medfed.server.report import class_subset_accuracy, write_report
 from medfed.server.strategy import FedAvg, Strategy
 
 log = logging.getLogger("medfed.server")
@@ -208,6 +209,10 @@ def run_federation(
         if evaluate is not None:
             run.last_eval = evaluate(run.global_state)
             record.update(run.last_eval)
+            record["hospital_class_accuracy"] = {
+                name: class_subset_accuracy(run.last_eval["confusion_matrix"], classes)
+                for name, classes in sorted(coordinator.hospital_classes().items())
+            }
         record["client_metrics"] = {
             c.name: {"num_examples": c.num_examples, **c.metrics} for c in outcome.contributions
         }
@@ -237,4 +242,8 @@ def run_federation(
     }
     path = output.save_model(run.global_state, metadata)
     log.info("final model written to %s", path)
+    title = f"Federated {strategy.name} of {cfg.model} on {info.dataset}"
+    written = write_report(output.directory, output.history(), info, coordinator.hospital_classes(), title=title)
+    if written:
+        log.info("report written to %s (with %s)", written[0], ", ".join(p.name for p in written[1:]))
     return cfg.rounds

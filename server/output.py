@@ -13,6 +13,7 @@ import torch
 
 from medfed.common.checkpoint import METADATA_FILE, MODEL_FILE, save_model
 from medfed.common.errors import ConfigError
+from medfed.server.report import REPORT_FILES
 
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -35,8 +36,8 @@ class RunOutput:
             )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            for name in existing:
-                (self.directory / name).unlink()
+            for name in (*existing, *REPORT_FILES):
+                (self.directory / name).unlink(missing_ok=True)
             for old in self.directory.glob("checkpoint-round-*.safetensors"):
                 old.unlink()
         except OSError as exc:
@@ -76,6 +77,11 @@ class RunOutput:
     @property
     def history_path(self) -> Path:
         return self.directory / HISTORY_FILE
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.history_path.exists():
+            return []
+        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
 
     def append_history(self, record: Mapping[str, Any]) -> None:
         with open(self.history_path, "a") as f:

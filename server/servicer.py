@@ -126,7 +126,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 raise PermissionDenied(f"the certificate is for {caller}, but the request names {request.name!r}")
             check_text("client_version", request.client_version)
             name = caller or request.name
-            session_id = self._coordinator.join(name, request.num_examples, info_from_proto(request.data))
+            session_id = self._coordinator.join(
+                name, request.num_examples, info_from_proto(request.data), classes=tuple(request.classes)
+            )
         except Refusal as exc:
             log.warning("join refused: %s", exc)
             _abort(context, exc)

@@ -107,6 +107,17 @@ def test_three_hospitals_federate_over_mutual_tls_and_beat_chance(tmp_path: Path
     assert evaluate(model, test, 4, torch.device("cpu")).accuracy == pytest.approx(history[-1]["accuracy"])
     for name in HOSPITALS:
         assert "federation finished" in procs.log(name)
+    # the report: each hospital lacks one class (exclude-classes), and said which classes it has
+    subset_accuracy = history[-1]["hospital_class_accuracy"]
+    assert set(subset_accuracy) == set(HOSPITALS) and all(0 <= a <= 1 for a in subset_accuracy.values())
+    assert 0.5 <= history[-1]["auc"] <= 1.0
+    assert all("global_val_accuracy" in m for m in history[-1]["client_metrics"].values())
+    report = (out / "report.md").read_text()
+    assert "| hospital_a | c1, c2, c3 |" in report and "| hospital_c | c0, c1, c3 |" in report
+    for png in ("accuracy_loss.png", "per_class_accuracy.png", "confusion_matrix.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_rows = (out / "confusion_matrix.csv").read_text().splitlines()
+    assert sum(int(v) for row in csv_rows[1:] for v in row.split(",")[1:]) == history[-1]["test_examples"]
 
 
 def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: ProcessGroup) -> None:

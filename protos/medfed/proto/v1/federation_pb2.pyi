@@ -207,11 +207,18 @@ class JoinRequest(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     CLIENT_VERSION_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     num_examples: _builtins.int
     client_version: _builtins.str
     @_builtins.property
     def data(self) -> Global___DatasetInfo: ...
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices of the classes present in the hospital's training data, for the coordinator's report
+        (accuracy on each hospital's classes). Empty when the hospital keeps it to itself (under DP).
+        """
+
     def __init__(
         self,
         *,
@@ -219,10 +226,11 @@ class JoinRequest(_message.Message):
         num_examples: _builtins.int = ...,
         data: Global___DatasetInfo | None = ...,
         client_version: _builtins.str = ...,
+        classes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "data", b"data", "name", b"name", "num_examples", b"num_examples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "client_version", b"client_version", "data", b"data", "name", b"name", "num_examples", b"num_examples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
