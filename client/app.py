@@ -26,7 +26,7 @@ from medfed.client.trainer import TaskError, Trainer
 from medfed.common.accounting import default_delta
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml
-from medfed.common.data import load_folder
+from medfed.common.image_folder import load_hospital
 from medfed.common.pki import check_pair, common_name
 from medfed.common.tls import channel_credentials
 from medfed.common.training import pick_device
@@ -64,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
-    p.add_argument("--data", type=Path, help="this hospital's folder (made by fed-partition); required")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="this hospital's folder: made by fed-partition, or an image folder (train/CLASS/*.png ...); required",
+    )
+    p.add_argument(
+        "--classes", help="image folders: the federation's class names in label order (default: the subfolder names)"
+    )
+    p.add_argument("--image-size", type=int, help="image folders: resize every image to NxN when decoding")
     p.add_argument("--server", help="coordinator HOST:PORT; required")
     p.add_argument("--name", help="hospital name (default: the name in the folder's manifest)")
     p.add_argument(
@@ -137,7 +145,7 @@ def _run(argv: Sequence[str] | None) -> int:
             "or --insecure to accept plaintext",
             EXIT_USAGE,
         )
-    data = load_folder(cfg.data, require=("train",))
+    data = load_hospital(cfg.data, require=("train",), classes=cfg.classes, image_size=cfg.image_size)
     name = _identity(cfg) or cfg.name or data.name
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

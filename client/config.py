@@ -29,6 +29,20 @@ class ClientConfig(TlsFiles):
     dp_delta: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     dp_target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
     dp_ledger: Path | None = None
+    classes: list[str] | None = None
+    image_size: int | None = Field(None, ge=4, le=1024)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: object) -> object:
+        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value)):
+            raise ValueError("give at least two distinct class names, comma-separated, in label order")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ClientConfig:

@@ -32,6 +32,19 @@ def _show(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _class_hint(federation: tuple[str, ...], hospital: tuple[str, ...]) -> str:
+    extra = [c for c in hospital if c not in federation]
+    missing = [c for c in federation if c not in hospital]
+    if extra:
+        return f": the federation (its test set) has no class {', '.join(extra)}"
+    if missing:
+        return (
+            f": it lacks {', '.join(missing)} (an image folder keeps a class it has no images of with an empty "
+            "folder or --classes)"
+        )
+    return ": the same classes in another order (--classes sets the order)"
+
+
 class DatasetInfo(BaseModel):
     """What the data looks like; hospitals of one federation must agree on everything but the name."""
 
@@ -52,7 +65,9 @@ class DatasetInfo(BaseModel):
         for field in ("channels", "class_names", "image_size"):
             mine, theirs = getattr(self, field), getattr(other, field)
             if mine != theirs:
-                return f"{field} {_show(theirs)} differ from the federation's {_show(mine)}"
+                return f"{field} {_show(theirs)} differ from the federation's {_show(mine)}" + (
+                    _class_hint(mine, theirs) if field == "class_names" else ""
+                )
         return None
 
 
@@ -143,7 +158,7 @@ def read_manifest(path: Path) -> Manifest:
         raise DataError(f"{manifest_path}: {where}: {err['msg']}") from None
 
 
-def _check_split(where: str, split: str, images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Split:
+def check_split(where: str, split: str, images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Split:
     if images.dtype != np.uint8:
         raise DataError(f"{where}: {split}_images must be uint8, found {images.dtype}")
     if images.ndim == 3:
@@ -188,7 +203,7 @@ def load_folder(path: Path, *, require: tuple[str, ...] = ("train",)) -> Hospita
                     raise DataError(f"{npz_path}: {split}_images and {split}_labels must come together")
                 if has_images:
                     images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-                    splits[split] = _check_split(str(npz_path), split, images, labels, manifest.data)
+                    splits[split] = check_split(str(npz_path), split, images, labels, manifest.data)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{npz_path} is not a readable .npz file: {exc}") from None
     except ValueError as exc:

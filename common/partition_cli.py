@@ -40,6 +40,7 @@ class PartitionConfig(BaseModel):
     seed: int = Field(0, ge=0)
     data_root: Path | None = None
     size: Literal[28, 64, 128, 224] = 28
+    image_size: int | None = Field(None, ge=4, le=1024)
     force: bool = False
     verbose: bool = False
 
@@ -118,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--source",
-        help="'digits', a MedMNIST 2D name (pneumoniamnist, octmnist, ...) or an .npz path; required",
+        help="'digits', a MedMNIST 2D name (pneumoniamnist, octmnist, ...), an .npz path, or an image folder "
+        "(train/CLASS/*.png, val/..., test/..., or CLASS/*.png); required",
     )
+    p.add_argument("--image-size", type=int, help="an image-folder --source: resize every image to NxN")
     p.add_argument("--out", type=Path, help="folder to write hospital_a, hospital_b, ... and test into; required")
     p.add_argument("--clients", type=int, help=f"number of hospitals (default {d('clients')})")
     p.add_argument("--scheme", choices=SCHEMES, help=f"how labels are spread (default {d('scheme')})")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(argv: Sequence[str] | None) -> int:
     cfg = build_config(PartitionConfig, {}, vars(build_parser().parse_args(argv)))
     setup_logging(cfg.verbose)
-    dataset = load_source(cfg.source, data_root=cfg.data_root, size=cfg.size, seed=cfg.seed)
+    dataset = load_source(cfg.source, data_root=cfg.data_root, size=cfg.size, seed=cfg.seed, image_size=cfg.image_size)
     manifests = partition_to_folders(
         dataset,
         cfg.out,

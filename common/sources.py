@@ -151,9 +151,16 @@ def _download_medmnist(flag: str, size: int, root: Path) -> None:
         ) from None
 
 
-def load_source(source: str, *, data_root: Path | None = None, size: int = 28, seed: int = 0) -> SourceDataset:
+def load_source(
+    source: str, *, data_root: Path | None = None, size: int = 28, seed: int = 0, image_size: int | None = None
+) -> SourceDataset:
+    """``image_size`` resizes an image folder's images (other sources have their own sizes)."""
     if source == "digits":
         return load_digits(seed)
+    if Path(source).is_dir():
+        from medfed.common.image_folder import load_image_folder
+
+        return load_image_folder(Path(source), image_size=image_size)
     if source.endswith(".npz") or Path(source).exists():
         return load_npz(Path(source))
     flag = source.lower()
@@ -161,4 +168,6 @@ def load_source(source: str, *, data_root: Path | None = None, size: int = 28, s
         if flag.endswith("3d"):
             raise DataError(f"{flag} is a 3D dataset; only MedMNIST 2D datasets are supported")
         return load_medmnist(flag, size, data_root)
-    raise DataError(f"unknown source {source!r}: give 'digits', a MedMNIST 2D dataset name or a path to an .npz file")
+    raise DataError(
+        f"unknown source {source!r}: give 'digits', a MedMNIST 2D dataset name, an .npz file or an image folder"
+    )

@@ -24,8 +24,9 @@ import torch
 from medfed.common.accounting import epsilon, rounds_within
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml, parse_address
-from medfed.common.data import DatasetInfo, HospitalData, load_folder
+from medfed.common.data import DatasetInfo, HospitalData
 from medfed.common.errors import ConfigError
+from medfed.common.image_folder import load_hospital
 from medfed.common.models import MODEL_NAMES, build_model
 from medfed.common.pki import check_pair, load_cert
 from medfed.common.privacy import dp_model_problem
@@ -103,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help=f"hospitals' batch size (default {d('batch_size')})")
     p.add_argument("--seed", type=int, help=f"seed for the initial model and hospital sampling (default {d('seed')})")
     p.add_argument(
-        "--test-data", type=Path, help="held-out hospital folder (its test split) evaluated after every round"
+        "--test-data",
+        type=Path,
+        help="held-out test set evaluated after every round: a fed-partition folder's test split, or an image "
+        "folder (test/CLASS/*.png or CLASS/*.png)",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="an image-folder --test-data: resize every image to NxN when decoding"
     )
     p.add_argument("--out", type=Path, help=f"folder for history.jsonl and the final model (default {d('out')})")
     p.add_argument("--force", action="store_true", help="replace a previous run's files in --out")
@@ -268,7 +275,7 @@ def _run(argv: Sequence[str] | None) -> int:
         )
     check_privacy(cfg)
     credentials, authenticator = _tls(cfg)
-    test = load_folder(cfg.test_data, require=("test",)) if cfg.test_data else None
+    test = load_hospital(cfg.test_data, require=("test",), image_size=cfg.image_size) if cfg.test_data else None
     device = pick_device(cfg.device)
     check_bindable(cfg.address)
     output = RunOutput(cfg.out)

@@ -29,6 +29,7 @@ class ServerConfig(TlsFiles):
     batch_size: int = Field(64, ge=1, le=65_536)
     seed: int = Field(0, ge=0)
     test_data: Path | None = None
+    image_size: int | None = Field(None, ge=4, le=1024)
     out: Path = Path("fed-out")
     force: bool = False
     resume: bool = False

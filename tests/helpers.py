@@ -50,3 +50,18 @@ def run_cli(module: str, *args: str, timeout: float = 120.0) -> subprocess.Compl
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def write_image_folder(
+    dataset: SourceDataset, root: Path, *, splits: tuple[str, ...] = ("train", "val", "test"), suffix: str = ".png"
+) -> Path:
+    """Export ``dataset`` as hospitals do: ROOT/SPLIT/CLASS/NNNN.png (every class folder made, even empty)."""
+    from PIL import Image
+
+    for split in splits:
+        images, labels = dataset.splits[split]
+        for name in dataset.info.class_names:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            Image.fromarray(image).save(root / split / dataset.info.class_names[int(label)] / f"{i:05d}{suffix}")
+    return root

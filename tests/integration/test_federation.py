@@ -19,7 +19,7 @@ from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
 from medfed.common.training import evaluate
 from medfed.server.federation import initial_state
-from tests.helpers import run_cli, start_server, synthetic_dataset
+from tests.helpers import run_cli, start_server, synthetic_dataset, write_image_folder
 
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
 
@@ -118,6 +118,31 @@ def test_three_hospitals_federate_over_mutual_tls_and_beat_chance(tmp_path: Path
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv_rows = (out / "confusion_matrix.csv").read_text().splitlines()
     assert sum(int(v) for row in csv_rows[1:] for v in row.split(",")[1:]) == history[-1]["test_examples"]
+
+
+def test_hospitals_train_straight_from_image_folders_and_a_foreign_class_is_refused(
+    tmp_path: Path, procs: ProcessGroup
+) -> None:
+    dataset = synthetic_dataset(num_classes=3, size=8, per_class=(20, 4, 10))
+    for name in ("hospital_a", "hospital_b"):
+        write_image_folder(dataset, tmp_path / name, splits=("train", "val"))
+    write_image_folder(dataset, tmp_path / "test_set", splits=("test",))
+    write_image_folder(dataset, tmp_path / "hospital_c", splits=("train",))
+    (tmp_path / "hospital_c" / "train" / "flu").mkdir()
+    out = tmp_path / "run"
+
+    port = start_server(procs, tmp_path, "--rounds", "2", "--min-clients", "2", "--test-data",
+                        str(tmp_path / "test_set"), "--out", str(out))  # fmt: skip
+    for name in ("hospital_a", "hospital_b", "hospital_c"):
+        procs.start(name, "medfed.client", "--data", str(tmp_path / name), "--server", f"127.0.0.1:{port}",
+                    "--insecure", "--threads", "1", "--no-progress")  # fmt: skip
+    codes = procs.wait_all(timeout=180)
+
+    assert codes == {"server": 0, "hospital_a": 0, "hospital_b": 0, "hospital_c": 1}, procs.log("server")
+    history = read_history(out)
+    assert [sorted(r["clients"]) for r in history] == [["hospital_a", "hospital_b"]] * 2
+    assert history[-1]["test_examples"] == 30 and set(history[-1]["per_class_accuracy"]) == {"c0", "c1", "c2"}
+    assert "the federation (its test set) has no class flu" in procs.log("hospital_c")
 
 
 def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: ProcessGroup) -> None:
