@@ -29,6 +29,7 @@ from medfed.common.errors import ConfigError
 from medfed.common.image_folder import load_hospital
 from medfed.common.models import MODEL_NAMES, build_model
 from medfed.common.pki import check_pair, load_cert
+from medfed.common.pretrained import load_pretrained
 from medfed.common.privacy import dp_model_problem
 from medfed.common.tls import server_credentials
 from medfed.common.training import pick_device
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="held-out test set evaluated after every round: a fed-partition folder's test split, or an image "
         "folder (test/CLASS/*.png or CLASS/*.png)",
+    )
+    p.add_argument(
+        "--pretrained",
+        type=Path,
+        help="start from these weights (.safetensors, or a .pt/.pth state_dict such as torchvision's "
+        "resnet18-f37072fd.pth); the first convolution is adapted to the data's channels, the classifier is new",
     )
     p.add_argument(
         "--image-size", type=int, help="an image-folder --test-data: resize every image to NxN when decoding"
@@ -284,6 +291,9 @@ def _run(argv: Sequence[str] | None) -> int:
         output.prepare(force=cfg.force or cfg.resume)
 
     info: DatasetInfo | None = test.info if test else None
+    if cfg.pretrained is not None and resume is None:  # refuse a wrong file now, not when hospitals have joined
+        load_pretrained(build_model(cfg.model, info.channels if info else 3, info.num_classes if info else 2),
+                        cfg.pretrained)  # fmt: skip
     if resume is not None:
         saved = DatasetInfo.model_validate(resume[0].data)
         if info is not None and (reason := saved.mismatch(info)):

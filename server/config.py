@@ -30,6 +30,7 @@ class ServerConfig(TlsFiles):
     seed: int = Field(0, ge=0)
     test_data: Path | None = None
     image_size: int | None = Field(None, ge=4, le=1024)
+    pretrained: Path | None = None
     out: Path = Path("fed-out")
     force: bool = False
     resume: bool = False

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from medfed.common import __version__
 from medfed.common.data import DatasetInfo
 from medfed.common.models import build_model
+from medfed.common.pretrained import load_pretrained
 from medfed.common.serde import encode
 from medfed.common.training import NORMALIZATION
 from medfed.common.wire import ModelSpec, TrainSettings
@@ -40,9 +42,13 @@ class FederationAborted(Exception):
     """The run was stopped (signal, or no hospitals in time) before its last round."""
 
 
-def initial_state(model_name: str, info: DatasetInfo, seed: int) -> dict[str, torch.Tensor]:
+def initial_state(
+    model_name: str, info: DatasetInfo, seed: int, pretrained: Path | None = None
+) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = build_model(model_name, info.channels, info.num_classes)
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -138,7 +144,9 @@ def _start(cfg: ServerConfig, info: DatasetInfo, resume: tuple[Checkpoint, dict[
     central = central_strategy(cfg) if cfg.dp_central else None
     privacy = PrivacyRecorder(central, cfg.central_delta)
     if resume is None:
-        return _Run(0, initial_state(cfg.model, info, cfg.seed), random.Random(cfg.seed), central, privacy, {})
+        return _Run(
+            0, initial_state(cfg.model, info, cfg.seed, cfg.pretrained), random.Random(cfg.seed), central, privacy, {}
+        )
     checkpoint, state = resume
     rng = random.Random()
     version, internal, gauss = checkpoint.rng_state

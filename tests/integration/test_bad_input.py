@@ -89,6 +89,7 @@ def test_server_on_a_port_in_use(tmp_path: Path) -> None:
         (["--rounds", "2"], ["--insecure"]),
         (["--insecure", "--address", "localhost"], ["--address", "HOST:PORT"]),
         (["--insecure", "--test-data", "/nonexistent/test"], ["/nonexistent/test", "does not exist"]),
+        (["--insecure", "--pretrained", "/nonexistent/r18.pth"], ["--pretrained", "never downloaded"]),
         (["--insecure", "--dp-central", "--dp-clip", "1", "--dp-noise-multiplier", "1"], ["--model cnn", "BatchNorm"]),
         (["--insecure", "--dp-local", "--dp-clip", "-1", "--dp-noise-multiplier", "1"], ["--dp-clip"]),
         (
