@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -140,19 +140,67 @@ def _make_pki(folder: Path, hospitals: list[str]) -> None:
         issue_client(folder, name)
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+def run_locally(
+    out: Path,
+    hospitals: Mapping[str, Path],
+    test_dir: Path,
+    run_dir: Path,
+    server_args: Sequence[str],
+    client_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One fed-server and one fed-client per hospital as processes over loopback with mutual TLS (a
+    throwaway PKI in OUT/pki); prints each round as it is recorded and returns the last record."""
+    logs, pki_dir, port_file = out / "logs", out / "pki", out / "server.port"
+    threads = max(1, (os.cpu_count() or 1) // len(hospitals))
+    _make_pki(pki_dir, list(hospitals))
+    rounds = int(server_args[list(server_args).index("--rounds") + 1])
+    tls_args = [
+        "--tls-cert", str(pki_dir / "server.crt"), "--tls-key", str(pki_dir / "server.key"),
+        "--tls-ca", str(pki_dir / "ca.crt"), "--tls-crl", str(pki_dir / "crl.pem"), "--allow", ",".join(hospitals),
+        "--address", "127.0.0.1:0", "--port-file", str(port_file), "--min-clients", str(len(hospitals)),
+        "--test-data", str(test_dir), "--out", str(run_dir), "--finish-grace", "30",
+    ]  # fmt: skip
+    procs = ProcessGroup(logs)
+    codes: dict[str, int] = {}
+    try:
+        procs.start("server", "medfed.server", *tls_args, *server_args)
+        port = procs.wait_for_port("server", port_file, STARTUP_TIMEOUT_S)
+        print(
+            f"coordinator listening on 127.0.0.1:{port} with mutual TLS (certificates in {pki_dir}); "
+            f"starting {len(hospitals)} hospitals",
+            flush=True,
+        )
+        for name, folder in hospitals.items():
+            procs.start(
+                name, "medfed.client", "--data", str(folder), "--server", f"127.0.0.1:{port}",
+                "--tls-cert", str(pki_dir / f"{name}.crt"), "--tls-key", str(pki_dir / f"{name}.key"),
+                "--tls-ca", str(pki_dir / "ca.crt"), "--no-progress", "--threads", str(threads), "--max-wait", "60",
+                *client_args,
+            )  # fmt: skip
+        last = _follow(procs, run_dir / "history.jsonl", rounds)
+        codes = procs.wait_all(timeout=60)
+    except ProcessError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        procs.stop_all()
+    failed = next((name for name, code in codes.items() if code != 0), None)
+    if failed is not None:
+        raise CliError(f"{failed} exited with status {codes[failed]}; its log ends:\n{procs.tail(failed)}")
+    return last
+
+
+def exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally that stops the child processes
 
 
 def _run(argv: Sequence[str] | None) -> int:
     cfg = build_config(DemoConfig, {}, vars(build_parser().parse_args(argv)))
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     setup_logging(cfg.verbose)
     out = cfg.out or Path(tempfile.mkdtemp(prefix="fed-demo-"))
     if out.exists() and any(out.iterdir()):
         raise CliError(f"--out: {out} is not empty; give a new or empty folder", 2)
     data_dir, run_dir, logs = out / "data", out / "run", out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
 
     dataset = load_source(cfg.dataset, data_root=cfg.data_root, size=cfg.size, seed=cfg.seed)
     manifests = partition_to_folders(
@@ -169,46 +217,15 @@ def _run(argv: Sequence[str] | None) -> int:
     if TEST_FOLDER not in manifests:
         raise CliError(f"{cfg.dataset} has no test split for the coordinator to evaluate on", 2)
 
-    hospitals = [name for name in manifests if name != TEST_FOLDER]
-    threads = max(1, (os.cpu_count() or 1) // len(hospitals))
-    port_file = out / "server.port"
-    pki_dir = out / "pki"
-    _make_pki(pki_dir, hospitals)
+    hospitals = {name: data_dir / name for name in manifests if name != TEST_FOLDER}
     server_args = [
-        "--tls-cert", str(pki_dir / "server.crt"), "--tls-key", str(pki_dir / "server.key"),
-        "--tls-ca", str(pki_dir / "ca.crt"), "--tls-crl", str(pki_dir / "crl.pem"), "--allow", ",".join(hospitals),
-        "--address", "127.0.0.1:0", "--port-file", str(port_file), "--rounds", str(cfg.rounds),
-        "--min-clients", str(len(hospitals)), "--model", cfg.model, "--local-epochs", str(cfg.local_epochs),
-        "--seed", str(cfg.seed), "--test-data", str(data_dir / TEST_FOLDER), "--out", str(run_dir),
-        "--finish-grace", "30",
+        "--rounds", str(cfg.rounds), "--model", cfg.model, "--local-epochs", str(cfg.local_epochs),
+        "--seed", str(cfg.seed),
     ]  # fmt: skip
-    procs = ProcessGroup(logs)
-    try:
-        procs.start("server", "medfed.server", *server_args)
-        port = procs.wait_for_port("server", port_file, STARTUP_TIMEOUT_S)
-        print(
-            f"coordinator listening on 127.0.0.1:{port} with mutual TLS (certificates in {pki_dir}); "
-            f"starting {len(hospitals)} hospitals",
-            flush=True,
-        )
-        for name in hospitals:
-            procs.start(
-                name, "medfed.client", "--data", str(data_dir / name), "--server", f"127.0.0.1:{port}",
-                "--tls-cert", str(pki_dir / f"{name}.crt"), "--tls-key", str(pki_dir / f"{name}.key"),
-                "--tls-ca", str(pki_dir / "ca.crt"), "--no-progress", "--threads", str(threads), "--max-wait", "60",
-            )  # fmt: skip
-        last = _follow(procs, run_dir / "history.jsonl", cfg.rounds)
-        codes = procs.wait_all(timeout=60)
-    except ProcessError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        procs.stop_all()
-    failed = next((name for name, code in codes.items() if code != 0), None)
-    if failed is not None:
-        raise CliError(f"{failed} exited with status {codes[failed]}; its log ends:\n{procs.tail(failed)}")
+    last = run_locally(out, hospitals, data_dir / TEST_FOLDER, run_dir, server_args)
     if "per_class_accuracy" in last:
         _print_summary(last["per_class_accuracy"], {n: m.counts.get("train", []) for n, m in manifests.items()})
-    print(f"done: model in {run_dir / 'model.safetensors'}, history in {run_dir / 'history.jsonl'}, logs in {logs}")
+    print(f"done: model, history and report (report.md, plots) in {run_dir}, logs in {logs}")
     return 0
 
 

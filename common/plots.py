@@ -75,17 +75,19 @@ def grouped_bars(
     path: Path, title: str, groups: Sequence[str], bars: Mapping[str, Sequence[float | None]], ylabel: str
 ) -> None:
     """Bars per group (e.g. a metric per model); a missing value leaves a gap."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(len(bars), 1) * 0.5 + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(18.0, max(7.0, 0.3 * len(groups) * max(len(bars), 1) + 2)), 5))
     width = 0.8 / max(len(bars), 1)
+    small = len(groups) * len(bars) > 30
     for k, (label, values) in enumerate(bars.items()):
         xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(groups))]
         heights = [v if v is not None else 0.0 for v in values]
         drawn = ax.bar(xs, heights, width, label=label)
-        ax.bar_label(drawn, labels=[f"{v:.2f}" if v is not None else "" for v in values], fontsize=7)
+        ax.bar_label(drawn, labels=[f"{v:.2f}" if v is not None else "" for v in values], fontsize=5 if small else 7,
+                     rotation=90 if small else 0, padding=2)  # fmt: skip
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.15)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncols=min(len(bars), 4))
+    ax.legend(fontsize=8, ncols=min(len(bars), 5), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     _save(fig, path)

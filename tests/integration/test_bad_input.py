@@ -148,3 +148,15 @@ def test_argparse_errors_are_short_too() -> None:
     )
 
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--threads" in result.stderr
+
+
+def test_study_refuses_half_given_folders_and_a_used_out_folder(tmp_path: Path) -> None:
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("")
+
+    half = run_cli("medfed.common.study", "--hospitals", str(tmp_path), "--out", str(tmp_path / "o"))
+    used = run_cli("medfed.common.study", "--out", str(tmp_path / "used"))
+
+    assert_one_line_error(half, "fed-study", "--hospitals and --test go together")
+    assert_one_line_error(used, "fed-study", "is not empty")
+    assert half.returncode == used.returncode == 2

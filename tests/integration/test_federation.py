@@ -200,7 +200,35 @@ def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert (out / "run" / "model.safetensors").exists() and (out / "run" / "model.json").exists()
 
 
-@pytest.mark.parametrize("script", ["fed-server", "fed-client", "fed-certs", "fed-partition", "fed-demo", "fed-health"])
+def test_fed_study_compares_hospitals_alone_the_federation_and_pooled_data(tmp_path: Path) -> None:
+    partition_to_folders(synthetic_dataset(num_classes=3, size=8), tmp_path / "data", clients=2,
+                         scheme="exclude-classes", seed=0)  # fmt: skip
+    out = tmp_path / "study"
+
+    result = run_cli(
+        "medfed.common.study", "--hospitals", str(tmp_path / "data" / "hospital_a"),
+        str(tmp_path / "data" / "hospital_b"), "--test", str(tmp_path / "data" / "test"), "--rounds", "2",
+        "--batch-size", "16", "--out", str(out), "--no-progress", timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = json.loads((out / "study.json").read_text())
+    names = [m["name"] for m in study["models"]]
+    assert names == ["local hospital_a", "local hospital_b", "federated", "centralized"]
+    assert study["settings"]["epochs"] == 2 and study["train_classes"] == {"hospital_a": [1, 2], "hospital_b": [0, 2]}
+    local_a = study["models"][0]
+    assert local_a["per_class_accuracy"]["c0"] == 0.0  # a class it never saw is never predicted
+    assert study["models"][3]["train_images"] == study["models"][0]["train_images"] + study["models"][1]["train_images"]
+    federated = read_history(out / "federated")[-1]
+    assert study["models"][2]["accuracy"] == federated["accuracy"]
+    assert "| federated | " in (out / "report.md").read_text() and (out / "federated" / "report.md").exists()
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "study.csv").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    "script", ["fed-server", "fed-client", "fed-certs", "fed-partition", "fed-demo", "fed-health", "fed-study"]
+)
 def test_console_scripts_are_installed(script: str) -> None:
     path = shutil.which(script, path=str(Path(sys.executable).parent))
     assert path is not None

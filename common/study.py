@@ -1,0 +1,177 @@
+"""fed-study: local-only vs federated vs centralized on one dataset, in one command.
+
+It partitions a dataset into hospital folders (or takes existing ones with --hospitals and --test),
+runs the federation for real (fed-server and one fed-client per hospital as processes over loopback
+with mutual TLS, exactly as fed-demo does), then trains the two baselines in this process with the
+same model and the same total epochs, and writes the comparison: study.json, study.csv,
+comparison.png and report.md, beside the federated run's own report in OUT/federated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medfed.common.baselines import Outcome, pooled, train_and_test
+from medfed.common.cli import CliError, run_command, setup_logging
+from medfed.common.config import build_config, field_default
+from medfed.common.demo import exit_on_sigterm, run_locally
+from medfed.common.errors import DataError
+from medfed.common.image_folder import load_hospital
+from medfed.common.models import MODEL_NAMES
+from medfed.common.partition import SCHEMES
+from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.sources import MEDMNIST_SIZES, load_source
+from medfed.common.study_report import write_study
+from medfed.common.training import pick_device
+
+EXAMPLES = """
+examples:
+  fed-study --out study-digits                      (offline: digits, 3 hospitals each missing a class)
+  fed-study --dataset pneumoniamnist --data-root ~/medmnist --scheme dirichlet --alpha 0.3 \\
+            --model resnet18 --rounds 20 --out study-pneumonia
+  fed-study --hospitals /data/hospital_a /data/hospital_b --test /data/test --out study-ours
+"""
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path
+    dataset: str = "digits"
+    data_root: Path | None = None
+    size: Literal[28, 64, 128, 224] = 28
+    image_size: int | None = Field(None, ge=4, le=1024)
+    hospitals: list[Path] | None = None
+    test: Path | None = None
+    clients: int = Field(3, ge=1, le=26)
+    scheme: Literal["iid", "dirichlet", "exclude-classes"] = "exclude-classes"
+    alpha: float = Field(0.5, gt=0)
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    model: Literal["cnn", "cnn_gn", "resnet18", "resnet18_gn"] = "cnn"
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(64, ge=2)
+    seed: int = Field(0, ge=0)
+    pretrained: Path | None = None
+    device: str = "auto"
+    progress: bool = True
+    verbose: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if (self.hospitals is None) != (self.test is None):
+            raise ValueError("--hospitals and --test go together (or give neither and a --dataset to partition)")
+        if self.hospitals is not None and len({p.resolve().name for p in self.hospitals}) != len(self.hospitals):
+            raise ValueError("--hospitals: every hospital folder needs a different name (it names the hospital)")
+        return self
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def d(name: str) -> object:
+        return field_default(StudyConfig, name)
+
+    p = argparse.ArgumentParser(
+        prog="fed-study",
+        description="Compare each hospital alone, the federation and all data pooled: same model, same total "
+        "epochs, same test set. Writes a table, plots and report.md.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--out", type=Path, help="a new or empty folder for everything the study writes; required")
+    p.add_argument(
+        "--dataset", help=f"'digits', a MedMNIST 2D name, an .npz or an image folder (default {d('dataset')})"
+    )
+    p.add_argument("--data-root", type=Path, help="folder holding MedMNIST .npz files (no download then)")
+    p.add_argument("--size", type=int, choices=MEDMNIST_SIZES, help="MedMNIST image size (default 28)")
+    p.add_argument("--image-size", type=int, help="image folders: resize every image to NxN")
+    p.add_argument("--hospitals", type=Path, nargs="+", help="existing hospital folders, instead of partitioning")
+    p.add_argument("--test", type=Path, help="with --hospitals: the held-out test folder")
+    p.add_argument("--clients", type=int, help=f"number of hospitals to partition into (default {d('clients')})")
+    p.add_argument("--scheme", choices=SCHEMES, help=f"how labels are spread (default {d('scheme')})")
+    p.add_argument("--alpha", type=float, help=f"Dirichlet concentration (default {d('alpha')})")
+    p.add_argument("--rounds", type=int, help=f"federated rounds (default {d('rounds')})")
+    p.add_argument("--local-epochs", type=int, help=f"epochs per round at each hospital (default {d('local_epochs')})")
+    p.add_argument("--model", choices=MODEL_NAMES, help=f"architecture (default {d('model')})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d('lr')})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {d('batch_size')})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
+    p.add_argument("--pretrained", type=Path, help="starting weights for every model (a local file)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return p
+
+
+def _prepare_data(cfg: StudyConfig) -> tuple[dict[str, Path], Path]:
+    """Hospital folders by name, and the test folder."""
+    if cfg.hospitals is not None and cfg.test is not None:
+        return {p.resolve().name: p for p in cfg.hospitals}, cfg.test
+    data_dir = cfg.out / "data"
+    dataset = load_source(cfg.dataset, data_root=cfg.data_root, size=cfg.size, seed=cfg.seed, image_size=cfg.image_size)
+    manifests = partition_to_folders(dataset, data_dir, clients=cfg.clients, scheme=cfg.scheme, alpha=cfg.alpha,
+                                     seed=cfg.seed, source=cfg.dataset)  # fmt: skip
+    print(f"{dataset.info.dataset}: {cfg.clients} hospitals, scheme {cfg.scheme}; label counts:")
+    print(format_counts(dataset, manifests), flush=True)
+    if TEST_FOLDER not in manifests:
+        raise DataError(f"{cfg.dataset} has no test split to compare the models on")
+    return {name: data_dir / name for name in manifests if name != TEST_FOLDER}, data_dir / TEST_FOLDER
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    cfg = build_config(StudyConfig, {}, vars(build_parser().parse_args(argv)))
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    setup_logging(cfg.verbose)
+    if cfg.out.exists() and any(cfg.out.iterdir()):
+        raise CliError(f"--out: {cfg.out} is not empty; give a new or empty folder", 2)
+    device = pick_device(cfg.device)
+    folders, test_folder = _prepare_data(cfg)
+    # Load (and so validate) everything before the long work starts.
+    hospitals = {name: load_hospital(path) for name, path in folders.items()}
+    test = load_hospital(test_folder, require=("test",))
+    for name, data in hospitals.items():
+        if reason := test.info.mismatch(data.info):
+            raise DataError(f"{folders[name]}: its {reason}")
+    epochs = cfg.rounds * cfg.local_epochs
+    common = ["--model", cfg.model, "--seed", str(cfg.seed), "--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size)]
+    server_args = [
+        "--rounds",
+        str(cfg.rounds),
+        "--local-epochs",
+        str(cfg.local_epochs),
+        *common,
+        "--device",
+        cfg.device,
+    ]
+    if cfg.pretrained is not None:
+        server_args += ["--pretrained", str(cfg.pretrained)]
+    print(f"federated: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}", flush=True)
+    last = run_locally(cfg.out, folders, test_folder, cfg.out / "federated", server_args, ["--device", cfg.device])
+    federated = Outcome("federated", last["accuracy"], last.get("auc"), last["per_class_accuracy"],
+                        last["num_examples"])  # fmt: skip
+    baseline = partial(train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                       seed=cfg.seed, device=device, pretrained=cfg.pretrained, progress=cfg.progress)  # fmt: skip
+    test_split = test.split("test")
+    local = [baseline(f"local {name}", d.split("train"), test_split, test.info) for name, d in hospitals.items()]
+    central = baseline("centralized", pooled([d.split("train") for d in hospitals.values()]), test_split, test.info)
+    train_classes = {name: sorted(set(d.split("train").labels.tolist())) for name, d in hospitals.items()}
+    files = write_study(cfg.out, [*local, federated, central], test.info, train_classes,
+                        settings={**cfg.model_dump(mode="json"), "epochs": epochs})  # fmt: skip
+    print(f"done: {', '.join(str(f) for f in files)}; the federated run's own report is in {cfg.out / 'federated'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("fed-study", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
