@@ -114,6 +114,7 @@ class Trainer:
                 seed=(settings.seed + self._seed_offset) % 2**63,
                 progress=self._progress,
                 desc=desc,
+                augment=settings.augment,
             )
         metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=time.monotonic() - started)
         if len(val):

@@ -57,6 +57,7 @@ def train_and_test(
     device: torch.device,
     pretrained: Path | None = None,
     progress: bool = True,
+    augment: bool = False,
 ) -> Outcome:
     started = time.monotonic()
     torch.manual_seed(seed)
@@ -65,7 +66,7 @@ def train_and_test(
         load_pretrained(network, pretrained)
     log.info("%s: training %s on %d images for %d epoch(s)", name, model, len(train), epochs)
     train_local(network, train, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
-                progress=progress, desc=name)  # fmt: skip
+                progress=progress, desc=name, augment=augment)  # fmt: skip
     result = evaluate(network, test, info.num_classes, device)
     seconds = time.monotonic() - started
     log.info("%s: test accuracy %.4f, macro AUC %s (%.0f s)", name, result.accuracy,

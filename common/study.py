@@ -61,6 +61,7 @@ class StudyConfig(BaseModel):
     batch_size: int = Field(64, ge=2)
     seed: int = Field(0, ge=0)
     pretrained: Path | None = None
+    augment: bool = False
     device: str = "auto"
     progress: bool = True
     verbose: bool = False
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d('lr')})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {d('batch_size')})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
+    p.add_argument("--augment", action="store_true", help="random shifts and rotations of training batches")
     p.add_argument("--pretrained", type=Path, help="starting weights for every model (a local file)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -151,14 +153,18 @@ def _run(argv: Sequence[str] | None) -> int:
         "--device",
         cfg.device,
     ]
+    if cfg.augment:
+        server_args.append("--augment")
     if cfg.pretrained is not None:
         server_args += ["--pretrained", str(cfg.pretrained)]
     print(f"federated: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}", flush=True)
     last = run_locally(cfg.out, folders, test_folder, cfg.out / "federated", server_args, ["--device", cfg.device])
     federated = Outcome("federated", last["accuracy"], last.get("auc"), last["per_class_accuracy"],
                         last["num_examples"])  # fmt: skip
-    baseline = partial(train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                       seed=cfg.seed, device=device, pretrained=cfg.pretrained, progress=cfg.progress)  # fmt: skip
+    baseline = partial(
+        train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
+        device=device, pretrained=cfg.pretrained, progress=cfg.progress, augment=cfg.augment,
+    )  # fmt: skip
     test_split = test.split("test")
     local = [baseline(f"local {name}", d.split("train"), test_split, test.info) for name, d in hospitals.items()]
     central = baseline("centralized", pooled([d.split("train") for d in hospitals.values()]), test_split, test.info)

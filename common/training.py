@@ -6,6 +6,7 @@ Python work (no PIL, no Dataset/DataLoader) in the loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +76,7 @@ def train_local(
     seed: int,
     progress: bool = True,
     desc: str = "training",
+    augment: bool = False,
 ) -> TrainResult:
     """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round).
 
@@ -101,6 +103,8 @@ def train_local(
             if len(idx) < 2:
                 continue  # BatchNorm cannot train on a batch of one
             x = normalize(split.images[idx]).to(device, non_blocking=True)
+            if augment:
+                x = random_affine(x, generator)
             y = split.labels[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
@@ -113,6 +117,20 @@ def train_local(
             seen += len(idx)
             bar.set_postfix(loss=f"{batch_loss:.4f}")
     return TrainResult(n, total_loss / max(seen, 1), correct / max(seen, 1))
+
+
+def random_affine(
+    x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.1, max_degrees: float = 10.0
+) -> torch.Tensor:
+    """Each image of the batch shifted by up to ``max_shift`` of its size and rotated by up to
+    ``max_degrees``, in one grid_sample call (no flips: left and right matter in a chest X-ray)."""
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (2 * max_shift)  # the grid spans [-1, 1]
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ class TrainSettings:
     optimizer: str = "adam"
     local_dp: DpSettings | None = None
     """the coordinator's request for local differential privacy"""
+    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
         batch_size=settings.batch_size,
         optimizer=settings.optimizer,
         seed=settings.seed,
+        augment=settings.augment,
     )
     if settings.local_dp is not None:
         msg.local_dp.clip = settings.local_dp.clip
@@ -122,7 +124,7 @@ def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
         except ValueError as exc:
             raise WireFormatError(f"invalid local DP request in the task: {exc}") from None
     return TrainSettings(
-        msg.local_epochs, msg.learning_rate, msg.batch_size, msg.seed, msg.optimizer or "adam", local_dp
+        msg.local_epochs, msg.learning_rate, msg.batch_size, msg.seed, msg.optimizer or "adam", local_dp, msg.augment
     )
 
 

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "folder (test/CLASS/*.png or CLASS/*.png)",
     )
     p.add_argument(
+        "--augment",
+        action="store_true",
+        help="hospitals shift and rotate each training batch at random (on tensors, no flips)",
+    )
+    p.add_argument(
         "--pretrained",
         type=Path,
         help="start from these weights (.safetensors, or a .pt/.pth state_dict such as torchvision's "

@@ -31,6 +31,7 @@ class ServerConfig(TlsFiles):
     test_data: Path | None = None
     image_size: int | None = Field(None, ge=4, le=1024)
     pretrained: Path | None = None
+    augment: bool = False
     out: Path = Path("fed-out")
     force: bool = False
     resume: bool = False
@@ -107,7 +108,7 @@ class ServerConfig(TlsFiles):
             "model", "seed", "local_epochs", "lr", "batch_size", "clients_per_round", "over_select", "dp_central",
             "dp_local",
             "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_adaptive_clip", "dp_target_quantile",
-            "dp_clip_learning_rate",
+            "dp_clip_learning_rate", "augment",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 

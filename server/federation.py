@@ -203,6 +203,7 @@ def run_federation(
             cfg.batch_size,
             seed=cfg.seed * 100_003 + round_number,
             local_dp=cfg.local_dp_request,
+            augment=cfg.augment,
         )
         task = Task(round_number, cfg.rounds, settings, model_spec, encode(run.global_state))
         outcome = _run_round(cfg, coordinator, task, strategy, run.global_state, selected)

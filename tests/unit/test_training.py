@@ -7,7 +7,8 @@ from torch import nn
 from medfed.common.data import Split
 from medfed.common.errors import DeviceError, UnknownModelError
 from medfed.common.models import MODEL_NAMES, build_model
-from medfed.common.training import evaluate, pick_device, train_local
+from medfed.common.training import evaluate, pick_device, random_affine, train_local
+from medfed.common.wire import TrainSettings, settings_from_proto, settings_to_proto
 
 
 def split(n: int = 64, seed: int = 0) -> Split:
@@ -62,3 +63,22 @@ def test_unavailable_devices_are_refused_by_name() -> None:
             pick_device("cuda:0")
     with pytest.raises(DeviceError, match="unknown device"):
         pick_device("quantum")
+
+
+def test_random_affine_moves_images_reproducibly_and_is_the_identity_at_zero() -> None:
+    images = torch.rand((6, 1, 16, 16))
+
+    same = random_affine(images, torch.Generator().manual_seed(3), max_shift=0.0, max_degrees=0.0)
+    first = random_affine(images, torch.Generator().manual_seed(3))
+    again = random_affine(images, torch.Generator().manual_seed(3))
+
+    assert torch.allclose(same, images, atol=1e-5)
+    assert first.shape == images.shape and torch.equal(first, again)
+    assert not torch.allclose(first, images, atol=1e-2)
+
+
+def test_augmentation_travels_in_the_task_settings() -> None:
+    settings = TrainSettings(1, 1e-3, 16, seed=4, augment=True)
+
+    assert settings_from_proto(settings_to_proto(settings)) == settings
+    assert settings_from_proto(settings_to_proto(TrainSettings(1, 1e-3, 16, seed=4))).augment is False

@@ -289,12 +289,15 @@ class TrainConfig(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     LOCAL_DP_FIELD_NUMBER: _builtins.int
+    AUGMENT_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     """0: send the model back untrained (a pure communication round)"""
     learning_rate: _builtins.float
     batch_size: _builtins.int
     optimizer: _builtins.str
     seed: _builtins.int
+    augment: _builtins.bool
+    """Random shifts (up to 10%) and rotations (up to 10 degrees) of every training batch, on tensors."""
     @_builtins.property
     def local_dp(self) -> Global___DpRequest:
         """Set when the coordinator asks hospitals for local differential privacy. A hospital's own
@@ -310,10 +313,11 @@ class TrainConfig(_message.Message):
         optimizer: _builtins.str = ...,
         seed: _builtins.int = ...,
         local_dp: Global___DpRequest | None = ...,
+        augment: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
