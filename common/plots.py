@@ -30,20 +30,24 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _draw(ax: Any, series: Series, *, dashed: bool = False) -> None:
+def _draw(ax: Any, series: Series, colours: dict[str, Any], *, dashed: bool = False) -> None:
+    """``colours`` gives a label the same colour in every panel of a figure."""
     for label, (xs, ys) in series.items():
         points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+        colour = colours.setdefault(label, f"C{len(colours) % 10}")
         if points:
-            ax.plot(*zip(*points, strict=True), "--" if dashed else "-", marker="." if len(points) < 40 else None,
-                    label=label)  # fmt: skip
+            xs_, ys_ = zip(*points, strict=True)
+            style = "--" if dashed else "-"
+            ax.plot(xs_, ys_, style, color=colour, marker="." if len(points) < 40 else None, label=label)
 
 
 def line_panels(path: Path, title: str, panels: Sequence[tuple[str, Series, Series]], xlabel: str = "round") -> None:
     """One row of panels; each is (y label, solid series, dashed series)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    colours: dict[str, Any] = {}
     for ax, (ylabel, solid, dashed) in zip(axes[0], panels, strict=True):
-        _draw(ax, solid)
-        _draw(ax, dashed, dashed=True)
+        _draw(ax, solid, colours)
+        _draw(ax, dashed, colours, dashed=True)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)

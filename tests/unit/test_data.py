@@ -103,6 +103,18 @@ def test_medmnist_npz_gets_medmnist_class_names(tmp_path: Path) -> None:
     assert dataset.info.class_names == ("normal", "pneumonia") and dataset.info.task == "binary-class"
 
 
+@pytest.mark.parametrize(("size", "file_name"), [(28, "octmnist.npz"), (64, "octmnist_64.npz"),
+                                                 (128, "octmnist_128.npz"), (224, "octmnist_224.npz")])  # fmt: skip
+def test_every_medmnist_size_loads_from_its_own_file(tmp_path: Path, size: int, file_name: str) -> None:
+    images = np.zeros((8, size, size), np.uint8)
+    labels = np.arange(8).reshape(-1, 1) % 4
+    np.savez(tmp_path / file_name, train_images=images, train_labels=labels, test_images=images, test_labels=labels)
+
+    dataset = load_source("octmnist", data_root=tmp_path, size=size)
+
+    assert dataset.info.image_size == (size, size) and dataset.info.class_names[0].startswith("choroidal")
+
+
 def test_medmnist_name_with_data_root_never_downloads(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found in --data-root"):
         load_source("pneumoniamnist", data_root=tmp_path)
