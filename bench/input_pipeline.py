@@ -31,17 +31,18 @@ from medfed.common import __version__
 from medfed.common.data import Split
 from medfed.common.models import build_model
 from medfed.common.sources import load_medmnist
-from medfed.common.training import normalize
+from medfed.common.training import normalize, random_affine
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
-def reference_batches(flag: str, data_root: Path, batch_size: int, workers: int) -> Batches:
+def reference_batches(flag: str, data_root: Path, batch_size: int, workers: int, augment: bool) -> Batches:
     import medmnist
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
+    steps = [transforms.RandomAffine(degrees=10, translate=(0.1, 0.1))] if augment else []
+    transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
     dataset_class = getattr(medmnist, medmnist.INFO[flag]["python_class"])
     dataset = dataset_class(split="train", transform=transform, download=False, root=str(data_root), size=28)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
@@ -53,12 +54,15 @@ def reference_batches(flag: str, data_root: Path, batch_size: int, workers: int)
     return batches
 
 
-def tensor_batches(split: Split, batch_size: int) -> Batches:
+def tensor_batches(split: Split, batch_size: int, augment: bool) -> Batches:
+    generator = torch.Generator().manual_seed(0)
+
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(split))
         for start in range(0, len(split), batch_size):
             idx = order[start : start + batch_size]
-            yield normalize(split.images[idx]), split.labels[idx]
+            x = normalize(split.images[idx])
+            yield (random_affine(x, generator) if augment else x), split.labels[idx]
 
     return batches
 
@@ -92,26 +96,28 @@ def main() -> None:
     images, labels = source.splits["train"]
     split = Split(torch.from_numpy(images).unsqueeze(1).contiguous(), torch.from_numpy(labels))
     info = source.info
-    pipelines = {
-        "medmnist Dataset + ToTensor + DataLoader": reference_batches(
-            args.dataset, args.data_root, args.batch_size, args.workers
-        ),
-        "medfed uint8 tensors, batch normalise": tensor_batches(split, args.batch_size),
-    }
     workloads: dict[str, tuple[Callable[[], nn.Module | None], int]] = {
         "input only": (lambda: None, 3),
         "cnn": (lambda: build_model("cnn", info.channels, info.num_classes), 2),
         "resnet18": (lambda: build_model("resnet18", info.channels, info.num_classes), 1),
     }
     rows = []
-    for workload, (make_model, epochs) in workloads.items():
-        rates = {}
-        for name, batches in pipelines.items():
-            samples_per_second(batches, make_model(), 1 if workload != "resnet18" else 0)  # warm-up
-            rates[name] = samples_per_second(batches, make_model(), epochs)
-        ref, ours = rates.values()
-        rows.append({"workload": workload, "epochs": epochs, "reference": ref, "medfed": ours, "speedup": ours / ref})
-        print(f"{workload}: reference {ref:,.0f}/s, medfed {ours:,.0f}/s, {ours / ref:.1f}x", flush=True)
+    for augment in (False, True):
+        pipelines = [
+            reference_batches(args.dataset, args.data_root, args.batch_size, args.workers, augment),
+            tensor_batches(split, args.batch_size, augment),
+        ]
+        for workload, (make_model, epochs) in workloads.items():
+            if augment and workload == "resnet18":
+                continue  # compute-bound either way; the cnn row shows the effect
+            label = f"{workload}{' + augmentation' if augment else ''}"
+            rates = []
+            for batches in pipelines:
+                samples_per_second(batches, make_model(), 1 if workload != "resnet18" else 0)  # warm-up
+                rates.append(samples_per_second(batches, make_model(), epochs))
+            ref, ours = rates
+            rows.append({"workload": label, "epochs": epochs, "reference": ref, "medfed": ours, "speedup": ours / ref})
+            print(f"{label}: reference {ref:,.0f}/s, medfed {ours:,.0f}/s, {ours / ref:.1f}x", flush=True)
 
     print("\n| workload | reference (samples/s) | medfed (samples/s) | speed-up |\n|---|---|---|---|")
     for r in rows:
