@@ -58,6 +58,7 @@ def train_and_test(
     pretrained: Path | None = None,
     progress: bool = True,
     augment: bool = False,
+    lr_schedule: str = "constant",
 ) -> Outcome:
     started = time.monotonic()
     torch.manual_seed(seed)
@@ -66,7 +67,8 @@ def train_and_test(
         load_pretrained(network, pretrained)
     log.info("%s: training %s on %d images for %d epoch(s)", name, model, len(train), epochs)
     train_local(network, train, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
-                progress=progress, desc=name, augment=augment)  # fmt: skip
+                progress=progress, desc=name, augment=augment,
+                lr_schedule=lr_schedule)  # fmt: skip
     result = evaluate(network, test, info.num_classes, device)
     seconds = time.monotonic() - started
     log.info("%s: test accuracy %.4f, macro AUC %s (%.0f s)", name, result.accuracy,

@@ -30,7 +30,7 @@ from medfed.common.partition import SCHEMES
 from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
 from medfed.common.sources import MEDMNIST_SIZES, load_source
 from medfed.common.study_report import write_study
-from medfed.common.training import pick_device
+from medfed.common.training import LR_SCHEDULES, pick_device
 
 EXAMPLES = """
 examples:
@@ -62,6 +62,7 @@ class StudyConfig(BaseModel):
     seed: int = Field(0, ge=0)
     pretrained: Path | None = None
     augment: bool = False
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     device: str = "auto"
     progress: bool = True
     verbose: bool = False
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d('lr')})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {d('batch_size')})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, or cosine decay (default constant)")
     p.add_argument("--augment", action="store_true", help="random shifts and rotations of training batches")
     p.add_argument("--pretrained", type=Path, help="starting weights for every model (a local file)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -155,6 +157,7 @@ def _run(argv: Sequence[str] | None) -> int:
     ]
     if cfg.augment:
         server_args.append("--augment")
+    server_args += ["--lr-schedule", cfg.lr_schedule]
     if cfg.pretrained is not None:
         server_args += ["--pretrained", str(cfg.pretrained)]
     print(f"federated: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}", flush=True)
@@ -164,6 +167,7 @@ def _run(argv: Sequence[str] | None) -> int:
     baseline = partial(
         train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
         device=device, pretrained=cfg.pretrained, progress=cfg.progress, augment=cfg.augment,
+        lr_schedule=cfg.lr_schedule,
     )  # fmt: skip
     test_split = test.split("test")
     local = [baseline(f"local {name}", d.split("train"), test_split, test.info) for name, d in hospitals.items()]

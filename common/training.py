@@ -41,6 +41,18 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate's multiplier at ``step`` (0-based) of ``total``: constant, or cosine decay from 1
+    towards 0 (Loshchilov & Hutter 2017), the same curve over rounds in the federation and over epochs
+    in the baselines."""
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - NORMALIZATION["mean"]) / NORMALIZATION["std"]
 
@@ -77,6 +89,7 @@ def train_local(
     progress: bool = True,
     desc: str = "training",
     augment: bool = False,
+    lr_schedule: str = "constant",
 ) -> TrainResult:
     """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round).
 
@@ -89,6 +102,8 @@ def train_local(
     n = len(split)
     total_loss, correct, seen = 0.0, 0, 0
     for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(lr_schedule, epoch, epochs)
         order = torch.randperm(n, generator=generator)
         batches = range(0, n, batch_size)
         bar = tqdm(

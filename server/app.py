@@ -32,7 +32,7 @@ from medfed.common.pki import check_pair, load_cert
 from medfed.common.pretrained import load_pretrained
 from medfed.common.privacy import dp_model_problem
 from medfed.common.tls import server_credentials
-from medfed.common.training import pick_device
+from medfed.common.training import LR_SCHEDULES, pick_device
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.checkpoint import Checkpoint, check_settings, load_checkpoint
 from medfed.server.config import ServerConfig
@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"epochs per round at each hospital; 0 = no training (default {d('local_epochs')})",
     )
     p.add_argument("--lr", type=float, help=f"hospitals' Adam learning rate (default {d('lr')})")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="constant, or cosine decay of --lr over the rounds (default constant)",
+    )
     p.add_argument("--batch-size", type=int, help=f"hospitals' batch size (default {d('batch_size')})")
     p.add_argument("--seed", type=int, help=f"seed for the initial model and hospital sampling (default {d('seed')})")
     p.add_argument(

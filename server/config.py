@@ -32,6 +32,7 @@ class ServerConfig(TlsFiles):
     image_size: int | None = Field(None, ge=4, le=1024)
     pretrained: Path | None = None
     augment: bool = False
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     out: Path = Path("fed-out")
     force: bool = False
     resume: bool = False
@@ -108,7 +109,7 @@ class ServerConfig(TlsFiles):
             "model", "seed", "local_epochs", "lr", "batch_size", "clients_per_round", "over_select", "dp_central",
             "dp_local",
             "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_adaptive_clip", "dp_target_quantile",
-            "dp_clip_learning_rate", "augment",
+            "dp_clip_learning_rate", "augment", "lr_schedule",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 

@@ -21,7 +21,7 @@ from medfed.common.data import DatasetInfo
 from medfed.common.models import build_model
 from medfed.common.pretrained import load_pretrained
 from medfed.common.serde import encode
-from medfed.common.training import NORMALIZATION
+from medfed.common.training import NORMALIZATION, lr_factor
 from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint
@@ -199,7 +199,7 @@ def run_federation(
         selected = choose(coordinator.hospitals(), wanted, run.rng)
         settings = TrainSettings(
             cfg.local_epochs,
-            cfg.lr,
+            cfg.lr * lr_factor(cfg.lr_schedule, round_number - 1, cfg.rounds),
             cfg.batch_size,
             seed=cfg.seed * 100_003 + round_number,
             local_dp=cfg.local_dp_request,

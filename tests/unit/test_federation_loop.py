@@ -170,3 +170,23 @@ def test_a_round_left_short_of_min_fit_waits_out_its_timeout_instead_of_spinning
     assert not driver.is_alive() and isinstance(outcome[0], FederationAborted)
     assert extensions.count <= 3  # about one per --round-timeout, not a busy loop
     assert not (tmp_path / "history.jsonl").exists()  # a round short of min-fit is never aggregated
+
+
+def test_a_cosine_schedule_sends_each_round_its_own_learning_rate(tmp_path: Path) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    rates: list[float] = []
+    session = coordinator.join("hospital_a", 10, INFO)
+
+    def record() -> None:
+        while not isinstance(instruction := coordinator.next_instruction(session, timeout=5), Finished):
+            if isinstance(instruction, Task):
+                rates.append(instruction.settings.lr)
+                state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                coordinator.submit_update(session, instruction.round, 10, {}, state)
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    run(config(tmp_path, min_clients=1, rounds=4, lr=0.01, lr_schedule="cosine"), coordinator)
+    thread.join(timeout=10)
+
+    assert rates == pytest.approx([0.01, 0.01 * (0.5 + 0.5 * 2**-0.5), 0.005, 0.01 * (0.5 - 0.5 * 2**-0.5)])

@@ -1,4 +1,5 @@
 import copy
+import itertools
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 from medfed.common.data import Split
 from medfed.common.errors import DeviceError, UnknownModelError
 from medfed.common.models import MODEL_NAMES, build_model
-from medfed.common.training import evaluate, pick_device, random_affine, train_local
+from medfed.common.training import evaluate, lr_factor, pick_device, random_affine, train_local
 from medfed.common.wire import TrainSettings, settings_from_proto, settings_to_proto
 
 
@@ -82,3 +83,10 @@ def test_augmentation_travels_in_the_task_settings() -> None:
 
     assert settings_from_proto(settings_to_proto(settings)) == settings
     assert settings_from_proto(settings_to_proto(TrainSettings(1, 1e-3, 16, seed=4))).augment is False
+
+
+def test_the_cosine_schedule_decays_from_one_towards_zero() -> None:
+    factors = [lr_factor("cosine", step, 10) for step in range(10)]
+
+    assert factors[0] == 1.0 and all(a > b for a, b in itertools.pairwise(factors)) and 0 < factors[-1] < 0.03
+    assert lr_factor("constant", 7, 10) == 1.0
