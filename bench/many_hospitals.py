@@ -6,10 +6,12 @@ holds PyTorch (about 600 MB), so 100 of them would not fit in this machine's mem
 as threads, 25 to a worker process. Every hospital trains the small CNN for one epoch on 32 generated
 8x8 images per round.
 
-    python bench/many_hospitals.py --hospitals 10 25 50 100 --rounds 4     (from the repository root)
+    python bench/many_hospitals.py --hospitals 1 2 5 10 25 50 100 --rounds 4     (from the repository root)
 
-Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is VmHWM from /proc. A run
-counts only if every round aggregated every hospital (no hospital missing, no process failing).
+Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is the coordinator's own
+ru_maxrss as recorded in history.jsonl after its last round. A run counts only if every round
+aggregated every hospital (no hospital missing, no process failing). The scale curve (round time and
+coordinator memory against N) is drawn to bench/many_hospitals.png.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def measure(hospitals: int, rounds: int, work: Path) -> dict[str, float]:
         raise SystemExit(f"{hospitals} hospitals: not every round aggregated every hospital; see {out}")
     measured = [r["duration_s"] for r in history[1:]]
     return {"hospitals": hospitals, "median_s": statistics.median(measured), "max_s": max(measured),
-            "coordinator_peak_rss_mb": peak}  # fmt: skip
+            "coordinator_peak_rss_mb": history[-1]["server_peak_rss_mb"], "coordinator_vmhwm_polled_mb": peak,
+            "model_bytes": history[-1]["bytes_down"] // hospitals}  # fmt: skip
 
 
 def worker(server: str, data: Path, names: list[str]) -> int:
@@ -129,11 +132,30 @@ def worker(server: str, data: Path, names: list[str]) -> int:
     return 1 if failures else 0
 
 
+def plot(results: list[dict[str, float]], path: Path) -> None:
+    from medfed.common import plots
+
+    ns = [r["hospitals"] for r in results]
+    budget = [300 + 4 * r["model_bytes"] / 1e6 for r in results]
+    rss = [r["coordinator_peak_rss_mb"] for r in results]
+    plots.line_panels(
+        path,
+        "One coordinator, N hospitals (small CNN, 1 local epoch each)",
+        [
+            ("round time (s)", {"median round": (ns, [r["median_s"] for r in results])},
+             {"slowest round": (ns, [r["max_s"] for r in results])}),
+            ("coordinator peak RSS (MB)", {"coordinator peak RSS": (ns, rss)},
+             {"300 MB + 4 x model": (ns, budget)}),
+        ],
+        xlabel="hospitals",
+    )  # fmt: skip
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         sys.exit(worker(sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hospitals", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--hospitals", type=int, nargs="+", default=[1, 2, 5, 10, 25, 50, 100])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run, the first being a warm-up")
     parser.add_argument("--out", type=Path, default=Path("bench/many_hospitals.json"))
     args = parser.parse_args()
@@ -145,6 +167,7 @@ def main() -> None:
                   f"{result['coordinator_peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
             results.append(result)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.out.with_suffix(".png"))
     print(f"\nPython {platform.python_version()}, {platform.machine()}; small CNN, 1 local epoch on 32 images "
           f"of 8x8, {args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
     print("| hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|")

@@ -6,7 +6,12 @@ and back and aggregates, so the round time is the system's overhead. Data is gen
 
     python bench/round_overhead.py --hospitals 3 10 --rounds 6
 
-Round 1 is a warm-up and is left out of the median. Results go to stdout as a Markdown table.
+Round 1 is a warm-up and is left out of the median. Reported per N: median round time, bytes moved
+per round (model bytes handed to hospitals plus update bytes received, from history.jsonl), the
+coordinator's peak RSS (its own ru_maxrss, recorded in history.jsonl) and the largest hospital peak
+RSS (VmHWM from /proc, polled). The floors, measured in the same run: the time plain loopback TCP
+takes to carry one round's bytes from one process to another, and the time to serialise the
+state_dict once and to deserialise it once. Results go to stdout and to bench/round_overhead.json.
 """
 
 from __future__ import annotations
@@ -14,18 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import torch
 
 from medfed.common import __version__
 from medfed.common.data import DatasetInfo
+from medfed.common.models import build_model
 from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
+from medfed.common.serde import encode, from_chunks
 from medfed.common.sources import SourceDataset
+
+MIB = 1 << 20
 
 
 def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
@@ -37,49 +51,141 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     return SourceDataset(info, {"train": (images, labels)})
 
 
-def measure(hospitals: int, rounds: int, model: str, work: Path) -> dict[str, float]:
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str]) -> dict[str, float]:
     data = work / f"data{hospitals}"
     partition_to_folders(tiny_dataset(hospitals), data, clients=hospitals, scheme="iid")
     names = sorted(p.name for p in data.iterdir())
     out, port_file = work / f"run{hospitals}", work / f"port{hospitals}"
     procs = ProcessGroup(work / f"logs{hospitals}")
+    hospital_peak = 0.0
     try:
-        procs.start(
+        server = procs.start(
             "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
             "--rounds", str(rounds), "--min-clients", str(hospitals), "--model", model, "--local-epochs", "0",
-            "--out", str(out),
+            "--out", str(out), *extra,
         )  # fmt: skip
         port = procs.wait_for_port("server", port_file, 120)
-        for name in names:
-            procs.start(
-                name, "medfed.client", "--data", str(data / name), "--server", f"127.0.0.1:{port}", "--insecure",
-                "--threads", "1", "--no-progress",
-            )  # fmt: skip
+        client_args = ["--server", f"127.0.0.1:{port}", "--insecure", "--threads", "1", "--no-progress"]
+        clients = [procs.start(name, "medfed.client", "--data", str(data / name), *client_args) for name in names]
+        while server.poll() is None and not procs.failed():
+            hospital_peak = max([hospital_peak, *(peak_rss_mb(c.pid) or 0.0 for c in clients)])
+            time.sleep(0.2)
         codes = procs.wait_all(timeout=1800)
     finally:
         procs.stop_all()
     if any(codes.values()):
         raise SystemExit(f"a process failed: {codes}; logs in {procs.log_dir}")
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    measured = [r["duration_s"] for r in history[1:]]
-    return {"hospitals": hospitals, "median_s": statistics.median(measured), "min_s": min(measured),
-            "max_s": max(measured), "rounds_measured": len(measured)}  # fmt: skip
+    if any(r["num_clients"] != hospitals for r in history):
+        raise SystemExit(f"{hospitals} hospitals: a round went without some of them; see {out}")
+    measured = history[1:]
+    return {
+        "hospitals": hospitals,
+        "median_s": statistics.median(r["duration_s"] for r in measured),
+        "min_s": min(r["duration_s"] for r in measured),
+        "max_s": max(r["duration_s"] for r in measured),
+        "rounds_measured": len(measured),
+        "bytes_per_round": statistics.median(r["bytes_down"] + r["bytes_up"] for r in measured),
+        "bytes_up_per_round": statistics.median(r["bytes_up"] for r in measured),
+        "coordinator_peak_rss_mb": history[-1]["server_peak_rss_mb"],
+        "hospital_peak_rss_mb": round(hospital_peak, 1),
+    }
+
+
+def _sink() -> None:
+    """Child process: accept one connection, read until it closes, reply with the byte count."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    conn, _ = listener.accept()
+    buffer, total = bytearray(MIB), 0
+    while n := conn.recv_into(buffer):
+        total += n
+    sys.stdout.write(f"{total}\n")
+    sys.stdout.flush()
+
+
+def loopback_seconds(nbytes: int) -> float:
+    """Time to push ``nbytes`` through a loopback TCP connection into another process."""
+    sink = subprocess.Popen([sys.executable, __file__, "--sink"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline())
+        block = memoryview(bytearray(MIB))
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            started = time.perf_counter()
+            sent = 0
+            while sent < nbytes:
+                sent += conn.send(block[: min(MIB, nbytes - sent)])
+            conn.shutdown(socket.SHUT_WR)
+            received = int(sink.stdout.readline())
+            elapsed = time.perf_counter() - started
+    finally:
+        sink.wait(timeout=60)
+    if received != nbytes:
+        raise SystemExit(f"loopback floor: sent {nbytes} bytes, the sink got {received}")
+    return elapsed
+
+
+def serde_seconds(model: str, repeats: int = 5) -> tuple[float, float, int]:
+    """Median time to serialise the state_dict once and to deserialise it once, and its size."""
+    state = build_model(model, 1, 2).state_dict()
+    encode_times, decode_times = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encoded = encode(state)
+        encode_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        from_chunks(encoded.layout, encoded.chunks())
+        decode_times.append(time.perf_counter() - started)
+    return statistics.median(encode_times), statistics.median(decode_times), encoded.layout.total_bytes
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--sink"]:
+        _sink()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hospitals", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run, the first being a warm-up")
     parser.add_argument("--model", default="resnet18", choices=["cnn", "resnet18"])
+    parser.add_argument("--server-arg", action="append", default=[], help="extra fed-server argument (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("round_overhead.json"))
     args = parser.parse_args()
+    encode_s, decode_s, model_bytes = serde_seconds(args.model)
     with tempfile.TemporaryDirectory(prefix="medfed-bench-") as tmp:
-        results = [measure(n, args.rounds, args.model, Path(tmp)) for n in args.hospitals]
-    print(f"medfed {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-          f"{platform.machine()}, {torch.get_num_threads()} CPU threads available to torch")  # fmt: skip
-    print(f"model {args.model}, --local-epochs 0, {args.rounds} rounds (first one left out)\n")
-    print("| hospitals | median round (s) | min (s) | max (s) |\n|---|---|---|---|")
+        results = [measure(n, args.rounds, args.model, Path(tmp), args.server_arg) for n in args.hospitals]
     for r in results:
-        print(f"| {r['hospitals']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} |")
+        r["loopback_floor_s"] = loopback_seconds(int(r["bytes_per_round"]))
+    machine = (
+        f"medfed {__version__}, torch {torch.__version__}, grpcio {grpc.__version__}, Python "
+        f"{platform.python_version()}, {platform.machine()}, {torch.get_num_threads()} CPU threads"
+    )
+    summary = {
+        "machine": machine, "model": args.model, "model_bytes": model_bytes, "rounds": args.rounds,
+        "server_args": args.server_arg, "serialize_s": encode_s, "deserialize_s": decode_s, "results": results,
+    }  # fmt: skip
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(machine)
+    print(f"model {args.model} ({model_bytes / MIB:.1f} MiB), --local-epochs 0, {args.rounds} rounds (first left out)")
+    print(f"serialise once: {encode_s * 1000:.1f} ms, deserialise once: {decode_s * 1000:.1f} ms\n")
+    print("| hospitals | median round (s) | min (s) | max (s) | MB moved per round | loopback floor (s) "
+          "| coordinator peak RSS (MB) | hospital peak RSS (MB) |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for r in results:
+        print(
+            f"| {r['hospitals']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} "
+            f"| {r['bytes_per_round'] / 1e6:.0f} | {r['loopback_floor_s']:.3f} "
+            f"| {r['coordinator_peak_rss_mb']:.0f} | {r['hospital_peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import torch
 from medfed.client.privacy import HospitalPrivacy
 from medfed.client.trainer import LocalResult, Trainer
 from medfed.common import __version__
+from medfed.common.compression import encode_update
 from medfed.common.data import HospitalData
 from medfed.common.retry import Backoff
-from medfed.common.serde import Chunk, WireFormatError, encode, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.serde import Chunk, WireFormatError, from_chunks, layout_from_proto, layout_to_proto
 from medfed.common.wire import (
     ModelSpec,
     TrainSettings,
@@ -167,7 +168,7 @@ class HospitalNode:
             if self._privacy is not None and planned is not None:  # spent before the update leaves
                 result = replace(result, privacy=self._privacy.record(self._federation, message.round, planned))
             self._log_round(message, result)
-            self._submit(message.round, result)
+            self._submit(message, result)
             rounds += 1
 
     def _await_return(self, reason: str) -> None:
@@ -290,14 +291,15 @@ class HospitalNode:
             return
         raise NodeError(f"the coordinator ended this hospital's session: {_details(exc)}") from None
 
-    def _submit(self, round_number: int, result: LocalResult) -> None:
-        encoded = encode(result.state)
+    def _submit(self, task: ReceivedTask, result: LocalResult) -> None:
+        round_number, encoding = task.round, task.settings.update_encoding
+        encoded = encode_update(result.state, task.state, encoding)
         header = pb.UpdateHeader(
             session_id=self._session or "",
             round=round_number,
             num_examples=result.num_examples,
             metrics=result.metrics,
-            kind=pb.UPDATE_KIND_WEIGHTS,
+            kind=pb.UPDATE_KIND_DELTA if encoding == "int8" else pb.UPDATE_KIND_WEIGHTS,
             tensors=layout_to_proto(encoded.layout),
         )
         if result.privacy is not None:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dp_accounting as dpa
-from dp_accounting.rdp import RdpAccountant
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
 
 DEFAULT_MAX_DELTA = 1e-5
 
@@ -54,6 +55,8 @@ class Spend(BaseModel):
     """adaptive clipping only: the multiplier of the noisy count of unclipped updates"""
 
     def event(self) -> dpa.DpEvent:
+        import dp_accounting as dpa  # with scipy about 100 MB: loaded only by runs that use DP
+
         if self.mechanism == "local":
             single: dpa.DpEvent = dpa.GaussianDpEvent(self.noise_multiplier / 2)
         elif self.mechanism == "dp_sgd":
@@ -76,6 +79,8 @@ def epsilon(spends: Iterable[Spend], delta: float) -> float:
         return 0.0
     if any(s.noise_multiplier == 0 for s in spends):
         return math.inf
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant()
     for spend in spends:
         accountant.compose(spend.event())

@@ -5,8 +5,7 @@ Differential privacy needs the GroupNorm form: BatchNorm mixes the examples of a
 cannot bound one patient's influence) and keeps running statistics computed from patient data
 outside the clipped and noised update.
 
-torchvision is imported only when ResNet-18 is asked for: it adds seconds to every process start,
-and most processes (hospitals in the demo, tests) use the small CNN.
+ResNet-18 is our own copy of torchvision's (common/resnet.py), so no process imports torchvision.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from torch import nn
 
 from medfed.common.errors import UnknownModelError
+from medfed.common.resnet import ResNet18
 
 MODEL_NAMES = ("cnn", "cnn_gn", "resnet18", "resnet18_gn")
 
@@ -50,12 +50,8 @@ def small_cnn(in_channels: int, num_classes: int, width: int = 32, norm: Norm = 
 
 
 def resnet18(in_channels: int, num_classes: int, norm: Norm = nn.BatchNorm2d) -> nn.Module:
-    """torchvision's ResNet-18 with its first convolution taking ``in_channels`` (11.2M parameters)."""
-    from torchvision.models import resnet18 as tv_resnet18
-
-    model: nn.Module = tv_resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return model
+    """torchvision's ResNet-18 layout with its first convolution taking ``in_channels`` (11.2M parameters)."""
+    return ResNet18(in_channels, num_classes, norm)
 
 
 _REGISTRY: dict[str, Callable[[int, int], nn.Module]] = {

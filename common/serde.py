@@ -66,6 +66,8 @@ class TensorSpec:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+    delta_scale: float = 0.0
+    """> 0: an int8 delta from the round's global model (see common/compression.py)"""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
-def layout_of(state: Mapping[str, torch.Tensor]) -> Layout:
+def layout_of(state: Mapping[str, torch.Tensor], delta_scales: Mapping[str, float] | None = None) -> Layout:
+    scales = delta_scales or {}
     specs = []
     offset = 0
     for name, tensor in state.items():
@@ -92,7 +95,7 @@ def layout_of(state: Mapping[str, torch.Tensor]) -> Layout:
             raise WireFormatError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
         offset = _align(offset)
         nbytes = tensor.numel() * tensor.element_size()
-        specs.append(TensorSpec(name, tensor.dtype, tuple(tensor.shape), offset, nbytes))
+        specs.append(TensorSpec(name, tensor.dtype, tuple(tensor.shape), offset, nbytes, scales.get(name, 0.0)))
         offset += nbytes
     return Layout(tuple(specs), offset)
 
@@ -109,10 +112,22 @@ class EncodedModel:
         for start in range(0, len(self.buffer), chunk_size):
             yield start, bytes(view[start : start + chunk_size])
 
+    def tensors(self) -> StateDict:
+        """The model as views into this buffer, so that a holder of both keeps one copy of the weights."""
+        flat = torch.frombuffer(self.buffer, dtype=torch.uint8) if self.buffer else torch.empty(0, dtype=torch.uint8)
+        return _views(flat, self.layout)
 
-def encode(state: Mapping[str, torch.Tensor]) -> EncodedModel:
+
+def _views(flat: torch.Tensor, layout: Layout) -> StateDict:
+    return {
+        spec.name: flat[spec.offset : spec.offset + spec.nbytes].view(spec.dtype).reshape(spec.shape)
+        for spec in layout.tensors
+    }
+
+
+def encode(state: Mapping[str, torch.Tensor], delta_scales: Mapping[str, float] | None = None) -> EncodedModel:
     _require_little_endian()
-    layout = layout_of(state)
+    layout = layout_of(state, delta_scales)
     buffer = bytearray(layout.total_bytes)
     if layout.total_bytes:
         flat = torch.frombuffer(buffer, dtype=torch.uint8)
@@ -147,16 +162,20 @@ def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
         received = end
     if received != layout.total_bytes:
         raise WireFormatError(f"stream ended after {received} of {layout.total_bytes} bytes")
-    return {
-        spec.name: buffer[spec.offset : spec.offset + spec.nbytes].view(spec.dtype).reshape(spec.shape)
-        for spec in layout.tensors
-    }
+    return _views(buffer, layout)
 
 
 def layout_to_proto(layout: Layout) -> pb.ModelHeader:
     return pb.ModelHeader(
         tensors=[
-            pb.TensorSpec(name=t.name, dtype=_TO_WIRE[t.dtype], shape=t.shape, offset=t.offset, nbytes=t.nbytes)
+            pb.TensorSpec(
+                name=t.name,
+                dtype=_TO_WIRE[t.dtype],
+                shape=t.shape,
+                offset=t.offset,
+                nbytes=t.nbytes,
+                delta_scale=t.delta_scale,
+            )
             for t in layout.tensors
         ],
         total_bytes=layout.total_bytes,
@@ -189,7 +208,10 @@ def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout
             raise WireFormatError(f"tensor {t.name!r}: {t.nbytes} bytes do not match shape {shape} of {dtype}")
         if t.offset < 0 or t.offset % itemsize or t.offset + t.nbytes > total:
             raise WireFormatError(f"tensor {t.name!r} has an invalid offset {t.offset}")
-        specs.append(TensorSpec(t.name, dtype, shape, t.offset, t.nbytes))
+        scale = t.delta_scale
+        if not (math.isfinite(scale) and scale >= 0) or (scale > 0 and dtype != torch.int8):
+            raise WireFormatError(f"tensor {t.name!r} has an invalid delta scale {scale} for {dtype}")
+        specs.append(TensorSpec(t.name, dtype, shape, t.offset, t.nbytes, scale))
     ordered = sorted((s for s in specs if s.nbytes), key=lambda s: s.offset)
     for before, after in itertools.pairwise(ordered):
         if before.offset + before.nbytes > after.offset:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from medfed.common.compression import Encoding
 from medfed.common.data import DatasetInfo
 from medfed.common.privacy import DpSettings
 from medfed.common.serde import WireFormatError, WireTooLarge
@@ -34,6 +35,8 @@ class TrainSettings:
     local_dp: DpSettings | None = None
     """the coordinator's request for local differential privacy"""
     augment: bool = False
+    update_encoding: Encoding = "lossless"
+    """how the hospital may compress its update (common/compression.py)"""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,15 @@ def info_from_proto(msg: pb.DatasetInfo) -> DatasetInfo:
         raise WireFormatError(f"invalid dataset description: {exc.errors()[0]['msg']}") from None
 
 
+_ENCODING_TO_WIRE: dict[Encoding, pb.UpdateEncoding.ValueType] = {
+    "lossless": pb.UPDATE_ENCODING_LOSSLESS,
+    "fp16": pb.UPDATE_ENCODING_FP16,
+    "bf16": pb.UPDATE_ENCODING_BF16,
+    "int8": pb.UPDATE_ENCODING_INT8_DELTA,
+}
+_ENCODING_FROM_WIRE = {v: k for k, v in _ENCODING_TO_WIRE.items()}
+
+
 def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
     msg = pb.TrainConfig(
         local_epochs=settings.local_epochs,
@@ -107,6 +119,7 @@ def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
         optimizer=settings.optimizer,
         seed=settings.seed,
         augment=settings.augment,
+        update_encoding=_ENCODING_TO_WIRE[settings.update_encoding],
     )
     if settings.local_dp is not None:
         msg.local_dp.clip = settings.local_dp.clip
@@ -123,8 +136,18 @@ def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
             local_dp = DpSettings("local", msg.local_dp.clip, msg.local_dp.noise_multiplier)
         except ValueError as exc:
             raise WireFormatError(f"invalid local DP request in the task: {exc}") from None
+    encoding = _ENCODING_FROM_WIRE.get(msg.update_encoding)
+    if encoding is None:
+        raise WireFormatError(f"unknown update encoding {msg.update_encoding} in the task")
     return TrainSettings(
-        msg.local_epochs, msg.learning_rate, msg.batch_size, msg.seed, msg.optimizer or "adam", local_dp, msg.augment
+        msg.local_epochs,
+        msg.learning_rate,
+        msg.batch_size,
+        msg.seed,
+        msg.optimizer or "adam",
+        local_dp,
+        msg.augment,
+        encoding,
     )
 
 

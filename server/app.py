@@ -23,6 +23,7 @@ import torch
 
 from medfed.common.accounting import epsilon, rounds_within
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
+from medfed.common.compression import ENCODINGS
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data import DatasetInfo, HospitalData
 from medfed.common.errors import ConfigError
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LR_SCHEDULES,
         help="constant, or cosine decay of --lr over the rounds (default constant)",
     )
+    p.add_argument(
+        "--update-encoding",
+        choices=ENCODINGS,
+        help="how hospitals may compress their updates: lossless (default), fp16, bf16, or int8 deltas",
+    )
     p.add_argument("--batch-size", type=int, help=f"hospitals' batch size (default {d('batch_size')})")
     p.add_argument("--seed", type=int, help=f"seed for the initial model and hospital sampling (default {d('seed')})")
     p.add_argument(
@@ -143,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", help="comma-separated hospital names that may join (default: any the CA certified)")
     p.add_argument(
         "--max-examples", type=int, help="largest training-set size a hospital may declare (default 1000000)"
+    )
+    p.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        help="updates received at once; each holds one model in memory, the others wait "
+        f"(default {d('max_concurrent_uploads')})",
     )
     p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")
@@ -316,6 +328,7 @@ def _run(argv: Sequence[str] | None) -> int:
         max_examples=cfg.max_examples,
         federation_id=resume[0].federation_id if resume else None,
         heartbeat_timeout=cfg.heartbeat_timeout,
+        max_receiving=cfg.max_concurrent_uploads,
     )
     health = make_health()
     server, port = create_server(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from medfed.common.accounting import default_delta
+from medfed.common.compression import Encoding
 from medfed.common.config import TlsFiles, check_address
 from medfed.common.privacy import DpSettings
 
@@ -33,12 +34,14 @@ class ServerConfig(TlsFiles):
     pretrained: Path | None = None
     augment: bool = False
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    update_encoding: Encoding = "lossless"
     out: Path = Path("fed-out")
     force: bool = False
     resume: bool = False
     tls_crl: Path | None = None
     allow: list[str] | None = None
     max_examples: int = Field(1_000_000, ge=1)
+    max_concurrent_uploads: int = Field(2, ge=1, le=1000)
     port_file: Path | None = None
     health_address: Annotated[str, AfterValidator(check_address)] | None = None
     device: str = "auto"

@@ -8,7 +8,10 @@ opens or the federation ends.
 An upload is checked completely from its header (session, identity, round, selection, duplicate,
 tensor table, size, sample count, metrics) and reserves its hospital's slot *before* a byte of it is
 accepted, so no hospital can have two uploads in flight or make the coordinator buffer more than one
-model for it. It is folded into the round's accumulator only after it arrived whole and holds finite
+model for it. At most ``max_receiving`` uploads are read at once (the others wait, their bytes held
+back by gRPC's flow control), so the coordinator's memory stays flat in the number of hospitals:
+the global model, the float64 sums (twice the model) and ``max_receiving`` uploads. It is folded into
+the round's accumulator only after it arrived whole and holds finite
 values, under a separate lock so that a 45 MB fold never blocks joins and polls; ``close_round`` takes
 that lock too, so no fold can land in a closed round. A refused update changes nothing.
 """
@@ -25,6 +28,7 @@ from types import TracebackType
 
 import torch
 
+from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form
 from medfed.common.config import HOSPITAL_NAME
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
@@ -91,6 +95,8 @@ class Contribution:
     num_examples: int
     metrics: dict[str, float]
     privacy: PrivacyReport | None = None
+    nbytes: int = 0
+    """the update's size on the wire (its tensor bytes)"""
 
 
 @dataclass
@@ -103,6 +109,8 @@ class _OpenRound:
     """over-selection: the round closes at the first ``enough`` updates"""
     contributions: dict[str, Contribution] = field(default_factory=dict)
     receiving: set[str] = field(default_factory=set)
+    bytes_sent: int = 0
+    """model bytes handed out to hospitals this round (a hospital that fetches twice counts twice)"""
 
 
 @dataclass(frozen=True)
@@ -111,19 +119,33 @@ class RoundOutcome:
     contributions: list[Contribution]
     missing: list[str]
     accumulator: Accumulator
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 class PendingUpdate:
-    """An upload whose header was accepted: its hospital's slot stays reserved until ``commit`` or exit."""
+    """An upload whose header was accepted: its hospital's slot stays reserved until ``commit`` or exit.
 
-    def __init__(self, coordinator: Coordinator, current: _OpenRound, contribution: Contribution) -> None:
+    Entering waits for one of the coordinator's receive slots; leaving frees both."""
+
+    def __init__(
+        self, coordinator: Coordinator, current: _OpenRound, contribution: Contribution, layout: Layout
+    ) -> None:
         self._coordinator, self._round, self._contribution = coordinator, current, contribution
+        self._layout = layout
         self.name = contribution.name
 
     def commit(self, state: Mapping[str, torch.Tensor]) -> None:
-        self._coordinator._fold(self._round, self._contribution, state)
+        """Fold the received tensors (as the header described them) into the round."""
+        decoded = DecodedUpdate(state, self._layout, self._round.task.payload.tensors())
+        self._coordinator._fold(self._round, self._contribution, state, decoded)
 
     def __enter__(self) -> PendingUpdate:
+        try:
+            self._coordinator._receive_slot(self._round)
+        except BaseException:
+            self._coordinator._release(self._round, self.name, holds_slot=False)
+            raise
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
@@ -140,7 +162,12 @@ class Coordinator:
         clock: Callable[[], float] = time.monotonic,
         federation_id: str | None = None,
         heartbeat_timeout: float | None = None,
+        max_receiving: int = 2,
     ) -> None:
+        if max_receiving < 1:
+            raise ValueError(f"max_receiving must be at least 1, got {max_receiving}")
+        self._receiving_now = 0
+        self._max_receiving = max_receiving
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
         self._clock = clock
@@ -265,6 +292,7 @@ class Coordinator:
                     and hospital.name not in current.contributions
                     and hospital.name not in current.receiving
                 ):
+                    current.bytes_sent += current.task.payload.layout.total_bytes
                     return current.task
                 remaining = deadline - self._clock()
                 if remaining <= 0 or not is_active():
@@ -285,14 +313,17 @@ class Coordinator:
         *,
         caller: str | None = None,
         privacy: PrivacyReport | None = None,
+        delta: bool = False,
     ) -> PendingUpdate:
         """Check an upload's header and reserve its slot; use the result as a context manager."""
         with self._cond:
             hospital = self._hospital(session_id, caller)
             current = self._check_round(hospital.name, round_number)
             expected = current.task.payload.layout
-            if layout.signature() != expected.signature():
-                raise InvalidUpdate(f"the update's tensors differ from the model's: {_difference(layout, expected)}")
+            try:
+                check_form(layout, expected, current.task.settings.update_encoding, delta=delta)
+            except IncompatibleUpdate as exc:
+                raise InvalidUpdate(str(exc)) from None
             if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
                 raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
             if not 1 <= num_examples <= hospital.num_examples:
@@ -301,8 +332,8 @@ class Coordinator:
                     f"(the count {hospital.name} joined with)"
                 )
             current.receiving.add(hospital.name)
-            contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy)
-            return PendingUpdate(self, current, contribution)
+            contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy, layout.total_bytes)
+            return PendingUpdate(self, current, contribution, layout)
 
     def submit_update(
         self,
@@ -331,7 +362,14 @@ class Coordinator:
             raise UploadInProgress(f"an earlier upload of {name}'s update for round {round_number} is still open")
         return current
 
-    def _fold(self, current: _OpenRound, contribution: Contribution, state: Mapping[str, torch.Tensor]) -> None:
+    def _fold(
+        self,
+        current: _OpenRound,
+        contribution: Contribution,
+        state: Mapping[str, torch.Tensor],
+        decoded: Mapping[str, torch.Tensor],
+    ) -> None:
+        """``state`` as received (checked for non-finite values), ``decoded`` its full values."""
         with self._fold_lock:
             with self._cond:
                 if self._round is not current:
@@ -340,7 +378,7 @@ class Coordinator:
             if bad is not None:
                 raise InvalidUpdate(f"tensor {bad!r} holds NaN or infinite values")
             try:
-                current.accumulator.add(state, contribution.num_examples)
+                current.accumulator.add(decoded, contribution.num_examples)
             except AggregationError as exc:
                 raise InvalidUpdate(str(exc)) from None
             with self._cond:
@@ -348,9 +386,20 @@ class Coordinator:
                 current.receiving.discard(contribution.name)
                 self._cond.notify_all()
 
-    def _release(self, current: _OpenRound, name: str) -> None:
+    def _receive_slot(self, current: _OpenRound) -> None:
+        """Wait for a free receive slot; refuse if the round closes meanwhile (nothing read in vain)."""
+        with self._cond:
+            while self._receiving_now >= self._max_receiving and self._round is current:
+                self._cond.wait()
+            if self._round is not current:
+                raise Rejected(f"round {current.task.round} closed while the update waited to be received")
+            self._receiving_now += 1
+
+    def _release(self, current: _OpenRound, name: str, *, holds_slot: bool = True) -> None:
         with self._cond:
             current.receiving.discard(name)
+            if holds_slot:
+                self._receiving_now -= 1
             self._cond.notify_all()
 
     def leave(self, session_id: str, *, caller: str | None = None, reason: str = "") -> None:
@@ -444,7 +493,10 @@ class Coordinator:
     def _outcome(current: _OpenRound) -> RoundOutcome:
         contributions = [current.contributions[n] for n in sorted(current.contributions)]
         missing = sorted(current.selected - current.contributions.keys())
-        return RoundOutcome(current.task.round, contributions, missing, current.accumulator)
+        received = sum(c.nbytes for c in contributions)
+        return RoundOutcome(
+            current.task.round, contributions, missing, current.accumulator, current.bytes_sent, received
+        )
 
     @property
     def finished(self) -> Finished | None:
@@ -469,14 +521,3 @@ class Coordinator:
                 if not untold or remaining <= 0:
                     return untold
                 self._cond.wait(remaining)
-
-
-def _difference(got: Layout, expected: Layout) -> str:
-    mine, theirs = got.signature(), expected.signature()
-    if missing := sorted(theirs.keys() - mine.keys()):
-        return f"missing {missing[:3]}"
-    if extra := sorted(mine.keys() - theirs.keys()):
-        return f"unexpected {extra[:3]}"
-    name = next(k for k in theirs if mine[k] != theirs[k])
-    (dtype, shape), (want_dtype, want_shape) = mine[name], theirs[name]
-    return f"{name!r} is {dtype} {list(shape)}, the model has {want_dtype} {list(want_shape)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from medfed.common import __version__
 from medfed.common.data import DatasetInfo
 from medfed.common.models import build_model
 from medfed.common.pretrained import load_pretrained
-from medfed.common.serde import encode
+from medfed.common.serde import EncodedModel, encode
 from medfed.common.training import NORMALIZATION, lr_factor
 from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
@@ -33,6 +34,17 @@ from medfed.server.report import class_subset_accuracy, write_report
 from medfed.server.strategy import FedAvg, Strategy
 
 log = logging.getLogger("medfed.server")
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
 
 Evaluate = Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
 JOIN_LOG_INTERVAL = 30.0
@@ -133,20 +145,25 @@ class _Run:
     """The state that carries from round to round, and so goes into every checkpoint."""
 
     completed: int
-    global_state: dict[str, torch.Tensor]
+    payload: EncodedModel
+    """the global model, serialised once per round for every hospital"""
     rng: random.Random
     central: DpFedAvg | None
     privacy: PrivacyRecorder
     last_eval: dict[str, Any]
+
+    @property
+    def global_state(self) -> dict[str, torch.Tensor]:
+        """Views into ``payload``: the coordinator holds one copy of the global model, not two."""
+        return self.payload.tensors()
 
 
 def _start(cfg: ServerConfig, info: DatasetInfo, resume: tuple[Checkpoint, dict[str, torch.Tensor]] | None) -> _Run:
     central = central_strategy(cfg) if cfg.dp_central else None
     privacy = PrivacyRecorder(central, cfg.central_delta)
     if resume is None:
-        return _Run(
-            0, initial_state(cfg.model, info, cfg.seed, cfg.pretrained), random.Random(cfg.seed), central, privacy, {}
-        )
+        state = initial_state(cfg.model, info, cfg.seed, cfg.pretrained)
+        return _Run(0, encode(state), random.Random(cfg.seed), central, privacy, {})
     checkpoint, state = resume
     rng = random.Random()
     version, internal, gauss = checkpoint.rng_state
@@ -155,7 +172,7 @@ def _start(cfg: ServerConfig, info: DatasetInfo, resume: tuple[Checkpoint, dict[
         central.clip = float(checkpoint.strategy["clip"])
     privacy.restore(checkpoint.privacy)
     log.info("resuming after round %d of %d", checkpoint.round, cfg.rounds)
-    return _Run(checkpoint.round, state, rng, central, privacy, checkpoint.last_eval)
+    return _Run(checkpoint.round, encode(state), rng, central, privacy, checkpoint.last_eval)
 
 
 def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, output: RunOutput, run: _Run, info: DatasetInfo) -> None:
@@ -204,16 +221,21 @@ def run_federation(
             seed=cfg.seed * 100_003 + round_number,
             local_dp=cfg.local_dp_request,
             augment=cfg.augment,
+            update_encoding=cfg.update_encoding,
         )
-        task = Task(round_number, cfg.rounds, settings, model_spec, encode(run.global_state))
+        task = Task(round_number, cfg.rounds, settings, model_spec, run.payload)
         outcome = _run_round(cfg, coordinator, task, strategy, run.global_state, selected)
-        run.global_state = outcome.accumulator.result()
+        del task
+        run.payload = encode(outcome.accumulator.result())
         record: dict[str, Any] = {
             "round": round_number,
             "num_clients": len(outcome.contributions),
             "clients": [c.name for c in outcome.contributions],
             "num_examples": sum(c.num_examples for c in outcome.contributions),
             "duration_s": round(time.monotonic() - started, 4),
+            "bytes_down": outcome.bytes_sent,
+            "bytes_up": outcome.bytes_received,
+            "server_peak_rss_mb": peak_rss_mb(),
         }
         if evaluate is not None:
             run.last_eval = evaluate(run.global_state)
@@ -226,11 +248,14 @@ def run_federation(
             c.name: {"num_examples": c.num_examples, **c.metrics} for c in outcome.contributions
         }
         record["missing"] = outcome.missing
+        if cfg.update_encoding != "lossless":
+            record["update_encoding"] = cfg.update_encoding
         record.update(run.privacy.round(outcome.accumulator, outcome.contributions))
         output.append_history(record)
         run.completed = round_number
         _checkpoint(cfg, coordinator, output, run, info)
         log.info("%s", _describe(record, cfg.rounds))
+        del outcome  # its accumulator holds the round's result: a second copy of the model until then
     coordinator.finish("all rounds completed", cfg.rounds)
     metadata = {
         "format": "medfed-model/1",

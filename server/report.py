@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medfed.common import plots
 from medfed.common.data import DatasetInfo
 
 REPORT_FILE = "report.md"
@@ -73,6 +72,8 @@ def write_report(
     title: str,
 ) -> list[Path]:
     """Plots, the final confusion matrix and report.md; returns the files written."""
+    from medfed.common import plots  # matplotlib is loaded once the run is over, not for all of it
+
     if not history:
         return []
     names = list(info.class_names)

@@ -168,13 +168,20 @@ class FederationServicer(pb_grpc.FederationServicer):
             if first is None or first.WhichOneof("kind") != "header":
                 raise WireFormatError("an update must start with its header")
             header = first.header
-            if header.kind not in (pb.UPDATE_KIND_UNSPECIFIED, pb.UPDATE_KIND_WEIGHTS):
-                raise WireFormatError("this coordinator accepts only full-weight updates")
+            if header.kind not in (pb.UPDATE_KIND_UNSPECIFIED, pb.UPDATE_KIND_WEIGHTS, pb.UPDATE_KIND_DELTA):
+                raise WireFormatError(f"unknown update kind {header.kind}")
             layout = layout_from_proto(header.tensors, max_total_bytes=MAX_MODEL_BYTES)
             metrics = metrics_from_proto(header.metrics)
             privacy = report_from_proto(header.privacy) if header.HasField("privacy") else None
             with self._coordinator.begin_update(
-                header.session_id, header.round, header.num_examples, metrics, layout, caller=caller, privacy=privacy
+                header.session_id,
+                header.round,
+                header.num_examples,
+                metrics,
+                layout,
+                caller=caller,
+                privacy=privacy,
+                delta=header.kind == pb.UPDATE_KIND_DELTA,
             ) as pending:
                 pending.commit(from_chunks(layout, _chunks(request_iterator)))
         except Refusal as exc:

@@ -86,19 +86,25 @@ class FedAvgAccumulator(SumAccumulator):
     def __init__(self, template: Mapping[str, torch.Tensor]) -> None:
         super().__init__(template)
         self._dtypes = {k: v.dtype for k, v in template.items()}
+        self._result: StateDict | None = None
 
     def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+        if self._result is not None:
+            raise AggregationError("this round has already been aggregated")
         check_update(self._sums, update, num_examples)
         for name, total in self._sums.items():
             total.add_(update[name].detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
         self._counted(num_examples)
 
     def result(self) -> StateDict:
+        """The average; each float64 sum is freed as soon as its tensor is done (peak: sums + one tensor)."""
+        if self._result is not None:
+            return self._result
         if self._num_examples == 0:
             raise AggregationError("no updates to aggregate")
         out: StateDict = {}
-        for name, total in self._sums.items():
-            mean = total / self._num_examples
+        for name in list(self._sums):
+            mean = self._sums.pop(name).div_(self._num_examples)
             dtype = self._dtypes[name]
             if dtype == torch.bool:
                 out[name] = mean > 0.5
@@ -106,6 +112,7 @@ class FedAvgAccumulator(SumAccumulator):
                 out[name] = mean.to(dtype)
             else:
                 out[name] = torch.round(mean).to(dtype)
+        self._result = out
         return out
 
 

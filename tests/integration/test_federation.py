@@ -180,6 +180,28 @@ def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, pro
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
+def test_hospitals_send_int8_deltas_when_the_coordinator_asks(tmp_path: Path, procs: ProcessGroup) -> None:
+    dataset = synthetic_dataset(num_classes=3, size=16, per_class=(12, 12, 12))
+    partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="iid")
+    out = tmp_path / "run"
+
+    port = start_server(
+        procs, tmp_path, "--update-encoding", "int8", "--rounds", "2", "--min-clients", "3", "--out", str(out),
+        "--batch-size", "8", "--test-data", str(tmp_path / "data" / "test"),
+    )  # fmt: skip
+    start_hospitals(procs, tmp_path / "data", port)
+    codes = procs.wait_all(timeout=240)
+
+    assert set(codes.values()) == {0}, procs.log("server")
+    history = read_history(out)
+    assert [sorted(r["clients"]) for r in history] == [HOSPITALS, HOSPITALS]
+    assert all(r["update_encoding"] == "int8" for r in history)
+    # float32 tensors travel as one byte each (plus alignment): well under a third of the model's bytes
+    assert all(0 < r["bytes_up"] < r["bytes_down"] / 3 for r in history)
+    final, _ = load_model(out)
+    assert all(torch.isfinite(t).all() for t in final.values() if t.is_floating_point())
+
+
 def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
 

@@ -1,6 +1,8 @@
 """The round state machine, driven directly: no network, no processes."""
 
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -30,6 +32,13 @@ def open_round(coordinator: Coordinator, number: int, selected: list[str]) -> Ta
     task = Task(number, 5, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL))
     coordinator.open_round(task, selected, FedAvg().begin(GLOBAL))
     return task
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def update(value: float) -> dict[str, torch.Tensor]:
@@ -102,7 +111,7 @@ def test_invalid_updates_are_refused_and_leave_the_aggregate_untouched(coordinat
         coordinator.submit_update(a, 1, 10, {}, update(float("nan")))
     with pytest.raises(InvalidUpdate, match=r"num_examples 11 is outside 1\.\.10"):
         coordinator.submit_update(a, 1, 11, {}, update(1.0))
-    with pytest.raises(InvalidUpdate, match=r"'w' is torch.float32 \[4\], the model has torch.float32 \[3\]"):
+    with pytest.raises(InvalidUpdate, match=r"tensor 'w' has shape \(4,\), the model's is \(3,\)"):
         coordinator.begin_update(a, 1, 10, {}, layout_of({"w": torch.zeros(4), "n": torch.tensor(0)}))
     coordinator.submit_update(a, 1, 10, {}, update(1.0))
 
@@ -241,3 +250,51 @@ def test_heartbeats_keep_a_long_training_hospital_in_the_round() -> None:
     coordinator.submit_update(a, 1, 10, {}, update(1.0))
 
     assert [c.name for c in coordinator.close_round().contributions] == ["hospital_a"]
+
+
+def test_uploads_beyond_the_receive_slots_wait_for_a_free_one() -> None:
+    coordinator = Coordinator(data_info=INFO, max_receiving=1)
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a", "hospital_b"])
+    entered = threading.Event()
+
+    def second_upload() -> None:
+        with coordinator.begin_update(b, 1, 10, {}, layout_of(GLOBAL)) as pending:
+            entered.set()
+            pending.commit(update(3.0))
+
+    with coordinator.begin_update(a, 1, 10, {}, layout_of(GLOBAL)) as first:
+        waiter = threading.Thread(target=second_upload)
+        waiter.start()
+        blocked_while_first_holds_the_slot = not entered.wait(0.3)
+        first.commit(update(1.0))
+    waiter.join(timeout=30)
+
+    assert blocked_while_first_holds_the_slot
+    assert entered.is_set()
+    assert torch.allclose(coordinator.close_round().accumulator.result()["w"], torch.full((3,), 2.0))
+
+
+def test_an_upload_waiting_for_a_slot_is_refused_when_its_round_closes() -> None:
+    coordinator = Coordinator(data_info=INFO, max_receiving=1)
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    open_round(coordinator, 1, ["hospital_a", "hospital_b"])
+    errors: list[Exception] = []
+
+    def second_upload() -> None:
+        try:
+            with coordinator.begin_update(b, 1, 10, {}, layout_of(GLOBAL)):
+                pass
+        except Rejected as exc:
+            errors.append(exc)
+
+    with coordinator.begin_update(a, 1, 10, {}, layout_of(GLOBAL)):
+        waiter = threading.Thread(target=second_upload)
+        waiter.start()
+        wait_until(lambda: "hospital_b" in coordinator._round.receiving if coordinator._round else False)
+        coordinator.close_round()
+        waiter.join(timeout=30)
+
+    assert len(errors) == 1 and "closed while the update waited" in str(errors[0])

@@ -111,3 +111,28 @@ def test_a_refused_update_leaves_the_running_sum_untouched() -> None:
         accumulator.add({"a": torch.full((2,), 100.0), "b": torch.zeros(3)}, 1)  # "a" fits, "b" does not
 
     assert torch.equal(accumulator.result()["a"], torch.ones(2)) and accumulator.num_updates == 1
+
+
+def test_the_result_is_computed_once_and_closes_the_round() -> None:
+    accumulator = FedAvg().begin({"w": torch.zeros(2)})
+    accumulator.add({"w": torch.ones(2)}, 3)
+
+    first = accumulator.result()
+
+    assert accumulator.result() is first
+    with pytest.raises(AggregationError, match="already been aggregated"):
+        accumulator.add({"w": torch.ones(2)}, 1)
+
+
+def test_streaming_in_any_arrival_order_equals_a_separate_batch_computation() -> None:
+    generator = torch.Generator().manual_seed(3)
+    updates = [({"w": torch.randn(64, generator=generator) * 10 ** (i % 5)}, 1 + i * 7) for i in range(12)]
+    stacked = torch.stack([u["w"].double() for u, _ in updates])
+    weights = torch.tensor([float(n) for _, n in updates], dtype=torch.float64)
+    expected = (weights[:, None] * stacked).sum(0) / weights.sum()  # all at once, in float64
+    accumulator = FedAvg().begin(updates[0][0])
+
+    for i in torch.randperm(len(updates), generator=generator).tolist():
+        accumulator.add(*updates[i])
+
+    assert torch.allclose(accumulator.result()["w"].double(), expected, rtol=2**-23, atol=0)

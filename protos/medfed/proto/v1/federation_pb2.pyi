@@ -59,6 +59,33 @@ DTYPE_UINT8: DType.ValueType  # 9
 DTYPE_BOOL: DType.ValueType  # 10
 Global___DType: _TypeAlias = DType  # noqa: Y015
 
+class _UpdateEncoding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UpdateEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdateEncoding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPDATE_ENCODING_LOSSLESS: _UpdateEncoding.ValueType  # 0
+    """every tensor as the model holds it"""
+    UPDATE_ENCODING_FP16: _UpdateEncoding.ValueType  # 1
+    """floating-point tensors as float16"""
+    UPDATE_ENCODING_BF16: _UpdateEncoding.ValueType  # 2
+    """floating-point tensors as bfloat16"""
+    UPDATE_ENCODING_INT8_DELTA: _UpdateEncoding.ValueType  # 3
+    """floating-point tensors as int8 deltas with a per-tensor scale"""
+
+class UpdateEncoding(_UpdateEncoding, metaclass=_UpdateEncodingEnumTypeWrapper): ...
+
+UPDATE_ENCODING_LOSSLESS: UpdateEncoding.ValueType  # 0
+"""every tensor as the model holds it"""
+UPDATE_ENCODING_FP16: UpdateEncoding.ValueType  # 1
+"""floating-point tensors as float16"""
+UPDATE_ENCODING_BF16: UpdateEncoding.ValueType  # 2
+"""floating-point tensors as bfloat16"""
+UPDATE_ENCODING_INT8_DELTA: UpdateEncoding.ValueType  # 3
+"""floating-point tensors as int8 deltas with a per-tensor scale"""
+Global___UpdateEncoding: _TypeAlias = UpdateEncoding  # noqa: Y015
+
 class _UpdateKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -88,10 +115,15 @@ class TensorSpec(_message.Message):
     SHAPE_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     NBYTES_FIELD_NUMBER: _builtins.int
+    DELTA_SCALE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dtype: Global___DType.ValueType
     offset: _builtins.int
     nbytes: _builtins.int
+    delta_scale: _builtins.float
+    """Updates only. Greater than 0: the tensor is an int8 delta from the round's global model, each
+    value standing for global + q * delta_scale (UPDATE_ENCODING_INT8_DELTA). 0: the values themselves.
+    """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -102,10 +134,11 @@ class TensorSpec(_message.Message):
         shape: _abc.Iterable[_builtins.int] | None = ...,
         offset: _builtins.int = ...,
         nbytes: _builtins.int = ...,
+        delta_scale: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "nbytes", b"nbytes", "offset", b"offset", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_scale", b"delta_scale", "dtype", b"dtype", "name", b"name", "nbytes", b"nbytes", "offset", b"offset", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,6 +323,7 @@ class TrainConfig(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     LOCAL_DP_FIELD_NUMBER: _builtins.int
     AUGMENT_FIELD_NUMBER: _builtins.int
+    UPDATE_ENCODING_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     """0: send the model back untrained (a pure communication round)"""
     learning_rate: _builtins.float
@@ -298,6 +332,10 @@ class TrainConfig(_message.Message):
     seed: _builtins.int
     augment: _builtins.bool
     """Random shifts (up to 10%) and rotations (up to 10 degrees) of every training batch, on tensors."""
+    update_encoding: Global___UpdateEncoding.ValueType
+    """How the hospital may compress its floating-point tensors this round. A hospital may always send
+    a tensor losslessly instead (older hospitals ignore this field and do).
+    """
     @_builtins.property
     def local_dp(self) -> Global___DpRequest:
         """Set when the coordinator asks hospitals for local differential privacy. A hospital's own
@@ -314,10 +352,11 @@ class TrainConfig(_message.Message):
         seed: _builtins.int = ...,
         local_dp: Global___DpRequest | None = ...,
         augment: _builtins.bool = ...,
+        update_encoding: Global___UpdateEncoding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,118 @@
+"""Lossy update encodings a coordinator may ask for, to send fewer bytes up: fp16, bf16 and int8 deltas.
+
+Only floating-point tensors are compressed; integer and bool tensors (BatchNorm's counters) travel as
+they are, and a tensor that an encoding cannot hold (float16 overflows beyond 65504) is sent
+losslessly. The receiver learns each tensor's form from the tensor table alone (its dtype, and for
+int8 deltas a positive ``delta_scale``), so a hospital may always fall back to lossless.
+
+Error bounds per element x (tested in tests/unit/test_compression.py):
+- fp16: |x' - x| <= 2**-11 |x| where |x| >= 2**-14 (float16's normal range), <= 2**-25 below it.
+- bf16: |x' - x| <= 2**-8 |x| (float32's range, 8 bits of precision).
+- int8: |x' - x| <= s / 2 with s = max|x - g| / 127 per tensor, g the round's global model; the
+  coordinator rebuilds g + q s in float64, so nothing else is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import torch
+
+from medfed.common.serde import EncodedModel, Layout, encode
+
+Encoding = Literal["lossless", "fp16", "bf16", "int8"]
+ENCODINGS: tuple[Encoding, ...] = ("lossless", "fp16", "bf16", "int8")
+FP16_MAX = 65504.0
+INT8_LEVELS = 127
+
+_CAST: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class IncompatibleUpdate(ValueError):
+    """An update whose tensors are not the model's, or not in a form this round allows."""
+
+
+def encode_update(
+    state: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor], encoding: Encoding
+) -> EncodedModel:
+    """Serialise a hospital's update in ``encoding`` (``global_state``: the model it was sent)."""
+    if encoding == "lossless":
+        return encode(state)
+    out: dict[str, torch.Tensor] = {}
+    scales: dict[str, float] = {}
+    for name, tensor in state.items():
+        value = tensor.detach().cpu()
+        if not value.is_floating_point():
+            out[name] = value
+        elif encoding == "int8":
+            out[name], scales[name] = _int8_delta(value, global_state[name].detach().cpu())
+        elif encoding == "fp16" and value.numel() and value.abs().max().item() > FP16_MAX:
+            out[name] = value  # would overflow to infinity: sent losslessly
+        else:
+            out[name] = value.to(_CAST[encoding])
+    return encode(out, delta_scales=scales)
+
+
+def _int8_delta(value: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, float]:
+    delta = value.double() - base.double()
+    largest = delta.abs().max().item() if delta.numel() else 0.0
+    scale = largest / INT8_LEVELS if largest > 0 else 1.0  # an unchanged tensor: all zeros, any scale
+    q = torch.round(delta / scale).clamp_(-INT8_LEVELS, INT8_LEVELS).to(torch.int8)
+    return q, scale
+
+
+def check_form(layout: Layout, expected: Layout, encoding: Encoding, *, delta: bool = False) -> None:
+    """Refuse, before a byte is read, an update whose tensor table is not the model's in a form
+    ``encoding`` allows (lossless is always allowed). ``delta``: the update says it holds deltas."""
+    if delta and encoding != "int8":
+        raise IncompatibleUpdate(f"a delta update, but this round asked for {encoding} updates")
+    if not delta and (marked := next((t.name for t in layout.tensors if t.delta_scale > 0), None)):
+        raise IncompatibleUpdate(f"tensor {marked!r} is an int8 delta in an update not sent as deltas")
+    got = {t.name: t for t in layout.tensors}
+    want = {t.name: t for t in expected.tensors}
+    if got.keys() != want.keys():
+        missing, extra = sorted(want.keys() - got.keys())[:3], sorted(got.keys() - want.keys())[:3]
+        raise IncompatibleUpdate(
+            f"the update's tensors differ from the model's (missing {missing}, unexpected {extra})"
+        )
+    for name, spec in got.items():
+        model = want[name]
+        if spec.shape != model.shape:
+            raise IncompatibleUpdate(f"tensor {name!r} has shape {spec.shape}, the model's is {model.shape}")
+        if spec.dtype == model.dtype and spec.delta_scale == 0:
+            continue
+        allowed = model.dtype.is_floating_point and (
+            (encoding in _CAST and spec.dtype == _CAST[encoding] and spec.delta_scale == 0)
+            or (encoding == "int8" and spec.dtype == torch.int8 and spec.delta_scale > 0)
+        )
+        if not allowed:
+            form = f"{spec.dtype}" + (f" delta (scale {spec.delta_scale:g})" if spec.delta_scale else "")
+            raise IncompatibleUpdate(
+                f"tensor {name!r} arrived as {form}; this round takes {model.dtype}"
+                + (f" or its {encoding} form" if encoding != "lossless" else "")
+            )
+
+
+class DecodedUpdate(Mapping[str, torch.Tensor]):
+    """An update as full values, each int8 delta rebuilt in float64 only when it is read, so that
+    folding it holds one rebuilt tensor at a time rather than a second copy of the model."""
+
+    def __init__(
+        self, state: Mapping[str, torch.Tensor], layout: Layout, global_state: Mapping[str, torch.Tensor]
+    ) -> None:
+        self._state, self._global = state, global_state
+        self._scales = {t.name: t.delta_scale for t in layout.tensors if t.delta_scale > 0}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        value = self._state[name]
+        scale = self._scales.get(name)
+        if scale is None:
+            return value
+        return self._global[name].double().add_(value.double(), alpha=scale)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
