@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -132,7 +133,14 @@ def worker(server: str, data: Path, names: list[str]) -> int:
     return 1 if failures else 0
 
 
-def plot(results: list[dict[str, float]], path: Path) -> None:
+def import_floor_mb() -> float:
+    """Peak RSS of a process that only imports the coordinator (PyTorch, gRPC, ...): the floor."""
+    code = "import resource, medfed.server.app; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out) / 1024
+
+
+def plot(results: list[dict[str, float]], floor: float, path: Path) -> None:
     from medfed.common import plots
 
     ns = [r["hospitals"] for r in results]
@@ -145,7 +153,7 @@ def plot(results: list[dict[str, float]], path: Path) -> None:
             ("round time (s)", {"median round": (ns, [r["median_s"] for r in results])},
              {"slowest round": (ns, [r["max_s"] for r in results])}),
             ("coordinator peak RSS (MB)", {"coordinator peak RSS": (ns, rss)},
-             {"300 MB + 4 x model": (ns, budget)}),
+             {"300 MB + 4 x model": (ns, budget), "importing the coordinator's modules": (ns, [floor] * len(ns))}),
         ],
         xlabel="hospitals",
     )  # fmt: skip
@@ -166,8 +174,10 @@ def main() -> None:
             print(f"{n} hospitals: median round {result['median_s']:.2f} s, coordinator peak RSS "
                   f"{result['coordinator_peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
             results.append(result)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, args.out.with_suffix(".png"))
+    floor = import_floor_mb()
+    args.out.write_text(json.dumps({"import_floor_mb": floor, "results": results}, indent=1) + "\n")
+    plot(results, floor, args.out.with_suffix(".png"))
+    print(f"importing the coordinator's modules alone: {floor:.0f} MB peak RSS")
     print(f"\nPython {platform.python_version()}, {platform.machine()}; small CNN, 1 local epoch on 32 images "
           f"of 8x8, {args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
     print("| hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|")

@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
+from many_hospitals import import_floor_mb, peak_rss_mb  # bench/ is on sys.path when run as a script
 
 from medfed.common import __version__
 from medfed.common.data import DatasetInfo
@@ -49,16 +50,6 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     labels = np.arange(n) % 2
     info = DatasetInfo(dataset="random", channels=1, class_names=("a", "b"), image_size=(28, 28))
     return SourceDataset(info, {"train": (images, labels)})
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str]) -> dict[str, float]:
@@ -172,12 +163,14 @@ def main() -> None:
     )
     summary = {
         "machine": machine, "model": args.model, "model_bytes": model_bytes, "rounds": args.rounds,
-        "server_args": args.server_arg, "serialize_s": encode_s, "deserialize_s": decode_s, "results": results,
+        "server_args": args.server_arg, "serialize_s": encode_s, "deserialize_s": decode_s,
+        "import_floor_mb": import_floor_mb(), "results": results,
     }  # fmt: skip
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(machine)
     print(f"model {args.model} ({model_bytes / MIB:.1f} MiB), --local-epochs 0, {args.rounds} rounds (first left out)")
-    print(f"serialise once: {encode_s * 1000:.1f} ms, deserialise once: {decode_s * 1000:.1f} ms\n")
+    print(f"serialise once: {encode_s * 1000:.1f} ms, deserialise once: {decode_s * 1000:.1f} ms")
+    print(f"importing the coordinator's modules alone: {summary['import_floor_mb']:.0f} MB peak RSS\n")
     print("| hospitals | median round (s) | min (s) | max (s) | MB moved per round | loopback floor (s) "
           "| coordinator peak RSS (MB) | hospital peak RSS (MB) |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in results:

@@ -6,6 +6,7 @@ Each child writes its output to ``LOG_DIR/NAME.log``. ``stop_all`` ends every ch
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 import time
@@ -84,3 +85,19 @@ class ProcessGroup:
                 proc.wait()
         for log in self._logs:
             log.close()
+
+
+def share_one_malloc_arena() -> bool:
+    """Make every thread of this process allocate from glibc's main arena; True if it took effect.
+
+    glibc gives threads their own arenas and keeps freed memory in each; a coordinator whose gRPC
+    threads stream 1 MiB chunks to ten hospitals at once kept about 270 MB more that way, and one
+    arena cost no measurable time (bench/round_overhead.py). Call before starting threads."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...)
+        return False
+    m_arena_max = -8
+    return bool(libc.mallopt(m_arena_max, 1))

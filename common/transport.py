@@ -8,6 +8,11 @@ server accepts pings as often as the client sends them, so neither side ever see
 from __future__ import annotations
 
 MESSAGE_LIMIT = 4 << 20
+RECEIVE_WINDOW = 256 << 10
+"""The coordinator's fixed HTTP/2 receive window per stream. gRPC's default lets bandwidth probing grow
+it to many MB per stream, and every upload waiting for a receive slot then piles that much into the
+coordinator's memory. 256 KiB keeps that at N x 256 KiB and still carries about 12 MB/s per upload
+over a 20 ms round trip (more than most hospital uplinks)."""
 CLIENT_KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 
@@ -17,6 +22,8 @@ Options = list[tuple[str, int | str]]
 def server_options() -> Options:
     return [
         ("grpc.so_reuseport", 0),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -32,6 +32,7 @@ from medfed.common.models import MODEL_NAMES, build_model
 from medfed.common.pki import check_pair, load_cert
 from medfed.common.pretrained import load_pretrained
 from medfed.common.privacy import dp_model_problem
+from medfed.common.processes import share_one_malloc_arena
 from medfed.common.tls import server_credentials
 from medfed.common.training import LR_SCHEDULES, pick_device
 from medfed.server.auth import PeerAuthenticator
@@ -292,6 +293,7 @@ def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> N
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    share_one_malloc_arena()  # before gRPC starts its threads: memory flat in the number of hospitals
     flags = vars(build_parser().parse_args(argv))
     file_values = load_toml(flags.pop("config")) if "config" in flags else {}
     cfg = build_config(ServerConfig, file_values, flags)
