@@ -1,0 +1,111 @@
+"""The compose demo, checked offline: its structure, what each container may see, and that every command
+in it is a valid invocation of our CLIs. (deploy/compose-demo-check.sh runs it for real in CI.)"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from medfed.client.app import build_parser as client_parser
+from medfed.common.certs_cli import build_parser as certs_parser
+from medfed.common.partition_cli import build_parser as partition_parser
+from medfed.server.app import build_parser as server_parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
+PARSERS: dict[str, Callable[[], Any]] = {
+    "fed-server": server_parser,
+    "fed-client": client_parser,
+    "fed-certs": certs_parser,
+    "fed-partition": partition_parser,
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def defaults(text: str) -> str:
+    """Compose's ${VAR:-default} with its default; the shell's $${VAR} (escaped for compose) left as $VAR."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", text).replace("$$", "$")
+
+
+def invocations(service: dict[str, Any]) -> list[list[str]]:
+    """Every fed-* command a service runs, with shell variables filled in as the script would."""
+    command = service["command"]
+    env = {k: defaults(str(v)) for k, v in (service.get("environment") or {}).items()}
+    if command[:2] != ["sh", "-ec"]:
+        return [[defaults(str(a)) for a in command]]
+    script = defaults(command[2]).replace("\\\n", " ")
+    found = []
+    for line in script.splitlines():
+        for part in re.split(r"&&|;|\bdo\b|\bthen\b", line):
+            words = shlex.split(part.strip().removeprefix("exec "))
+            if words and words[0].startswith("fed-"):
+                loop = ["hospital_a", "hospital_b", "hospital_c"] if "$h" in part else [""]
+                for h in loop:
+                    found.append([w.replace("$h", h) for w in words])
+    return [[re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), w) for w in c] for c in found]
+
+
+def test_every_command_is_a_valid_invocation_of_our_clis(compose: dict[str, Any]) -> None:
+    checked = []
+    for name, service in compose["services"].items():
+        for argv in invocations(service):
+            assert argv[0] in PARSERS, f"{name}: unknown command {argv[0]}"
+            try:
+                PARSERS[argv[0]]().parse_args(argv[1:])
+            except SystemExit:
+                pytest.fail(f"{name}: {shlex.join(argv)} is not a valid {argv[0]} invocation")
+            checked.append(argv[0] if argv[0] != "fed-certs" else f"fed-certs {argv[1]}")
+
+    assert sorted(set(checked)) == [
+        "fed-certs client", "fed-certs init", "fed-certs server", "fed-client", "fed-partition", "fed-server",
+    ]  # fmt: skip
+    assert checked.count("fed-client") == 3 and checked.count("fed-certs client") == 3
+
+
+def test_each_hospital_sees_only_its_own_key_and_data(compose: dict[str, Any]) -> None:
+    for h in HOSPITALS:
+        service = compose["services"][f"hospital-{h[-1]}"]
+        volumes = [v.split(":")[0] for v in service["volumes"]]
+        argv = invocations(service)[0]
+
+        assert volumes == [f"pki-hospital-{h[-1]}", f"data-hospital-{h[-1]}"]
+        assert argv[argv.index("--data") + 1] == f"/{h}"
+        assert argv[argv.index("--tls-key") + 1] == f"/pki/{h}/{h}.key"
+        assert "--insecure" not in argv
+    ca_users = [n for n, s in compose["services"].items() if any(v.startswith("ca:") for v in s.get("volumes", []))]
+    assert ca_users == ["certs"]
+
+
+def test_the_coordinator_runs_mutual_tls_with_a_health_check(compose: dict[str, Any]) -> None:
+    server = compose["services"]["server"]
+    argv = invocations(server)[0]
+
+    assert {"--tls-cert", "--tls-key", "--tls-ca", "--tls-crl"} <= set(argv) and "--insecure" not in argv
+    assert server["healthcheck"]["test"][:2] == ["CMD", "fed-health"]
+    assert argv[argv.index("--health-address") + 1] == server["healthcheck"]["test"][2]
+    assert any(v.startswith("results:") for v in server["volumes"])
+    for h in HOSPITALS:
+        assert compose["services"][f"hospital-{h[-1]}"]["depends_on"]["server"]["condition"] == "service_healthy"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed here")
+def test_docker_compose_accepts_the_file() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
