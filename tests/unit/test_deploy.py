@@ -109,3 +109,20 @@ def test_docker_compose_accepts_the_file() -> None:
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_the_kubernetes_coordinator_runs_a_valid_fed_server_with_mutual_tls() -> None:
+    documents = list(yaml.safe_load_all((DEPLOY / "k8s" / "coordinator.yaml").read_text()))
+    kinds = {d["kind"]: d for d in documents}
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+
+    server_parser().parse_args(args[1:])  # exits (fails the test) on an invalid invocation
+    assert args[0] == "fed-server" and "--insecure" not in args
+    assert {"--tls-cert", "--tls-key", "--tls-ca", "--tls-crl"} <= set(args)
+    assert container["readinessProbe"]["exec"]["command"] == ["fed-health", args[args.index("--health-address") + 1]]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert kinds["Service"]["spec"]["ports"][0]["port"] == int(args[args.index("--address") + 1].split(":")[1])
+    secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"]
+    assert secret == "medfed-coordinator-tls"
