@@ -4,6 +4,8 @@
 # round, and tear everything down (containers, volumes, networks, the Docker daemon this script started).
 #
 #   sudo deploy/compose-demo-check.sh          (from the repository root; PYTHON=... picks the host Python)
+#   sudo deploy/compose-demo-check.sh --prepare   (only what needs no daemon: packages, base, wheelhouse;
+#                                                  CI runs this while the tests run)
 #
 # On a machine without an image registry it builds what the demo needs locally, caching it in
 # $MEDFED_DOCKER_CACHE (default /var/cache/medfed-docker) for the next run: a Debian bookworm base made
@@ -21,6 +23,8 @@ BASE=medfed-base:bookworm
 RUN_DIR=$(mktemp -d /tmp/medfed-docker.XXXXXX)
 STARTED_DAEMON=""
 FORWARD_POLICY=""
+PREPARE_ONLY=0
+[ "${1:-}" = "--prepare" ] && PREPARE_ONLY=1
 
 log() { echo "[compose-demo] $(date +%H:%M:%S) $*"; }
 skip() { echo "SKIPPED: $*"; exit 0; }
@@ -52,31 +56,16 @@ if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || 
         skip "the Docker engine packages could not be installed"
     fi
 fi
-FORWARD_POLICY=$(iptables -S FORWARD 2>/dev/null | awk '/^-P FORWARD/ {print $3}' || true)
-mkdir -p "$CACHE/docker"
-log "starting dockerd (data in $CACHE/docker)"
-dockerd --data-root "$CACHE/docker" --exec-root "$RUN_DIR/exec" -H "unix://$RUN_DIR/docker.sock" \
-    --pidfile "$RUN_DIR/dockerd.pid" >"$RUN_DIR/dockerd.log" 2>&1 &
-STARTED_DAEMON=1
-export DOCKER_HOST="unix://$RUN_DIR/docker.sock"
-for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-if ! docker info >/dev/null 2>&1; then
-    tail -5 "$RUN_DIR/dockerd.log"
-    skip "dockerd did not start"
-fi
+mkdir -p "$CACHE"
 
 # --- a base image, without a registry ------------------------------------------------------------
-if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-    if [ ! -f "$CACHE/base-bookworm.tar.gz" ]; then
-        log "building a Debian bookworm base with debootstrap (about 4 minutes, cached)"
-        rm -rf "$CACHE/rootfs"
-        debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm "$CACHE/rootfs" \
-            http://deb.debian.org/debian >"$RUN_DIR/debootstrap.log" 2>&1 || { tail -5 "$RUN_DIR/debootstrap.log"; exit 1; }
-        tar -C "$CACHE/rootfs" -czf "$CACHE/base-bookworm.tar.gz.tmp" . && mv "$CACHE/base-bookworm.tar.gz.tmp" "$CACHE/base-bookworm.tar.gz"
-        rm -rf "$CACHE/rootfs"
-    fi
-    log "importing the base image"
-    docker import -c 'CMD ["/bin/bash"]' "$CACHE/base-bookworm.tar.gz" "$BASE" >/dev/null
+if [ ! -f "$CACHE/base-bookworm.tar.gz" ]; then
+    log "building a Debian bookworm base with debootstrap (about 4 minutes, cached)"
+    rm -rf "$CACHE/rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm "$CACHE/rootfs" \
+        http://deb.debian.org/debian >"$RUN_DIR/debootstrap.log" 2>&1 || { tail -5 "$RUN_DIR/debootstrap.log"; exit 1; }
+    tar -C "$CACHE/rootfs" -czf "$CACHE/base-bookworm.tar.gz.tmp" . && mv "$CACHE/base-bookworm.tar.gz.tmp" "$CACHE/base-bookworm.tar.gz"
+    rm -rf "$CACHE/rootfs"
 fi
 
 # --- a wheelhouse, built on the host -------------------------------------------------------------
@@ -92,6 +81,29 @@ if [ ! -f "$WHEELS/.complete" ]; then
     "$PYTHON" -m pip wheel -q -w "$WHEELS" ${TORCH:+"$TORCH"} -r "$RUN_DIR/requirements.txt" "setuptools>=77" wheel \
         2> >(grep -v "^WARNING: Location" >&2)
     touch "$WHEELS/.complete"
+fi
+
+if [ "$PREPARE_ONLY" = 1 ]; then
+    log "prepared: engine packages, base image tarball and wheelhouse in $CACHE"
+    exit 0
+fi
+
+FORWARD_POLICY=$(iptables -S FORWARD 2>/dev/null | awk '/^-P FORWARD/ {print $3}' || true)
+mkdir -p "$CACHE/docker"
+log "starting dockerd (data in $CACHE/docker)"
+dockerd --data-root "$CACHE/docker" --exec-root "$RUN_DIR/exec" -H "unix://$RUN_DIR/docker.sock" \
+    --pidfile "$RUN_DIR/dockerd.pid" >"$RUN_DIR/dockerd.log" 2>&1 &
+STARTED_DAEMON=1
+export DOCKER_HOST="unix://$RUN_DIR/docker.sock"
+for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+if ! docker info >/dev/null 2>&1; then
+    tail -5 "$RUN_DIR/dockerd.log"
+    skip "dockerd did not start"
+fi
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+    log "importing the base image"
+    docker import -c 'CMD ["/bin/bash"]' "$CACHE/base-bookworm.tar.gz" "$BASE" >/dev/null
 fi
 cp "$WHEELS"/*.whl "$ROOT/deploy/wheels/"
 
