@@ -33,6 +33,7 @@ cleanup() {
     set +e
     if [ -n "${DOCKER_HOST:-}" ] && [ -f "$ROOT/deploy/docker-compose.yml" ]; then
         docker-compose -p "$PROJECT" -f "$ROOT/deploy/docker-compose.yml" down -v --remove-orphans >/dev/null 2>&1
+        docker image prune -f >/dev/null 2>&1  # earlier builds' layers: keep the cache from growing
     fi
     if [ -n "$STARTED_DAEMON" ] && [ -f "$RUN_DIR/dockerd.pid" ]; then
         kill "$(cat "$RUN_DIR/dockerd.pid")" 2>/dev/null
