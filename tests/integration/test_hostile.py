@@ -210,11 +210,18 @@ def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federat
         yield from full[: len(full) // 2]
         raise ConnectionResetError("network cut")  # the client library cancels the call mid-stream
 
+    coordinator = federation.coordinator
+
+    def slot_free() -> bool:
+        current = coordinator._round
+        return current is None or "hospital_a" not in current.receiving
+
     cut = status(lambda: stub.SubmitUpdate(cut_half_way(), timeout=30))
     deadline = time.monotonic() + 10
     while (retried := status(lambda: stub.SubmitUpdate(iter(full), timeout=30))) == Code.UNAVAILABLE:
-        assert time.monotonic() < deadline  # the coordinator had not yet seen the cut: retry, as hospitals do
-        time.sleep(0.05)
+        # the coordinator had not yet seen the cut: wait until it frees the slot (it notifies), then retry
+        with coordinator._cond:
+            assert coordinator._cond.wait_for(slot_free, timeout=deadline - time.monotonic())
     again = status(lambda: stub.SubmitUpdate(iter(full), timeout=30))
     stub.SubmitUpdate(iter(messages(b, shifted(model, 3.0))), timeout=30)
     driver.join(timeout=60)

@@ -1,8 +1,6 @@
 """The round state machine, driven directly: no network, no processes."""
 
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -32,13 +30,6 @@ def open_round(coordinator: Coordinator, number: int, selected: list[str]) -> Ta
     task = Task(number, 5, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL))
     coordinator.open_round(task, selected, FedAvg().begin(GLOBAL))
     return task
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def update(value: float) -> dict[str, torch.Tensor]:
@@ -283,17 +274,18 @@ def test_an_upload_waiting_for_a_slot_is_refused_when_its_round_closes() -> None
     open_round(coordinator, 1, ["hospital_a", "hospital_b"])
     errors: list[Exception] = []
 
-    def second_upload() -> None:
-        try:
-            with coordinator.begin_update(b, 1, 10, {}, layout_of(GLOBAL)):
-                pass
-        except Rejected as exc:
-            errors.append(exc)
-
     with coordinator.begin_update(a, 1, 10, {}, layout_of(GLOBAL)):
+        second = coordinator.begin_update(b, 1, 10, {}, layout_of(GLOBAL))  # header accepted, no slot yet
+
+        def second_upload() -> None:
+            try:
+                with second:  # waits for a slot, before or after the round closes: refused either way
+                    pass
+            except Rejected as exc:
+                errors.append(exc)
+
         waiter = threading.Thread(target=second_upload)
         waiter.start()
-        wait_until(lambda: "hospital_b" in coordinator._round.receiving if coordinator._round else False)
         coordinator.close_round()
         waiter.join(timeout=30)
 
