@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from many_hospitals import import_floor_mb, peak_rss_mb  # bench/ is on sys.path when run as a script
+from many_hospitals import import_floor_mb  # bench/ is on sys.path when run as a script
 
 from medfed.common import __version__
 from medfed.common.data import DatasetInfo
@@ -50,6 +50,16 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     labels = np.arange(n) % 2
     info = DatasetInfo(dataset="random", channels=1, class_names=("a", "b"), image_size=(28, 28))
     return SourceDataset(info, {"train": (images, labels)})
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str]) -> dict[str, float]:

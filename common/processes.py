@@ -91,8 +91,8 @@ def share_one_malloc_arena() -> bool:
     """Make every thread of this process allocate from glibc's main arena; True if it took effect.
 
     glibc gives threads their own arenas and keeps freed memory in each; a coordinator whose gRPC
-    threads stream 1 MiB chunks to ten hospitals at once kept about 270 MB more that way, and one
-    arena cost no measurable time (bench/round_overhead.py). Call before starting threads."""
+    threads stream 1 MiB chunks to ten hospitals at once kept about 270 MB more that way in a one-off
+    comparison, and one arena cost no measurable round time. Call before starting threads."""
     if not sys.platform.startswith("linux"):
         return False
     try:

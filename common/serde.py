@@ -77,10 +77,6 @@ class Layout:
     tensors: tuple[TensorSpec, ...]
     total_bytes: int
 
-    def signature(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        """Names, dtypes and shapes: what two layouts must share to describe the same model."""
-        return {t.name: (t.dtype, t.shape) for t in self.tensors}
-
 
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
