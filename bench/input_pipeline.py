@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +36,7 @@ from medfed.common import __version__
 from medfed.common.data import Split
 from medfed.common.models import build_model
 from medfed.common.sources import load_medmnist
-from medfed.common.training import normalize, random_affine
+from medfed.common.training import normalize, random_affine, tensors
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -61,18 +62,21 @@ def reference_batches(flag: str, data_root: Path, batch_size: int, workers: int,
 def tensor_batches(split: Split, batch_size: int, augment: bool) -> Batches:
     generator = torch.Generator().manual_seed(0)
 
+    images, labels = tensors(split)
+
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(split))
         for start in range(0, len(split), batch_size):
             idx = order[start : start + batch_size]
-            x = normalize(split.images[idx])
-            yield (random_affine(x, generator) if augment else x), split.labels[idx]
+            x = normalize(images[idx])
+            yield (random_affine(x, generator) if augment else x), labels[idx]
 
     return batches
 
 
 def free_batches(split: Split, batch_size: int) -> Batches:
-    x, y = normalize(split.images[:batch_size]), split.labels[:batch_size]
+    images, labels = tensors(split)
+    x, y = normalize(images[:batch_size]), labels[:batch_size]
     steps = -(-len(split) // batch_size)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -109,7 +113,7 @@ def main() -> None:
 
     source = load_medmnist(args.dataset, 28, args.data_root)
     images, labels = source.splits["train"]
-    split = Split(torch.from_numpy(images).unsqueeze(1).contiguous(), torch.from_numpy(labels))
+    split = Split(np.ascontiguousarray(images[:, None]), labels.astype(np.int64))
     info = source.info
     workloads: dict[str, tuple[Callable[[], nn.Module | None], int]] = {
         "input only": (lambda: None, 3),

@@ -9,7 +9,7 @@ as threads, 25 to a worker process. Every hospital trains the small CNN for one 
     python bench/many_hospitals.py --hospitals 1 2 5 10 25 50 100 --rounds 4     (from the repository root)
 
 Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is the coordinator's own
-ru_maxrss as recorded in history.jsonl after its last round. A run counts only if every round
+peak RSS (VmHWM) as recorded in history.jsonl after its last round. A run counts only if every round
 aggregated every hospital (no hospital missing, no process failing). The scale curve (round time and
 coordinator memory against N) is drawn to bench/many_hospitals.png.
 """
@@ -120,10 +120,10 @@ def worker(server: str, data: Path, names: list[str]) -> int:
 
 
 def import_floor_mb() -> float:
-    """Peak RSS of a process that only imports the coordinator (PyTorch, gRPC, ...): the floor."""
-    code = "import resource, medfed.server.app; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    """Peak RSS of a process that only imports the coordinator's modules (gRPC, numpy, ...): the floor."""
+    code = "import medfed.server.app; from medfed.common.processes import peak_rss_mb; print(peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(out) / 1024
+    return float(out)
 
 
 def plot(results: list[dict[str, float]], floor: float, path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import grpc
-import torch
+import numpy as np
 
 from medfed.client.privacy import HospitalPrivacy
 from medfed.client.trainer import LocalResult, Trainer
@@ -23,7 +23,7 @@ from medfed.common import __version__
 from medfed.common.compression import encode_update
 from medfed.common.data import HospitalData
 from medfed.common.retry import Backoff
-from medfed.common.serde import Chunk, WireFormatError, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.serde import Chunk, StateDict, WireFormatError, from_chunks, layout_from_proto, layout_to_proto
 from medfed.common.wire import (
     ModelSpec,
     TrainSettings,
@@ -86,7 +86,7 @@ class ReceivedTask:
     total_rounds: int
     settings: TrainSettings
     spec: ModelSpec
-    state: dict[str, torch.Tensor]
+    state: StateDict
 
 
 def _details(exc: grpc.RpcError) -> str:
@@ -242,7 +242,7 @@ class HospitalNode:
             client_version=__version__,
             classes=[]
             if self._privacy is not None and self._privacy.own is not None
-            else torch.bincount(train.labels).nonzero().flatten().tolist(),
+            else np.flatnonzero(np.bincount(train.labels)).tolist(),
         )
         if not retrying:
             reply = self._stub.Join(request, timeout=JOIN_DEADLINE_S)

@@ -8,14 +8,17 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from medfed.client.privacy import RoundPrivacy
 from medfed.common.data import HospitalData
 from medfed.common.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
-from medfed.common.models import build_model
-from medfed.common.privacy import dp_model_problem, privatize_update, secure_generator
+from medfed.common.models import build_model, dp_model_problem
+from medfed.common.privacy import privatize_update, secure_generator
+from medfed.common.serde import StateDict
+from medfed.common.torch_state import to_numpy, to_torch
 from medfed.common.training import evaluate, train_local
 from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
 
@@ -28,7 +31,7 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class LocalResult:
-    state: dict[str, torch.Tensor]
+    state: StateDict
     num_examples: int
     metrics: dict[str, float]
     """sent to the coordinator (empty under differential privacy: they are computed from the data)"""
@@ -71,7 +74,7 @@ class Trainer:
         round_number: int,
         settings: TrainSettings,
         spec: ModelSpec,
-        state: Mapping[str, torch.Tensor],
+        state: Mapping[str, np.ndarray],
         privacy: RoundPrivacy | None = None,
     ) -> LocalResult:
         train = self._data.split("train")
@@ -79,7 +82,7 @@ class Trainer:
             return LocalResult(dict(state), len(train), {})
         model = self._model_for(spec, privacy)
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(to_torch(state), strict=True)
         except RuntimeError as exc:
             raise TaskError(f"the received model does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
         val = self._data.split("val")
@@ -120,7 +123,7 @@ class Trainer:
         if len(val):
             evaluation = evaluate(model, val, self._data.info.num_classes, self._device)
             metrics.update(val_loss=evaluation.loss, val_accuracy=evaluation.accuracy)
-        out = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+        out = to_numpy(model.state_dict())
         if privacy is None:
             return LocalResult(out, len(train), metrics, metrics)
         if privacy.settings.mechanism == "local":

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medfed.common.data import DatasetInfo, Split
@@ -40,7 +41,7 @@ class Outcome:
 
 
 def pooled(splits: Sequence[Split]) -> Split:
-    return Split(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
+    return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]))
 
 
 def train_and_test(

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file, save_file
 
 MODEL_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
@@ -36,16 +36,16 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
 
-def save_model(directory: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> tuple[Path, Path]:
+def save_model(directory: Path, state: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tensors = {k: np.asarray(v, order="C") for k, v in state.items()}  # keeps 0-d arrays 0-d
     model_path, meta_path = directory / MODEL_FILE, directory / METADATA_FILE
     _atomic_write(model_path, lambda p: save_file(tensors, str(p), metadata={"format": "medfed-model/1"}))
     write_json(meta_path, metadata)
     return model_path, meta_path
 
 
-def load_model(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_model(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     model_path, meta_path = directory / MODEL_FILE, directory / METADATA_FILE
     try:
         state = load_file(str(model_path))

@@ -17,16 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-import torch
+import numpy as np
 
-from medfed.common.serde import EncodedModel, Layout, encode
+from medfed.common.serde import BFLOAT16, EncodedModel, Layout, encode, is_float
 
 Encoding = Literal["lossless", "fp16", "bf16", "int8"]
 ENCODINGS: tuple[Encoding, ...] = ("lossless", "fp16", "bf16", "int8")
 FP16_MAX = 65504.0
 INT8_LEVELS = 127
 
-_CAST: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_CAST: dict[str, np.dtype] = {"fp16": np.dtype(np.float16), "bf16": BFLOAT16}
 
 
 class IncompatibleUpdate(ValueError):
@@ -34,31 +34,30 @@ class IncompatibleUpdate(ValueError):
 
 
 def encode_update(
-    state: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor], encoding: Encoding
+    state: Mapping[str, np.ndarray], global_state: Mapping[str, np.ndarray], encoding: Encoding
 ) -> EncodedModel:
     """Serialise a hospital's update in ``encoding`` (``global_state``: the model it was sent)."""
     if encoding == "lossless":
         return encode(state)
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, np.ndarray] = {}
     scales: dict[str, float] = {}
-    for name, tensor in state.items():
-        value = tensor.detach().cpu()
-        if not value.is_floating_point():
+    for name, value in state.items():
+        if not is_float(value.dtype):
             out[name] = value
         elif encoding == "int8":
-            out[name], scales[name] = _int8_delta(value, global_state[name].detach().cpu())
-        elif encoding == "fp16" and value.numel() and value.abs().max().item() > FP16_MAX:
+            out[name], scales[name] = _int8_delta(value, global_state[name])
+        elif encoding == "fp16" and value.size and float(np.abs(value).max()) > FP16_MAX:
             out[name] = value  # would overflow to infinity: sent losslessly
         else:
-            out[name] = value.to(_CAST[encoding])
+            out[name] = value.astype(_CAST[encoding])
     return encode(out, delta_scales=scales)
 
 
-def _int8_delta(value: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, float]:
-    delta = value.double() - base.double()
-    largest = delta.abs().max().item() if delta.numel() else 0.0
+def _int8_delta(value: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, float]:
+    delta = value.astype(np.float64) - base.astype(np.float64)
+    largest = float(np.abs(delta).max()) if delta.size else 0.0
     scale = largest / INT8_LEVELS if largest > 0 else 1.0  # an unchanged tensor: all zeros, any scale
-    q = torch.round(delta / scale).clamp_(-INT8_LEVELS, INT8_LEVELS).to(torch.int8)
+    q = np.clip(np.rint(delta / scale), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
     return q, scale
 
 
@@ -82,9 +81,9 @@ def check_form(layout: Layout, expected: Layout, encoding: Encoding, *, delta: b
             raise IncompatibleUpdate(f"tensor {name!r} has shape {spec.shape}, the model's is {model.shape}")
         if spec.dtype == model.dtype and spec.delta_scale == 0:
             continue
-        allowed = model.dtype.is_floating_point and (
+        allowed = is_float(model.dtype) and (
             (encoding in _CAST and spec.dtype == _CAST[encoding] and spec.delta_scale == 0)
-            or (encoding == "int8" and spec.dtype == torch.int8 and spec.delta_scale > 0)
+            or (encoding == "int8" and spec.dtype == np.int8 and spec.delta_scale > 0)
         )
         if not allowed:
             form = f"{spec.dtype}" + (f" delta (scale {spec.delta_scale:g})" if spec.delta_scale else "")
@@ -94,22 +93,23 @@ def check_form(layout: Layout, expected: Layout, encoding: Encoding, *, delta: b
             )
 
 
-class DecodedUpdate(Mapping[str, torch.Tensor]):
+class DecodedUpdate(Mapping[str, np.ndarray]):
     """An update as full values, each int8 delta rebuilt in float64 only when it is read, so that
     folding it holds one rebuilt tensor at a time rather than a second copy of the model."""
 
-    def __init__(
-        self, state: Mapping[str, torch.Tensor], layout: Layout, global_state: Mapping[str, torch.Tensor]
-    ) -> None:
+    def __init__(self, state: Mapping[str, np.ndarray], layout: Layout, global_state: Mapping[str, np.ndarray]) -> None:
         self._state, self._global = state, global_state
         self._scales = {t.name: t.delta_scale for t in layout.tensors if t.delta_scale > 0}
 
-    def __getitem__(self, name: str) -> torch.Tensor:
+    def __getitem__(self, name: str) -> np.ndarray:
         value = self._state[name]
         scale = self._scales.get(name)
         if scale is None:
             return value
-        return self._global[name].double().add_(value.double(), alpha=scale)
+        rebuilt = value.astype(np.float64)
+        rebuilt *= scale
+        rebuilt += self._global[name]
+        return rebuilt
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._state)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medfed.common.errors import DataError
@@ -84,10 +83,11 @@ class Manifest(BaseModel):
 
 @dataclass(frozen=True)
 class Split:
-    """Images decoded once into a uint8 tensor (N, C, H, W) and int64 labels (N,)."""
+    """Images decoded once into uint8 (N, C, H, W) and int64 labels (N,), as numpy arrays (training wraps
+    them with torch.from_numpy, no copy) so that reading data never needs PyTorch."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    images: np.ndarray
+    labels: np.ndarray
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -95,7 +95,7 @@ class Split:
     @staticmethod
     def empty(info: DatasetInfo) -> Split:
         h, w = info.image_size
-        return Split(torch.empty((0, info.channels, h, w), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+        return Split(np.empty((0, info.channels, h, w), dtype=np.uint8), np.empty(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,7 @@ def check_split(where: str, split: str, images: np.ndarray, labels: np.ndarray, 
             f"{where}: {split}_labels has value {bad} outside 0..{info.num_classes - 1} "
             f"({info.num_classes} classes in the manifest)"
         )
-    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    return Split(tensor, torch.from_numpy(labels.astype(np.int64)))
+    return Split(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64))
 
 
 def load_folder(path: Path, *, require: tuple[str, ...] = ("train",)) -> HospitalData:

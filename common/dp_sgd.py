@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medfed.common.data import Split
-from medfed.common.training import TrainResult, normalize
+from medfed.common.training import TrainResult, normalize, tensors
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,14 @@ def train_dp_sgd(
             generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
         )
     sampler = torch.Generator().manual_seed(secrets.randbits(63))
+    images, labels = tensors(split)
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     try:
         for _ in tqdm(range(plan.steps), desc=desc, unit="step", disable=not progress, leave=False):
             idx = (torch.rand(n, generator=sampler) < plan.sampling_rate).nonzero().flatten()
-            x = normalize(split.images[idx]).to(device)
-            y = split.labels[idx].to(device)
+            x = normalize(images[idx]).to(device)
+            y = labels[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an empty Poisson batch still takes its (noise-only) step

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from torch import nn
 
 from medfed.common.errors import UnknownModelError
+from medfed.common.recipe import MODEL_NAMES
 from medfed.common.resnet import ResNet18
-
-MODEL_NAMES = ("cnn", "cnn_gn", "resnet18", "resnet18_gn")
 
 Norm = Callable[[int], nn.Module]
 
@@ -68,3 +67,19 @@ def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}") from None
     return factory(in_channels, num_classes)
+
+
+def dp_model_problem(model: nn.Module) -> str | None:
+    """Why a model cannot be trained under DP, or None when it can.
+
+    Buffers (BatchNorm's running statistics) are computed from patient data and would travel outside
+    the clipped and noised update."""
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.buffers(recurse=False))})
+        return (
+            f"it keeps statistics of the training data outside its weights ({', '.join(kinds)}: "
+            f"{len(buffers)} buffers), which differential privacy cannot cover; use a GroupNorm model "
+            "(cnn_gn or resnet18_gn)"
+        )
+    return None

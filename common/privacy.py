@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-from torch import nn
+import numpy as np
 
-StateDict = dict[str, torch.Tensor]
+from medfed.common.serde import StateDict, is_float
+
 Mechanism = Literal["local", "dp_sgd", "central"]
 
 MECHANISM_TEXT: dict[str, str] = {
@@ -47,55 +47,55 @@ class DpSettings:
         return f"{MECHANISM_TEXT[self.mechanism]}, C={self.clip:g}, σ={self.noise_multiplier:g}"
 
 
-def secure_generator(device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+def secure_generator() -> np.random.Generator:
+    return np.random.default_rng(secrets.randbits(128))
 
 
-def difference(local: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> StateDict:
+def difference(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> StateDict:
     """Δ = local − base over the floating-point tensors, in float64 (the other tensors carry no update)."""
     return {
-        k: local[k].detach().to("cpu", torch.float64) - v.detach().to("cpu", torch.float64)
+        k: np.asarray(np.asarray(local[k], dtype=np.float64) - np.asarray(v, dtype=np.float64))
         for k, v in base.items()
-        if v.dtype.is_floating_point
+        if is_float(v.dtype)
     }
 
 
-def l2_norm(update: Mapping[str, torch.Tensor]) -> float:
+def l2_norm(update: Mapping[str, np.ndarray]) -> float:
     """The norm of the whole update seen as one vector."""
-    total = sum((float(t.double().pow(2).sum()) for t in update.values()), 0.0)
+    total = 0.0
+    for t in update.values():
+        flat = np.asarray(t, dtype=np.float64).reshape(-1)
+        total += float(flat @ flat)
     return math.sqrt(total)
 
 
-def clip_update(update: Mapping[str, torch.Tensor], clip: float) -> tuple[StateDict, float]:
+def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[StateDict, float]:
     """Scale the update to L2 norm at most ``clip``; returns the result and the norm before clipping."""
     norm = l2_norm(update)
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
-    return {k: v * factor for k, v in update.items()}, norm
+    return {k: np.asarray(v * factor) for k, v in update.items()}, norm
 
 
-def add_gaussian_noise(update: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> StateDict:
+def add_gaussian_noise(update: Mapping[str, np.ndarray], std: float, generator: np.random.Generator) -> StateDict:
     """Independent N(0, std²) on every coordinate; std = 0 returns the update unchanged."""
     if std == 0:
         return dict(update)
-    return {
-        k: v + torch.normal(0.0, std, size=v.shape, dtype=v.dtype, device=v.device, generator=generator)
-        for k, v in update.items()
-    }
+    return {k: np.asarray(v + generator.normal(0.0, std, size=v.shape)) for k, v in update.items()}
 
 
-def apply_update(base: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor]) -> StateDict:
+def apply_update(base: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]) -> StateDict:
     """base + update, in base's dtypes; tensors without an update keep base's value."""
     out: StateDict = {}
     for k, v in base.items():
-        out[k] = (v.to(torch.float64) + update[k]).to(v.dtype) if k in update else v.clone()
+        out[k] = np.asarray((v.astype(np.float64) + update[k]).astype(v.dtype)) if k in update else v.copy()
     return out
 
 
 def privatize_update(
-    local: Mapping[str, torch.Tensor],
-    base: Mapping[str, torch.Tensor],
+    local: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray],
     settings: DpSettings,
-    generator: torch.Generator,
+    generator: np.random.Generator,
 ) -> tuple[StateDict, float]:
     """Local DP on a hospital's new weights: base + clip_C(local − base) + N(0, (σC)²).
 
@@ -103,19 +103,3 @@ def privatize_update(
     clipped, norm = clip_update(difference(local, base), settings.clip)
     noised = add_gaussian_noise(clipped, settings.noise_multiplier * settings.clip, generator)
     return apply_update(base, noised), norm
-
-
-def dp_model_problem(model: nn.Module) -> str | None:
-    """Why a model cannot be trained under DP, or None when it can.
-
-    Buffers (BatchNorm's running statistics) are computed from patient data and would travel outside
-    the clipped and noised update."""
-    buffers = [name for name, _ in model.named_buffers()]
-    if buffers:
-        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.buffers(recurse=False))})
-        return (
-            f"it keeps statistics of the training data outside its weights ({', '.join(kinds)}: "
-            f"{len(buffers)} buffers), which differential privacy cannot cover; use a GroupNorm model "
-            "(cnn_gn or resnet18_gn)"
-        )
-    return None

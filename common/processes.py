@@ -101,3 +101,22 @@ def share_one_malloc_arena() -> bool:
         return False
     m_arena_max = -8
     return bool(libc.mallopt(m_arena_max, 1))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far: VmHWM on Linux, ru_maxrss elsewhere.
+
+    Not ru_maxrss on Linux: it carries the parent's resident size over fork and exec, so a coordinator
+    started by a 680 MB benchmark process reported 680 MB before it had loaded anything."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # not Linux
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
-import torch
 
 from medfed.proto.v1 import federation_pb2 as pb
 
@@ -27,23 +27,31 @@ ALIGNMENT = 64
 MAX_TENSORS = 20_000
 MAX_NDIM = 16
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, np.ndarray]
+"""A model as numpy arrays: the coordinator never imports PyTorch (hospitals convert at the edge, see
+medfed.common.torch_state), which keeps its memory at a few model sizes over its libraries' floor."""
 Chunk = tuple[int, bytes]
 """(offset, data): a piece of a model's byte stream."""
 
-_TO_WIRE: dict[torch.dtype, pb.DType.ValueType] = {
-    torch.float32: pb.DTYPE_FLOAT32,
-    torch.float16: pb.DTYPE_FLOAT16,
-    torch.bfloat16: pb.DTYPE_BFLOAT16,
-    torch.float64: pb.DTYPE_FLOAT64,
-    torch.int64: pb.DTYPE_INT64,
-    torch.int32: pb.DTYPE_INT32,
-    torch.int16: pb.DTYPE_INT16,
-    torch.int8: pb.DTYPE_INT8,
-    torch.uint8: pb.DTYPE_UINT8,
-    torch.bool: pb.DTYPE_BOOL,
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_TO_WIRE: dict[np.dtype, pb.DType.ValueType] = {
+    np.dtype(np.float32): pb.DTYPE_FLOAT32,
+    np.dtype(np.float16): pb.DTYPE_FLOAT16,
+    BFLOAT16: pb.DTYPE_BFLOAT16,
+    np.dtype(np.float64): pb.DTYPE_FLOAT64,
+    np.dtype(np.int64): pb.DTYPE_INT64,
+    np.dtype(np.int32): pb.DTYPE_INT32,
+    np.dtype(np.int16): pb.DTYPE_INT16,
+    np.dtype(np.int8): pb.DTYPE_INT8,
+    np.dtype(np.uint8): pb.DTYPE_UINT8,
+    np.dtype(np.bool_): pb.DTYPE_BOOL,
 }
-_FROM_WIRE: dict[pb.DType.ValueType, torch.dtype] = {v: k for k, v in _TO_WIRE.items()}
+_FROM_WIRE: dict[pb.DType.ValueType, np.dtype] = {v: k for k, v in _TO_WIRE.items()}
+
+
+def is_float(dtype: np.dtype) -> bool:
+    """Floating point, bfloat16 included (numpy files ml_dtypes' bfloat16 under kind 'V')."""
+    return dtype.kind == "f" or dtype == BFLOAT16
 
 
 class WireFormatError(ValueError):
@@ -62,7 +70,7 @@ def _require_little_endian() -> None:
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: torch.dtype
+    dtype: np.dtype
     shape: tuple[int, ...]
     offset: int
     nbytes: int
@@ -82,17 +90,17 @@ def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
-def layout_of(state: Mapping[str, torch.Tensor], delta_scales: Mapping[str, float] | None = None) -> Layout:
+def layout_of(state: Mapping[str, np.ndarray], delta_scales: Mapping[str, float] | None = None) -> Layout:
     scales = delta_scales or {}
     specs = []
     offset = 0
-    for name, tensor in state.items():
-        if tensor.dtype not in _TO_WIRE:
-            raise WireFormatError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
+    for name, value in state.items():
+        array = np.asarray(value)  # numpy hands back 0-d results as scalars
+        if array.dtype not in _TO_WIRE:
+            raise WireFormatError(f"tensor {name!r} has unsupported dtype {array.dtype}")
         offset = _align(offset)
-        nbytes = tensor.numel() * tensor.element_size()
-        specs.append(TensorSpec(name, tensor.dtype, tuple(tensor.shape), offset, nbytes, scales.get(name, 0.0)))
-        offset += nbytes
+        specs.append(TensorSpec(name, array.dtype, tuple(array.shape), offset, array.nbytes, scales.get(name, 0.0)))
+        offset += array.nbytes
     return Layout(tuple(specs), offset)
 
 
@@ -110,31 +118,30 @@ class EncodedModel:
 
     def tensors(self) -> StateDict:
         """The model as views into this buffer, so that a holder of both keeps one copy of the weights."""
-        flat = torch.frombuffer(self.buffer, dtype=torch.uint8) if self.buffer else torch.empty(0, dtype=torch.uint8)
-        return _views(flat, self.layout)
+        return _views(np.frombuffer(self.buffer, dtype=np.uint8), self.layout)
 
 
-def _views(flat: torch.Tensor, layout: Layout) -> StateDict:
+def _views(flat: np.ndarray, layout: Layout) -> StateDict:
     return {
         spec.name: flat[spec.offset : spec.offset + spec.nbytes].view(spec.dtype).reshape(spec.shape)
         for spec in layout.tensors
     }
 
 
-def encode(state: Mapping[str, torch.Tensor], delta_scales: Mapping[str, float] | None = None) -> EncodedModel:
+def empty_model(layout: Layout) -> EncodedModel:
+    """A zeroed buffer for ``layout``, to be filled tensor by tensor through ``tensors()``."""
+    return EncodedModel(layout, bytearray(layout.total_bytes))
+
+
+def encode(state: Mapping[str, np.ndarray], delta_scales: Mapping[str, float] | None = None) -> EncodedModel:
     _require_little_endian()
-    layout = layout_of(state, delta_scales)
-    buffer = bytearray(layout.total_bytes)
-    if layout.total_bytes:
-        flat = torch.frombuffer(buffer, dtype=torch.uint8)
-        for spec in layout.tensors:
-            if spec.nbytes:
-                src = state[spec.name].detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-                flat[spec.offset : spec.offset + spec.nbytes].copy_(src)
-    return EncodedModel(layout, buffer)
+    encoded = empty_model(layout_of(state, delta_scales))
+    for name, target in encoded.tensors().items():
+        target[...] = state[name]
+    return encoded
 
 
-def to_chunks(state: Mapping[str, torch.Tensor], chunk_size: int = CHUNK_SIZE) -> tuple[Layout, Iterator[Chunk]]:
+def to_chunks(state: Mapping[str, np.ndarray], chunk_size: int = CHUNK_SIZE) -> tuple[Layout, Iterator[Chunk]]:
     encoded = encode(state)
     return encoded.layout, encoded.chunks(chunk_size)
 
@@ -144,8 +151,7 @@ def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
 
     Chunks must arrive in order, each starting where the previous one ended."""
     _require_little_endian()
-    buffer = torch.empty(layout.total_bytes, dtype=torch.uint8)
-    target = buffer.numpy()
+    buffer = np.empty(layout.total_bytes, dtype=np.uint8)
     received = 0
     for offset, data in chunks:
         if offset != received:
@@ -154,7 +160,7 @@ def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
         end = received + len(data)
         if end > layout.total_bytes:
             raise WireTooLarge(f"stream longer than the {layout.total_bytes} bytes its header declared")
-        target[received:end] = np.frombuffer(data, dtype=np.uint8)
+        buffer[received:end] = np.frombuffer(data, dtype=np.uint8)
         received = end
     if received != layout.total_bytes:
         raise WireFormatError(f"stream ended after {received} of {layout.total_bytes} bytes")
@@ -205,7 +211,7 @@ def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout
         if t.offset < 0 or t.offset % itemsize or t.offset + t.nbytes > total:
             raise WireFormatError(f"tensor {t.name!r} has an invalid offset {t.offset}")
         scale = t.delta_scale
-        if not (math.isfinite(scale) and scale >= 0) or (scale > 0 and dtype != torch.int8):
+        if not (math.isfinite(scale) and scale >= 0) or (scale > 0 and dtype != np.int8):
             raise WireFormatError(f"tensor {t.name!r} has an invalid delta scale {scale} for {dtype}")
         specs.append(TensorSpec(t.name, dtype, shape, t.offset, t.nbytes, scale))
     ordered = sorted((s for s in specs if s.nbytes), key=lambda s: s.offset)

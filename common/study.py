@@ -25,12 +25,12 @@ from medfed.common.config import build_config, field_default
 from medfed.common.demo import exit_on_sigterm, run_locally
 from medfed.common.errors import DataError
 from medfed.common.image_folder import load_hospital
-from medfed.common.models import MODEL_NAMES
 from medfed.common.partition import SCHEMES
 from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
 from medfed.common.sources import MEDMNIST_SIZES, load_source
 from medfed.common.study_report import write_study
-from medfed.common.training import LR_SCHEDULES, pick_device
+from medfed.common.training import pick_device
 
 EXAMPLES = """
 examples:

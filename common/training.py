@@ -16,8 +16,7 @@ from tqdm import tqdm
 
 from medfed.common.data import Split
 from medfed.common.errors import DeviceError
-
-NORMALIZATION = {"mean": 0.5, "std": 0.5}
+from medfed.common.recipe import NORMALIZATION, lr_factor
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -41,16 +40,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """The learning rate's multiplier at ``step`` (0-based) of ``total``: constant, or cosine decay from 1
-    towards 0 (Loshchilov & Hutter 2017), the same curve over rounds in the federation and over epochs
-    in the baselines."""
-    if schedule == "constant" or total <= 1:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * step / total))
+def tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images and labels as tensors sharing the arrays' memory."""
+    return torch.from_numpy(split.images), torch.from_numpy(split.labels)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -100,6 +92,7 @@ def train_local(
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     n = len(split)
+    images, labels = tensors(split)
     total_loss, correct, seen = 0.0, 0, 0
     for epoch in range(epochs):
         for group in optimizer.param_groups:
@@ -117,10 +110,10 @@ def train_local(
             idx = order[start : start + batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm cannot train on a batch of one
-            x = normalize(split.images[idx]).to(device, non_blocking=True)
+            x = normalize(images[idx]).to(device, non_blocking=True)
             if augment:
                 x = random_affine(x, generator)
-            y = split.labels[idx].to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -157,9 +150,10 @@ def evaluate(
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64)
     total_loss = 0.0
     probabilities = []
+    images, labels = tensors(split)
     for start in range(0, len(split), batch_size):
-        x = normalize(split.images[start : start + batch_size]).to(device)
-        y = split.labels[start : start + batch_size].to(device)
+        x = normalize(images[start : start + batch_size]).to(device)
+        y = labels[start : start + batch_size].to(device)
         logits = model(x)
         total_loss += float(loss_fn(logits, y))
         probabilities.append(torch.softmax(logits.float(), 1).cpu())
@@ -173,7 +167,7 @@ def evaluate(
         float(confusion[c, c]) / float(per_class_total[c]) if per_class_total[c] else None for c in range(num_classes)
     ]
     accuracy = float(confusion.diag().sum()) / n if n else 0.0
-    auc = macro_auc(split.labels.numpy(), torch.cat(probabilities).numpy()) if n else None
+    auc = macro_auc(split.labels, torch.cat(probabilities).numpy()) if n else None
     return Evaluation(n, total_loss / n if n else 0.0, accuracy, per_class, confusion.tolist(), auc)
 
 

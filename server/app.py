@@ -19,29 +19,25 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
-import torch
 
 from medfed.common.accounting import epsilon, rounds_within
 from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
 from medfed.common.compression import ENCODINGS
 from medfed.common.config import build_config, field_default, load_toml, parse_address
-from medfed.common.data import DatasetInfo, HospitalData
+from medfed.common.data import DatasetInfo
 from medfed.common.errors import ConfigError
-from medfed.common.image_folder import load_hospital
-from medfed.common.models import MODEL_NAMES, build_model
 from medfed.common.pki import check_pair, load_cert
-from medfed.common.pretrained import load_pretrained
-from medfed.common.privacy import dp_model_problem
 from medfed.common.processes import share_one_malloc_arena
+from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
+from medfed.common.serde import StateDict
 from medfed.common.tls import server_credentials
-from medfed.common.training import LR_SCHEDULES, pick_device
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.checkpoint import Checkpoint, check_settings, load_checkpoint
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
-from medfed.server.evaluation import Evaluator
-from medfed.server.federation import Evaluate, FederationAborted, central_strategy, run_federation
+from medfed.server.federation import FederationAborted, central_strategy, run_federation
 from medfed.server.health import health_only_server, make_health
+from medfed.server.model_host import ModelHost
 from medfed.server.output import CHECKPOINT_FILE, RunOutput
 from medfed.server.servicer import create_server
 
@@ -201,13 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_privacy(cfg: ServerConfig) -> None:
-    """DP settings that cannot work are start-up errors naming the flag."""
-    if not (cfg.dp_central or cfg.dp_local):
-        return
-    problem = dp_model_problem(build_model(cfg.model, 1, 2))
-    if problem is not None:
-        raise ConfigError(f"--model {cfg.model} cannot be used with differential privacy: {problem}")
-    if cfg.dp_target_epsilon is None:
+    """DP settings that cannot work are start-up errors naming the flag (the model's fit to DP is
+    checked by the model helper, which has PyTorch)."""
+    if not (cfg.dp_central or cfg.dp_local) or cfg.dp_target_epsilon is None:
         return
     strategy = central_strategy(cfg)
     if cfg.dp_noise_multiplier == 0:
@@ -247,7 +239,7 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
-def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, dict[str, torch.Tensor]] | None:
+def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, StateDict] | None:
     if output.nothing_completed():
         log.warning("--resume: %s holds no completed round yet; starting at round 1", cfg.out)
         return None
@@ -260,12 +252,6 @@ def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, dict[str,
         )
     output.truncate_history(checkpoint.round)
     return checkpoint, state
-
-
-def _evaluator_factory(cfg: ServerConfig, test: HospitalData | None, device: torch.device) -> Evaluate | None:
-    if test is None:
-        return None
-    return Evaluator(test.split("test"), test.info, cfg.model, device)
 
 
 def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenticator | None]:
@@ -306,19 +292,34 @@ def _run(argv: Sequence[str] | None) -> int:
         )
     check_privacy(cfg)
     credentials, authenticator = _tls(cfg)
-    test = load_hospital(cfg.test_data, require=("test",), image_size=cfg.image_size) if cfg.test_data else None
-    device = pick_device(cfg.device)
     check_bindable(cfg.address)
+    with ModelHost(verbose=cfg.verbose) as models:
+        return _serve(cfg, models, credentials, authenticator)
+
+
+def _serve(
+    cfg: ServerConfig,
+    models: ModelHost,
+    credentials: grpc.ServerCredentials | None,
+    authenticator: PeerAuthenticator | None,
+) -> int:
     output = RunOutput(cfg.out)
+    fresh = not cfg.resume or output.nothing_completed()
+    info = models.check(
+        model=cfg.model,
+        dp=cfg.dp_central or cfg.dp_local,
+        test_data=str(cfg.test_data) if cfg.test_data else None,
+        image_size=cfg.image_size,
+        device=cfg.device,
+        pretrained=str(cfg.pretrained) if cfg.pretrained else None,
+        check_pretrained=fresh,  # refuse a wrong file now, not when hospitals have joined
+    )
     resume = _resume(cfg, output) if cfg.resume else None
     if resume is None:
         output.prepare(force=cfg.force or cfg.resume)
-
-    info: DatasetInfo | None = test.info if test else None
-    if cfg.pretrained is not None and resume is None:  # refuse a wrong file now, not when hospitals have joined
-        load_pretrained(build_model(cfg.model, info.channels if info else 3, info.num_classes if info else 2),
-                        cfg.pretrained)  # fmt: skip
-    if resume is not None:
+    else:
+        if info is None:
+            models.close()  # the checkpoint has the model and there is no test set: PyTorch is not needed
         saved = DatasetInfo.model_validate(resume[0].data)
         if info is not None and (reason := saved.mismatch(info)):
             raise ConfigError(f"--test-data: its {reason} (the run being resumed used {saved.dataset})")
@@ -363,7 +364,7 @@ def _run(argv: Sequence[str] | None) -> int:
     received: list[int] = []
     _install_signal_handlers(coordinator, received)
     try:
-        run_federation(cfg, coordinator, output, lambda _info: _evaluator_factory(cfg, test, device), resume)
+        run_federation(cfg, coordinator, output, models, resume)
         untold = coordinator.wait_until_told(cfg.finish_grace)
         if untold:
             log.warning("did not hear from %s after the last round", ", ".join(untold))

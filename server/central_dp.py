@@ -22,11 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from medfed.common.accounting import Spend
 from medfed.common.privacy import add_gaussian_noise, apply_update, clip_update, difference, secure_generator
-from medfed.server.strategy import AggregationError, StateDict, SumAccumulator, check_update
+from medfed.common.serde import StateDict, is_float
+from medfed.server.strategy import AggregationError, SumAccumulator, check_update
 
 COUNT_SHARE = 0.05
 
@@ -57,7 +58,7 @@ class DpFedAvg:
         noise_multiplier: float,
         *,
         adaptive: AdaptiveClipping | None = None,
-        generator: Callable[[], torch.Generator] = secure_generator,
+        generator: Callable[[], np.random.Generator] = secure_generator,
     ) -> None:
         if not (clip > 0 and noise_multiplier >= 0):
             raise ValueError("central DP needs C > 0 and σ ≥ 0")
@@ -77,15 +78,15 @@ class DpFedAvg:
             count_noise_multiplier=self.count_noise_multiplier,
         )
 
-    def begin(self, global_state: Mapping[str, torch.Tensor]) -> DpAccumulator:
+    def begin(self, global_state: Mapping[str, np.ndarray]) -> DpAccumulator:
         return DpAccumulator(self, global_state)
 
-    def settle(self, unclipped: int, updates: int, generator: torch.Generator) -> tuple[float, float | None]:
+    def settle(self, unclipped: int, updates: int, generator: np.random.Generator) -> tuple[float, float | None]:
         """After a round: the next C and the noised fraction of updates that needed no clipping."""
         if self.adaptive is None:
             return self.clip, None
         std = (self.count_noise_multiplier or 0.0) / 2  # centred counts: one hospital moves the sum by 1/2
-        noise = float(torch.normal(0.0, std, size=(), generator=generator)) if std else 0.0
+        noise = float(generator.normal(0.0, std)) if std else 0.0
         fraction = (unclipped - updates / 2 + noise) / updates + 0.5
         self.clip *= math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile))
         return self.clip, fraction
@@ -104,7 +105,7 @@ class DpFedAvg:
 class DpAccumulator(SumAccumulator):
     """Running sum of clipped updates; ``result`` adds the noise once and moves the clipping bound."""
 
-    def __init__(self, strategy: DpFedAvg, global_state: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, strategy: DpFedAvg, global_state: Mapping[str, np.ndarray]) -> None:
         super().__init__(global_state)
         self._strategy = strategy
         self._clip = strategy.clip
@@ -113,13 +114,13 @@ class DpAccumulator(SumAccumulator):
         self._result: StateDict | None = None
         self.round_info: CentralRound | None = None
 
-    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
         if self._result is not None:
             raise AggregationError("this round's aggregate has already been released")
         check_update(self._sums, update, num_examples)
         clipped, norm = clip_update(difference(update, self._global), self._clip)
         for name, value in clipped.items():
-            self._sums[name].add_(value)
+            self._sums[name] += value
         self._unclipped += norm <= self._clip
         self._counted(num_examples)
 
@@ -130,7 +131,7 @@ class DpAccumulator(SumAccumulator):
         if self._num_updates == 0:
             raise AggregationError("no updates to aggregate")
         generator = self._strategy._generator()
-        floats = {k: v for k, v in self._sums.items() if self._global[k].is_floating_point()}
+        floats = {k: v for k, v in self._sums.items() if is_float(self._global[k].dtype)}
         noised = add_gaussian_noise(floats, self._strategy.update_noise_multiplier * self._clip, generator)
         mean = {k: v / self._num_updates for k, v in noised.items()}
         self._result = apply_update(self._global, mean)

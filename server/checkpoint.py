@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file, save_file
 
 from medfed.common.checkpoint import write_json
 from medfed.common.errors import ConfigError
@@ -52,10 +52,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: Path, checkpoint: Checkpoint, state: Mapping[str, torch.Tensor]) -> None:
+def save_checkpoint(directory: Path, checkpoint: Checkpoint, state: Mapping[str, np.ndarray]) -> None:
     model_path = directory / checkpoint.model_file
     tmp = model_path.with_name(f".{model_path.name}.tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
+    save_file({k: np.asarray(v, order="C") for k, v in state.items()}, str(tmp))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, model_path)
@@ -66,7 +66,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint, state: Mapping[str,
             old.unlink(missing_ok=True)
 
 
-def load_checkpoint(directory: Path) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+def load_checkpoint(directory: Path) -> tuple[Checkpoint, dict[str, np.ndarray]]:
     """The last complete checkpoint in ``directory``; ConfigError (naming --resume) when there is none."""
     path = directory / CHECKPOINT_FILE
     if not path.exists():

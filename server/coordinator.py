@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
-import torch
+import numpy as np
 
 from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form
 from medfed.common.config import HOSPITAL_NAME
 from medfed.common.data import DatasetInfo
-from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
+from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, is_float, layout_of
 from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
 from medfed.server.errors import (
     DuplicateUpdate,
@@ -135,7 +135,7 @@ class PendingUpdate:
         self._layout = layout
         self.name = contribution.name
 
-    def commit(self, state: Mapping[str, torch.Tensor]) -> None:
+    def commit(self, state: Mapping[str, np.ndarray]) -> None:
         """Fold the received tensors (as the header described them) into the round."""
         decoded = DecodedUpdate(state, self._layout, self._round.task.payload.tensors())
         self._coordinator._fold(self._round, self._contribution, state, decoded)
@@ -341,7 +341,7 @@ class Coordinator:
         round_number: int,
         num_examples: int,
         metrics: Mapping[str, float],
-        state: Mapping[str, torch.Tensor],
+        state: Mapping[str, np.ndarray],
         *,
         caller: str | None = None,
     ) -> None:
@@ -366,15 +366,15 @@ class Coordinator:
         self,
         current: _OpenRound,
         contribution: Contribution,
-        state: Mapping[str, torch.Tensor],
-        decoded: Mapping[str, torch.Tensor],
+        state: Mapping[str, np.ndarray],
+        decoded: Mapping[str, np.ndarray],
     ) -> None:
         """``state`` as received (checked for non-finite values), ``decoded`` its full values."""
         with self._fold_lock:
             with self._cond:
                 if self._round is not current:
                     raise Rejected(f"round {current.task.round} closed while the update was being received")
-            bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            bad = next((k for k, v in state.items() if is_float(v.dtype) and not np.isfinite(v).all()), None)
             if bad is not None:
                 raise InvalidUpdate(f"tensor {bad!r} holds NaN or infinite values")
             try:

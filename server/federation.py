@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Protocol
 
 from medfed.common import __version__
 from medfed.common.data import DatasetInfo
-from medfed.common.models import build_model
-from medfed.common.pretrained import load_pretrained
-from medfed.common.serde import EncodedModel, encode
-from medfed.common.training import NORMALIZATION, lr_factor
+from medfed.common.processes import peak_rss_mb
+from medfed.common.recipe import NORMALIZATION, lr_factor
+from medfed.common.serde import EncodedModel, StateDict, encode
 from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint
@@ -36,32 +31,26 @@ from medfed.server.strategy import FedAvg, Strategy
 log = logging.getLogger("medfed.server")
 
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far (ru_maxrss is in KiB on Linux, bytes on macOS)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+class Models(Protocol):
+    """Where PyTorch lives for the driver (medfed.server.model_host runs it in a helper process)."""
+
+    peak_rss_mb: float | None
+    """the helper process's peak memory as last reported (None in-process)"""
+
+    def initial_model(self, info: DatasetInfo, seed: int) -> EncodedModel:
+        """The first global model, for hospitals whose data ``info`` describes."""
+        ...
+
+    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
+        """Test-set metrics of ``model``; None when the run has no test set."""
+        ...
 
 
-Evaluate = Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
 JOIN_LOG_INTERVAL = 30.0
 
 
 class FederationAborted(Exception):
     """The run was stopped (signal, or no hospitals in time) before its last round."""
-
-
-def initial_state(
-    model_name: str, info: DatasetInfo, seed: int, pretrained: Path | None = None
-) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = build_model(model_name, info.channels, info.num_classes)
-    if pretrained is not None:
-        load_pretrained(model, pretrained)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def choose(hospitals: list[str], count: int | None, rng: random.Random) -> list[str]:
@@ -94,7 +83,7 @@ def _run_round(
     coordinator: Coordinator,
     task: Task,
     strategy: Strategy,
-    global_state: dict[str, torch.Tensor],
+    global_state: StateDict,
     selected: list[str],
 ) -> RoundOutcome:
     min_fit = cfg.effective_min_fit
@@ -153,17 +142,16 @@ class _Run:
     last_eval: dict[str, Any]
 
     @property
-    def global_state(self) -> dict[str, torch.Tensor]:
+    def global_state(self) -> StateDict:
         """Views into ``payload``: the coordinator holds one copy of the global model, not two."""
         return self.payload.tensors()
 
 
-def _start(cfg: ServerConfig, info: DatasetInfo, resume: tuple[Checkpoint, dict[str, torch.Tensor]] | None) -> _Run:
+def _start(cfg: ServerConfig, info: DatasetInfo, models: Models, resume: tuple[Checkpoint, StateDict] | None) -> _Run:
     central = central_strategy(cfg) if cfg.dp_central else None
     privacy = PrivacyRecorder(central, cfg.central_delta)
     if resume is None:
-        state = initial_state(cfg.model, info, cfg.seed, cfg.pretrained)
-        return _Run(0, encode(state), random.Random(cfg.seed), central, privacy, {})
+        return _Run(0, models.initial_model(info, cfg.seed), random.Random(cfg.seed), central, privacy, {})
     checkpoint, state = resume
     rng = random.Random()
     version, internal, gauss = checkpoint.rng_state
@@ -195,15 +183,14 @@ def run_federation(
     cfg: ServerConfig,
     coordinator: Coordinator,
     output: RunOutput,
-    evaluator_factory: Callable[[DatasetInfo], Evaluate | None],
-    resume: tuple[Checkpoint, dict[str, torch.Tensor]] | None = None,
+    models: Models,
+    resume: tuple[Checkpoint, StateDict] | None = None,
 ) -> int:
     """Run every round (after the checkpoint's, when resuming); returns the number completed.
 
     Raises FederationAborted when stopped early; the last completed round is checkpointed."""
     info = _wait_for_hospitals(cfg, coordinator)
-    evaluate = evaluator_factory(info)
-    run = _start(cfg, info, resume)
+    run = _start(cfg, info, models, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
     strategy: Strategy = run.central or FedAvg()
     if run.central is not None:
@@ -236,9 +223,10 @@ def run_federation(
             "bytes_down": outcome.bytes_sent,
             "bytes_up": outcome.bytes_received,
             "server_peak_rss_mb": peak_rss_mb(),
+            "model_helper_peak_rss_mb": models.peak_rss_mb,
         }
-        if evaluate is not None:
-            run.last_eval = evaluate(run.global_state)
+        if (metrics := models.evaluate(run.payload)) is not None:
+            run.last_eval = metrics
             record.update(run.last_eval)
             record["hospital_class_accuracy"] = {
                 name: class_subset_accuracy(run.last_eval["confusion_matrix"], classes)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from medfed.common.checkpoint import METADATA_FILE, MODEL_FILE, save_model
 from medfed.common.errors import ConfigError
@@ -89,6 +89,6 @@ class RunOutput:
             f.flush()
             os.fsync(f.fileno())
 
-    def save_model(self, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+    def save_model(self, state: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> Path:
         model_path, _ = save_model(self.directory, state, metadata)
         return model_path

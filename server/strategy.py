@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-import torch
+import numpy as np
 
-StateDict = dict[str, torch.Tensor]
+from medfed.common.serde import StateDict, is_float
 
 
 class AggregationError(ValueError):
@@ -32,7 +32,7 @@ class Accumulator(Protocol):
     @property
     def num_examples(self) -> int: ...
 
-    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None: ...
+    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None: ...
 
     def result(self) -> StateDict: ...
 
@@ -40,12 +40,12 @@ class Accumulator(Protocol):
 class Strategy(Protocol):
     name: str
 
-    def begin(self, global_state: Mapping[str, torch.Tensor]) -> Accumulator:
+    def begin(self, global_state: Mapping[str, np.ndarray]) -> Accumulator:
         """Start a round whose updates will be combined against ``global_state``."""
         ...
 
 
-def check_update(template: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+def check_update(template: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], num_examples: int) -> None:
     """Check everything about an update before any accumulator changes."""
     if num_examples <= 0:
         raise AggregationError(f"an update must come from at least one example, got {num_examples}")
@@ -62,8 +62,8 @@ def check_update(template: Mapping[str, torch.Tensor], update: Mapping[str, torc
 class SumAccumulator:
     """The part every accumulator shares: float64 sums shaped like the model, and what went into them."""
 
-    def __init__(self, template: Mapping[str, torch.Tensor]) -> None:
-        self._sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in template.items()}
+    def __init__(self, template: Mapping[str, np.ndarray]) -> None:
+        self._sums = {k: np.zeros(v.shape, dtype=np.float64) for k, v in template.items()}
         self._num_updates = 0
         self._num_examples = 0
 
@@ -83,17 +83,17 @@ class SumAccumulator:
 class FedAvgAccumulator(SumAccumulator):
     """Running float64 sums of n_i * w_i; ``result`` divides by sum(n_i)."""
 
-    def __init__(self, template: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, template: Mapping[str, np.ndarray]) -> None:
         super().__init__(template)
         self._dtypes = {k: v.dtype for k, v in template.items()}
         self._result: StateDict | None = None
 
-    def add(self, update: Mapping[str, torch.Tensor], num_examples: int) -> None:
+    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
         if self._result is not None:
             raise AggregationError("this round has already been aggregated")
         check_update(self._sums, update, num_examples)
         for name, total in self._sums.items():
-            total.add_(update[name].detach().to(device="cpu", dtype=torch.float64), alpha=num_examples)
+            total += np.multiply(update[name], num_examples, dtype=np.float64)
         self._counted(num_examples)
 
     def result(self) -> StateDict:
@@ -104,14 +104,16 @@ class FedAvgAccumulator(SumAccumulator):
             raise AggregationError("no updates to aggregate")
         out: StateDict = {}
         for name in list(self._sums):
-            mean = self._sums.pop(name).div_(self._num_examples)
+            mean = self._sums.pop(name)
+            mean /= self._num_examples
             dtype = self._dtypes[name]
-            if dtype == torch.bool:
-                out[name] = mean > 0.5
-            elif dtype.is_floating_point:
-                out[name] = mean.to(dtype)
+            if dtype == np.bool_:
+                value = mean > 0.5
+            elif is_float(dtype):
+                value = mean.astype(dtype)
             else:
-                out[name] = torch.round(mean).to(dtype)
+                value = np.rint(mean).astype(dtype)
+            out[name] = np.asarray(value)  # numpy turns 0-d results (BatchNorm's counter) into scalars
         self._result = out
         return out
 
@@ -121,11 +123,11 @@ class FedAvg:
 
     name = "fedavg"
 
-    def begin(self, global_state: Mapping[str, torch.Tensor]) -> FedAvgAccumulator:
+    def begin(self, global_state: Mapping[str, np.ndarray]) -> FedAvgAccumulator:
         return FedAvgAccumulator(global_state)
 
 
-def fedavg(updates: Iterable[tuple[Mapping[str, torch.Tensor], int]]) -> StateDict:
+def fedavg(updates: Iterable[tuple[Mapping[str, np.ndarray], int]]) -> StateDict:
     """The batch form of FedAvg over (state_dict, num_examples) pairs."""
     accumulator: FedAvgAccumulator | None = None
     for update, num_examples in updates:

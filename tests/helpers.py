@@ -5,12 +5,32 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from medfed.common.data import DatasetInfo
+from medfed.common.models import build_model
 from medfed.common.processes import ProcessGroup
+from medfed.common.serde import EncodedModel, encode
 from medfed.common.sources import SourceDataset
+from medfed.common.torch_state import to_numpy
+
+
+class InProcessModels:
+    """The driver's Models without a helper process (what medfed.server.model_worker does), no test set."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.peak_rss_mb: float | None = None
+
+    def initial_model(self, info: DatasetInfo, seed: int) -> EncodedModel:
+        torch.manual_seed(seed)
+        return encode(to_numpy(build_model(self.model, info.channels, info.num_classes).state_dict()))
+
+    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
+        return None
 
 
 def synthetic_dataset(

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
-import torch
 
 from medfed.common.checkpoint import load_model
 from medfed.common.data import DatasetInfo
-from medfed.common.serde import encode, from_chunks, layout_from_proto, layout_to_proto
+from medfed.common.serde import encode, from_chunks, is_float, layout_from_proto, layout_to_proto
 from medfed.common.transport import channel_options
 from medfed.common.wire import info_to_proto
 from medfed.proto.v1 import federation_pb2 as pb
@@ -25,10 +25,11 @@ from medfed.server.federation import run_federation
 from medfed.server.output import RunOutput
 from medfed.server.servicer import create_server
 from medfed.server.strategy import fedavg
+from tests.helpers import InProcessModels
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 Code = grpc.StatusCode
-State = dict[str, torch.Tensor]
+State = dict[str, np.ndarray]
 
 
 @dataclass
@@ -87,7 +88,7 @@ def status(call: Callable[[], object]) -> Code:
 
 
 def shifted(state: State, by: float) -> State:
-    return {k: v + by if v.is_floating_point() else v.clone() for k, v in state.items()}
+    return {k: (v + by).astype(v.dtype) if is_float(v.dtype) else v.copy() for k, v in state.items()}
 
 
 def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Federation) -> None:
@@ -98,7 +99,9 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
     )
     output = RunOutput(cfg.out)
     output.prepare(force=False)
-    driver = threading.Thread(target=run_federation, args=(cfg, federation.coordinator, output, lambda _info: None))
+    driver = threading.Thread(
+        target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))
+    )
     driver.start()
     _, model = fetch(stub, hostile)
     update_a, update_b = shifted(model, 1.0), shifted(model, 3.0)
@@ -115,11 +118,11 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
 
     good = messages(hostile, model)
     renamed = {("x" + k if i == 0 else k): v for i, (k, v) in enumerate(model.items())}
-    first = next(k for k, v in model.items() if v.is_floating_point() and v.dim() > 1)
+    first = next(k for k, v in model.items() if is_float(v.dtype) and v.ndim > 1)
     reshaped = {k: (v.reshape(-1) if k == first else v) for k, v in model.items()}
-    retyped = {k: (v.double() if k == first else v) for k, v in model.items()}
+    retyped = {k: (v.astype(np.float64) if k == first else v) for k, v in model.items()}
     nan, inf = shifted(model, 0.0), shifted(model, 0.0)
-    nan[first].view(-1)[0], inf[first].view(-1)[-1] = float("nan"), float("inf")
+    nan[first].reshape(-1)[0], inf[first].reshape(-1)[-1] = float("nan"), float("inf")
     too_many = dict.fromkeys((f"m{i}" for i in range(65)), 1.0)
     bad_info = INFO.model_copy(update={"class_names": tuple(f"c{i}" for i in range(1001))})
     end = good[0].header.tensors.total_bytes
@@ -189,7 +192,7 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
     assert [r["clients"] for r in history] == [["honest_a", "honest_b"]]
     final, _ = load_model(federation.out)
     expected = fedavg([(update_a, 10), (update_b, 30)])
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert all(np.array_equal(final[k], expected[k]) for k in expected)
 
 
 def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federation: Federation) -> None:
@@ -200,7 +203,9 @@ def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federat
     )
     output = RunOutput(cfg.out)
     output.prepare(force=False)
-    driver = threading.Thread(target=run_federation, args=(cfg, federation.coordinator, output, lambda _info: None))
+    driver = threading.Thread(
+        target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))
+    )
     driver.start()
     _, model = fetch(stub, a)
     update_a = shifted(model, 1.0)
@@ -232,4 +237,4 @@ def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federat
     assert history[0]["clients"] == ["hospital_a", "hospital_b"] and history[0]["num_examples"] == 20
     final, _ = load_model(federation.out)
     expected = fedavg([(update_a, 10), (shifted(model, 3.0), 10)])
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert all(np.array_equal(final[k], expected[k]) for k in expected)

@@ -142,7 +142,7 @@ def test_the_handshake_refuses_bad_client_certificates(certs: Pki, live: Live, c
 
 
 def test_a_hospital_the_coordinator_refuses_stops_within_30_seconds_with_a_reason(certs: Pki, live: Live) -> None:
-    train = Split(torch.zeros((5, 1, 4, 4), dtype=torch.uint8), torch.zeros(5).long())
+    train = Split(np.zeros((5, 1, 4, 4), dtype=np.uint8), np.zeros(5, dtype=np.int64))
     data = HospitalData(Path("h"), "hospital_a", INFO, {"train": train})
     cert, key = certs.cert("foreign")  # issued by another CA; this hospital trusts the federation's CA
     server = f"localhost:{live.port}"

@@ -4,8 +4,8 @@ import threading
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 import pytest
-import torch
 
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import encode, from_chunks, layout_from_proto, layout_to_proto
@@ -19,8 +19,8 @@ from medfed.server.strategy import FedAvg
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 GLOBAL = {
-    "big": torch.arange(6_000_000, dtype=torch.float32),
-    "n": torch.tensor(3),
+    "big": np.arange(6_000_000, dtype=np.float32),
+    "n": np.array(3),
 }  # 24 MB: 6x the 4 MiB limit
 
 
@@ -44,7 +44,7 @@ def open_round(coordinator: Coordinator, names: list[str]) -> None:
     coordinator.open_round(task, names, FedAvg().begin(GLOBAL))
 
 
-def update_messages(session: str, state: dict[str, torch.Tensor]) -> Iterator[pb.UpdateMessage]:
+def update_messages(session: str, state: dict[str, np.ndarray]) -> Iterator[pb.UpdateMessage]:
     encoded = encode(state)
     yield pb.UpdateMessage(
         header=pb.UpdateHeader(
@@ -70,9 +70,9 @@ def test_models_larger_than_the_message_limit_stream_both_ways(federation) -> No
     received = from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), chunks)
     reply = stub.SubmitUpdate(update_messages(session, received), timeout=30)
 
-    assert header.round == 1 and torch.equal(received["big"], GLOBAL["big"])
+    assert header.round == 1 and np.array_equal(received["big"], GLOBAL["big"])
     assert "accepted" in reply.message
-    assert torch.equal(coordinator.close_round().accumulator.result()["big"], GLOBAL["big"])
+    assert np.array_equal(coordinator.close_round().accumulator.result()["big"], GLOBAL["big"])
 
 
 def test_malformed_update_streams_get_invalid_argument(federation) -> None:
@@ -85,7 +85,7 @@ def test_malformed_update_streams_get_invalid_argument(federation) -> None:
         "no header": valid[1:],
         "two headers": [valid[0], valid[0], *valid[1:]],
         "truncated": valid[:-1],
-        "wrong tensors": list(update_messages(session, {"other": torch.zeros(2)})),
+        "wrong tensors": list(update_messages(session, {"other": np.zeros(2, dtype=np.float32)})),
     }
     for what, messages in cases.items():
         with pytest.raises(grpc.RpcError) as err:

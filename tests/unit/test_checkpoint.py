@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 from medfed.common.errors import ConfigError
 from medfed.server import checkpoint as ckpt
@@ -13,7 +13,7 @@ from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, check_settings, 
 from medfed.server.output import RunOutput
 
 
-def make(round_number: int) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+def make(round_number: int) -> tuple[Checkpoint, dict[str, np.ndarray]]:
     checkpoint = Checkpoint(
         round=round_number,
         model_file=MODEL_PATTERN.format(round_number),
@@ -25,7 +25,7 @@ def make(round_number: int) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
         privacy={},
         last_eval={},
     )
-    return checkpoint, {"w": torch.full((3,), float(round_number))}
+    return checkpoint, {"w": np.full(3, float(round_number), dtype=np.float32), "n": np.array(round_number)}
 
 
 def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
@@ -35,7 +35,8 @@ def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
     loaded, loaded_state = load_checkpoint(tmp_path)
 
     assert loaded == checkpoint
-    assert torch.equal(loaded_state["w"], state["w"])
+    assert np.array_equal(loaded_state["w"], state["w"]) and loaded_state["w"].dtype == np.float32
+    assert loaded_state["n"].shape == () and loaded_state["n"].item() == 4  # 0-d stays 0-d
 
 
 @pytest.mark.parametrize("crash_at", ["model rename", "checkpoint rename"])
@@ -60,7 +61,7 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_loadable(
 
     loaded, state = load_checkpoint(tmp_path)
     assert loaded.round == 1
-    assert torch.equal(state["w"], torch.full((3,), 1.0))
+    assert np.array_equal(state["w"], np.full(3, 1.0))
 
 
 def test_older_model_files_are_removed_only_after_the_new_checkpoint_is_in_place(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 import threading
 
+import numpy as np
 import pytest
-import torch
 
 from medfed.common.data import DatasetInfo
 from medfed.common.serde import encode, layout_of
@@ -23,7 +23,7 @@ from medfed.server.coordinator import (
 from medfed.server.strategy import FedAvg
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
-GLOBAL = {"w": torch.zeros(3), "n": torch.tensor(0)}
+GLOBAL = {"w": np.zeros(3, dtype=np.float32), "n": np.array(0)}
 
 
 def open_round(coordinator: Coordinator, number: int, selected: list[str]) -> Task:
@@ -32,8 +32,8 @@ def open_round(coordinator: Coordinator, number: int, selected: list[str]) -> Ta
     return task
 
 
-def update(value: float) -> dict[str, torch.Tensor]:
-    return {"w": torch.full((3,), value), "n": torch.tensor(2)}
+def update(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(3, value, dtype=np.float32), "n": np.array(2)}
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_updates_are_weighted_and_the_round_closes_when_all_reported(coordinator
     closed = coordinator.close_round()
 
     assert outcome.missing == [] and [c.name for c in closed.contributions] == ["hospital_a", "hospital_b"]
-    assert torch.allclose(closed.accumulator.result()["w"], torch.full((3,), 2.5))
+    np.testing.assert_allclose(closed.accumulator.result()["w"], np.full(3, 2.5))
     assert closed.contributions[0].metrics == {"loss": 0.5}
 
 
@@ -103,7 +103,7 @@ def test_invalid_updates_are_refused_and_leave_the_aggregate_untouched(coordinat
     with pytest.raises(InvalidUpdate, match=r"num_examples 11 is outside 1\.\.10"):
         coordinator.submit_update(a, 1, 11, {}, update(1.0))
     with pytest.raises(InvalidUpdate, match=r"tensor 'w' has shape \(4,\), the model's is \(3,\)"):
-        coordinator.begin_update(a, 1, 10, {}, layout_of({"w": torch.zeros(4), "n": torch.tensor(0)}))
+        coordinator.begin_update(a, 1, 10, {}, layout_of({"w": np.zeros(4, dtype=np.float32), "n": np.array(0)}))
     coordinator.submit_update(a, 1, 10, {}, update(1.0))
 
     assert coordinator.close_round().accumulator.num_updates == 1
@@ -203,7 +203,7 @@ def test_over_selection_closes_at_the_first_k_updates_and_refuses_the_straggler(
 
     assert [c.name for c in closed.contributions] == ["hospital_b", "hospital_c"]
     assert outcome.missing == ["hospital_a"]
-    assert torch.allclose(closed.accumulator.result()["w"], torch.full((3,), 2.0))
+    np.testing.assert_allclose(closed.accumulator.result()["w"], np.full(3, 2.0))
     with pytest.raises(Rejected, match="round 1 is not open"):
         coordinator.submit_update(sessions["hospital_a"], 1, 10, {}, update(9.0))
 
@@ -264,7 +264,7 @@ def test_uploads_beyond_the_receive_slots_wait_for_a_free_one() -> None:
 
     assert blocked_while_first_holds_the_slot
     assert entered.is_set()
-    assert torch.allclose(coordinator.close_round().accumulator.result()["w"], torch.full((3,), 2.0))
+    np.testing.assert_allclose(coordinator.close_round().accumulator.result()["w"], np.full(3, 2.0))
 
 
 def test_an_upload_waiting_for_a_slot_is_refused_when_its_round_closes() -> None:

@@ -14,6 +14,7 @@ from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, Finished, Task
 from medfed.server.federation import FederationAborted, choose, run_federation
 from medfed.server.output import RunOutput
+from tests.helpers import InProcessModels
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 
@@ -48,7 +49,7 @@ def history(tmp_path: Path) -> list[dict]:
 def run(cfg: ServerConfig, coordinator: Coordinator) -> None:
     output = RunOutput(cfg.out)
     output.prepare(force=False)
-    run_federation(cfg, coordinator, output, lambda _info: None)
+    run_federation(cfg, coordinator, output, InProcessModels(cfg.model))
 
 
 def test_every_round_samples_clients_per_round_hospitals_reproducibly(tmp_path: Path) -> None:

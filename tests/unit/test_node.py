@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import torch
 
@@ -17,9 +18,9 @@ from medfed.proto.v1 import federation_pb2 as pb
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(4, 4))
 DATA = HospitalData(
-    Path("h"), "hospital_a", INFO, {"train": Split(torch.zeros((5, 1, 4, 4), dtype=torch.uint8), torch.zeros(5).long())}
+    Path("h"), "hospital_a", INFO, {"train": Split(np.zeros((5, 1, 4, 4), dtype=np.uint8), np.zeros(5, dtype=np.int64))}
 )
-MODEL = {"w": torch.arange(4.0)}
+MODEL = {"w": np.arange(4.0, dtype=np.float32)}
 
 
 class FakeRpcError(grpc.RpcError, grpc.Call):

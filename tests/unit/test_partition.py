@@ -74,7 +74,7 @@ def test_folders_are_written_and_load_back_with_their_label_counts(tmp_path: Pat
     a = load_folder(tmp_path / "hospital_a")
     assert a.name == "hospital_a" and a.info == dataset.info
     assert manifests["hospital_a"].counts["train"][0] == 0
-    assert np.bincount(a.split("train").labels.numpy(), minlength=4).tolist() == manifests["hospital_a"].counts["train"]
+    assert np.bincount(a.split("train").labels, minlength=4).tolist() == manifests["hospital_a"].counts["train"]
     test = load_folder(tmp_path / "test", require=("test",))
     assert len(test.split("test")) == len(dataset.splits["test"][1])
 

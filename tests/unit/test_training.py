@@ -1,20 +1,22 @@
 import copy
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from medfed.common.data import Split
 from medfed.common.errors import DeviceError, UnknownModelError
-from medfed.common.models import MODEL_NAMES, build_model
-from medfed.common.training import evaluate, lr_factor, pick_device, random_affine, train_local
+from medfed.common.models import build_model
+from medfed.common.recipe import MODEL_NAMES, lr_factor
+from medfed.common.training import evaluate, pick_device, random_affine, train_local
 from medfed.common.wire import TrainSettings, settings_from_proto, settings_to_proto
 
 
 def split(n: int = 64, seed: int = 0) -> Split:
-    gen = torch.Generator().manual_seed(seed)
-    return Split(torch.randint(0, 256, (n, 1, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(n) % 3)
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8), np.arange(n) % 3)
 
 
 def test_training_is_reproducible_from_its_seed_dropout_included() -> None:
@@ -36,7 +38,7 @@ def test_evaluate_counts_per_class_and_confusion() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.tensor([0.0, 1.0, 0.0]).repeat(len(x), 1)
 
-    data = Split(torch.zeros((4, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 1, 0]))
+    data = Split(np.zeros((4, 1, 8, 8), dtype=np.uint8), np.array([0, 1, 1, 0]))
 
     result = evaluate(Constant(), data, num_classes=3, device=torch.device("cpu"))
 

@@ -1,0 +1,145 @@
+"""The coordinator's PyTorch helper (medfed.server.model_host / model_worker) and the coordinator's
+promise that it never imports PyTorch itself."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medfed.common.data import DatasetInfo, Split
+from medfed.common.errors import ConfigError, DataError, DeviceError, UnknownModelError
+from medfed.common.models import build_model
+from medfed.common.partition_cli import partition_to_folders
+from medfed.common.serde import encode
+from medfed.common.torch_state import to_numpy
+from medfed.common.training import evaluate
+from medfed.server.model_host import ModelHost, ModelHostError, receive, send
+from tests.helpers import InProcessModels, synthetic_dataset
+
+INFO = DatasetInfo(dataset="t", channels=1, class_names=("a", "b", "c", "d"), image_size=(12, 12))
+
+
+def check(host: ModelHost, **changes: object) -> DatasetInfo | None:
+    settings: dict[str, object] = {
+        "model": "cnn", "dp": False, "test_data": None, "image_size": None, "device": "cpu",
+        "pretrained": None, "check_pretrained": True,
+    }  # fmt: skip
+    settings.update(changes)
+    return host.check(**settings)  # type: ignore[arg-type]
+
+
+def test_messages_and_models_cross_the_pipe_framing_intact() -> None:
+    model = encode({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(4)})
+    stream = io.BytesIO()
+
+    send(stream, {"op": "x"}, model)
+    send(stream, {"op": "y"})
+    stream.seek(0)
+    first, second, end = receive(stream), receive(stream), receive(stream)
+
+    assert first is not None and first[0]["op"] == "x" and first[1] is not None
+    assert all(np.array_equal(first[1].tensors()[k], model.tensors()[k]) for k in ("w", "n"))
+    assert second == ({"op": "y"}, None) and end is None
+
+
+def test_a_cut_off_model_is_an_error_not_a_short_model() -> None:
+    stream = io.BytesIO()
+    send(stream, {"op": "x"}, encode({"w": np.ones(100, dtype=np.float32)}))
+    cut = io.BytesIO(stream.getvalue()[:-10])
+
+    with pytest.raises(EOFError, match="ended after"):
+        receive(cut)
+
+
+def test_the_helper_builds_the_same_first_model_as_pytorch_in_process() -> None:
+    with ModelHost() as host:
+        assert check(host) is None
+
+        model = host.initial_model(INFO, seed=7)
+
+    expected = InProcessModels("cnn").initial_model(INFO, seed=7).tensors()
+    got = model.tensors()
+    assert got.keys() == expected.keys()
+    assert all(np.array_equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in expected)
+
+
+def test_the_helper_evaluates_like_training_evaluate(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(num_classes=4, size=12, per_class=(8, 4, 20))
+    partition_to_folders(dataset, tmp_path / "data", clients=2, scheme="iid")
+    torch.manual_seed(1)
+    network = build_model("cnn", 1, 4)
+    test = dataset.splits["test"]
+
+    with ModelHost() as host:
+        info = check(host, test_data=str(tmp_path / "data" / "test"))
+        metrics = host.evaluate(encode(to_numpy(network.state_dict())))
+
+    images, labels = test
+    expected = evaluate(network, Split(np.ascontiguousarray(images[:, None]), labels), 4, torch.device("cpu"))
+    assert info == dataset.info
+    assert metrics is not None and metrics["test_examples"] == len(labels)
+    assert metrics["accuracy"] == pytest.approx(expected.accuracy)
+    assert metrics["confusion_matrix"] == expected.confusion
+    assert host.peak_rss_mb is not None and host.peak_rss_mb > 0
+
+
+def test_without_a_test_set_the_helper_exits_once_the_first_model_exists() -> None:
+    host = ModelHost()
+    check(host)
+
+    host.initial_model(INFO, seed=0)
+
+    assert host.evaluate(encode({"w": np.zeros(1, dtype=np.float32)})) is None
+    with pytest.raises(ModelHostError, match="already been closed"):
+        host.initial_model(INFO, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        ({"dp": True}, ConfigError, "cannot be used with differential privacy"),
+        ({"model": "vgg"}, UnknownModelError, "unknown model 'vgg'"),
+        ({"test_data": "/nonexistent/test"}, DataError, "nonexistent"),
+        ({"device": "cuda:7"}, DeviceError, "cuda:7"),
+    ],
+)
+def test_user_errors_come_back_as_the_same_one_line_errors(changes: dict, error: type, match: str) -> None:
+    with ModelHost() as host, pytest.raises(error, match=match):
+        check(host, **changes)
+
+
+def test_a_pretrained_file_for_another_model_is_refused_at_check(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"head.weight": torch.zeros(3, 3)}, str(path))
+
+    with ModelHost() as host, pytest.raises(ConfigError, match="does not match the model"):
+        check(host, pretrained=str(path))
+
+
+def test_a_helper_that_dies_is_reported_not_waited_for() -> None:
+    with ModelHost() as host:
+        check(host)
+        host._proc.kill()  # type: ignore[union-attr]
+
+        with pytest.raises(ModelHostError, match=r"(exited|failed) during init"):
+            host.initial_model(INFO, seed=0)
+
+
+def test_the_coordinator_process_never_imports_pytorch() -> None:
+    code = (
+        "import sys, medfed.server.app, medfed.server.federation, medfed.server.model_host\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision', 'opacus'})\n"
+        "print(heavy)"
+    )
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert result.stdout.strip() == "[]"
