@@ -10,7 +10,7 @@ Round 1 is a warm-up and is left out of the median. Reported per N: median round
 per round (model bytes handed to hospitals plus update bytes received, from history.jsonl), the
 coordinator's peak RSS (its own VmHWM, recorded in history.jsonl) and the largest hospital peak
 RSS (VmHWM from /proc, polled); also the peak RSS of the coordinator's PyTorch helper process, which
-builds the first model and, with no test set, exits before round 1. The floors, measured in the same
+builds the first model and, with no test set, is gone before round 1. The floors, measured in the same
 run: the time plain loopback TCP takes to carry one round's bytes from one process to another, and
 the time to serialise the state_dict once and to deserialise it once. Results go to stdout and to
 bench/round_overhead.json.

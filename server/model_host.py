@@ -76,14 +76,16 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 class ModelHost:
-    """A running helper. ``check`` first; a run without a test set lets the helper go after
-    ``initial_model``, so it holds no memory during the rounds."""
+    """The helper, started when needed. ``check`` first. Without a test set the helper runs only for
+    ``check`` and again for ``initial_model`` (it is not kept while hospitals are awaited, which can
+    take hours), and not at all during the rounds; with one it stays to evaluate every round."""
 
     def __init__(self, *, verbose: bool = False) -> None:
-        command = [sys.executable, "-m", "medfed.server.model_worker", *(["--verbose"] if verbose else [])]
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        self._command = [sys.executable, "-m", "medfed.server.model_worker", *(["--verbose"] if verbose else [])]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._checked: dict[str, Any] | None = None
+        """the check request, replayed to a helper started again"""
+        self._closed = False
         self._has_test_set = False
         self.peak_rss_mb: float | None = None
         """the helper's peak resident memory, as of its last reply"""
@@ -95,9 +97,14 @@ class ModelHost:
         self.close()
 
     def _call(self, request: dict[str, Any], model: EncodedModel | None = None) -> tuple[Any, EncodedModel | None]:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
+        if self._closed:
             raise ModelHostError("the model helper has already been closed")
+        if self._proc is None:
+            self._proc = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            if self._checked is not None and request["op"] != "check":
+                self._call(self._checked)
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
         try:
             send(proc.stdin, request, model)
             reply = receive(proc.stdout)
@@ -124,19 +131,21 @@ class ModelHost:
         check_pretrained: bool,
     ) -> DatasetInfo | None:
         """Refuse what cannot work before hospitals join; returns the test set's description, if any."""
-        result, _ = self._call(
-            {
-                "op": "check",
-                "model": model,
-                "dp": dp,
-                "test_data": test_data,
-                "image_size": image_size,
-                "device": device,
-                "pretrained": pretrained,
-                "check_pretrained": check_pretrained,
-            }
-        )
+        request = {
+            "op": "check",
+            "model": model,
+            "dp": dp,
+            "test_data": test_data,
+            "image_size": image_size,
+            "device": device,
+            "pretrained": pretrained,
+            "check_pretrained": check_pretrained,
+        }
+        result, _ = self._call(request)
+        self._checked = {**request, "check_pretrained": False}  # a replay need not read the file twice
         self._has_test_set = result["info"] is not None
+        if not self._has_test_set:
+            self._stop()  # started again for the first model, once hospitals have joined
         return DatasetInfo.model_validate(result["info"]) if self._has_test_set else None
 
     def initial_model(self, info: DatasetInfo, seed: int) -> EncodedModel:
@@ -157,7 +166,12 @@ class ModelHost:
         return dict(result)
 
     def close(self) -> None:
-        """End the helper (it exits when its input closes); idempotent."""
+        """End the helper for good; idempotent."""
+        self._closed = True
+        self._stop()
+
+    def _stop(self) -> None:
+        """End the running helper, if any (it exits when its input closes)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return

@@ -69,15 +69,23 @@ def test_the_helper_builds_the_same_first_model_as_pytorch_in_process() -> None:
     assert all(np.array_equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in expected)
 
 
-def test_the_helper_evaluates_like_training_evaluate(tmp_path: Path) -> None:
-    dataset = synthetic_dataset(num_classes=4, size=12, per_class=(8, 4, 20))
-    partition_to_folders(dataset, tmp_path / "data", clients=2, scheme="iid")
+@pytest.fixture
+def test_folder(tmp_path: Path) -> Path:
+    partition_to_folders(DATASET, tmp_path / "data", clients=2, scheme="iid")
+    return tmp_path / "data" / "test"
+
+
+DATASET = synthetic_dataset(num_classes=4, size=12, per_class=(8, 4, 20))
+
+
+def test_the_helper_evaluates_like_training_evaluate(test_folder: Path) -> None:
+    dataset = DATASET
     torch.manual_seed(1)
     network = build_model("cnn", 1, 4)
     test = dataset.splits["test"]
 
     with ModelHost() as host:
-        info = check(host, test_data=str(tmp_path / "data" / "test"))
+        info = check(host, test_data=str(test_folder))
         metrics = host.evaluate(encode(to_numpy(network.state_dict())))
 
     images, labels = test
@@ -89,12 +97,14 @@ def test_the_helper_evaluates_like_training_evaluate(tmp_path: Path) -> None:
     assert host.peak_rss_mb is not None and host.peak_rss_mb > 0
 
 
-def test_without_a_test_set_the_helper_exits_once_the_first_model_exists() -> None:
+def test_without_a_test_set_the_helper_runs_only_to_check_and_to_build_the_first_model() -> None:
     host = ModelHost()
-    check(host)
+    check(host, model="cnn_gn", dp=True)
+    assert host._proc is None  # not kept while hospitals are awaited
 
-    host.initial_model(INFO, seed=0)
+    model = host.initial_model(INFO, seed=0)
 
+    assert host._proc is None and "0.weight" in model.tensors()
     assert host.evaluate(encode({"w": np.zeros(1, dtype=np.float32)})) is None
     with pytest.raises(ModelHostError, match="already been closed"):
         host.initial_model(INFO, seed=0)
@@ -124,9 +134,9 @@ def test_a_pretrained_file_for_another_model_is_refused_at_check(tmp_path: Path)
         check(host, pretrained=str(path))
 
 
-def test_a_helper_that_dies_is_reported_not_waited_for() -> None:
+def test_a_helper_that_dies_is_reported_not_waited_for(test_folder: Path) -> None:
     with ModelHost() as host:
-        check(host)
+        check(host, test_data=str(test_folder))
         host._proc.kill()  # type: ignore[union-attr]
 
         with pytest.raises(ModelHostError, match=r"(exited|failed) during init"):
