@@ -153,3 +153,15 @@ def test_the_coordinator_process_never_imports_pytorch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_a_child_reports_its_own_peak_memory_not_its_parents() -> None:
+    ballast = bytearray(400 << 20)  # 400 MB resident in this (parent) process
+    ballast[::4096] = b"x" * len(range(0, len(ballast), 4096))
+    code = "from medfed.common.processes import peak_rss_mb; print(peak_rss_mb())"
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert 0 < float(result.stdout) < 200  # ru_maxrss would say >= 400 MB: it inherits the parent's
+    del ballast
