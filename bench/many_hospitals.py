@@ -3,10 +3,13 @@
 A real fed-server process and N hospitals, each a full HospitalNode (its own gRPC channel, joining,
 long-polling, heartbeating, training and uploading exactly as fed-client does). A fed-client process
 holds PyTorch (about 600 MB), so 100 of them would not fit in this machine's memory: the hospitals run
-as threads, 25 to a worker process. Every hospital trains the small CNN for one epoch on 32 generated
-8x8 images per round.
+as threads, 25 to a worker process. By default every hospital trains the small CNN for one epoch on
+32 generated 8x8 images per round; ``--model resnet18 --local-epochs 0`` makes them pure
+communication rounds with a 44.7 MB model instead.
 
     python bench/many_hospitals.py --hospitals 1 2 5 10 25 50 100 --rounds 4     (from the repository root)
+    python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 10 25 50 \
+        --out bench/many_hospitals_resnet18.json
 
 Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is the coordinator's own
 peak RSS (VmHWM) as recorded in history.jsonl after its last round. A run counts only if every round
@@ -48,7 +51,7 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     return SourceDataset(info, {"train": (images, labels)})
 
 
-def measure(hospitals: int, rounds: int, work: Path) -> dict[str, float]:
+def measure(hospitals: int, rounds: int, work: Path, model: str, local_epochs: int) -> dict[str, float]:
     data = work / f"data{hospitals}"
     partition_to_folders(tiny_dataset(hospitals), data, clients=hospitals, scheme="iid")
     names = hospital_names(hospitals)
@@ -57,7 +60,8 @@ def measure(hospitals: int, rounds: int, work: Path) -> dict[str, float]:
     try:
         server = procs.start(
             "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
-            "--rounds", str(rounds), "--min-clients", str(hospitals), "--model", "cnn", "--local-epochs", "1",
+            "--rounds", str(rounds), "--min-clients", str(hospitals), "--model", model,
+            "--local-epochs", str(local_epochs),
             "--batch-size", "16", "--out", str(out), "--round-timeout", "600",
         )  # fmt: skip
         port = procs.wait_for_port("server", port_file, 120)
@@ -126,7 +130,7 @@ def import_floor_mb() -> float:
     return float(out)
 
 
-def plot(results: list[dict[str, float]], floor: float, path: Path) -> None:
+def plot(results: list[dict[str, float]], floor: float, path: Path, workload: str) -> None:
     from medfed.common import plots
 
     ns = [r["hospitals"] for r in results]
@@ -134,7 +138,7 @@ def plot(results: list[dict[str, float]], floor: float, path: Path) -> None:
     rss = [r["coordinator_peak_rss_mb"] for r in results]
     plots.line_panels(
         path,
-        "One coordinator, N hospitals (small CNN, 1 local epoch each)",
+        f"One coordinator, N hospitals ({workload})",
         [
             ("round time (s)", {"median round": (ns, [r["median_s"] for r in results])},
              {"slowest round": (ns, [r["max_s"] for r in results])}),
@@ -151,21 +155,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hospitals", type=int, nargs="+", default=[1, 2, 5, 10, 25, 50, 100])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run, the first being a warm-up")
+    parser.add_argument("--model", default="cnn", choices=["cnn", "resnet18"])
+    parser.add_argument("--local-epochs", type=int, default=1, help="0: pure communication rounds")
     parser.add_argument("--out", type=Path, default=Path("bench/many_hospitals.json"))
     args = parser.parse_args()
+    model = "small CNN" if args.model == "cnn" else "ResNet-18"
+    training = f"{args.local_epochs} local epoch(s) each" if args.local_epochs else "no local training"
+    workload = f"{model}, {training}"
     with tempfile.TemporaryDirectory(prefix="medfed-many-") as tmp:
         results = []
         for n in args.hospitals:
-            result = measure(n, args.rounds, Path(tmp))
+            result = measure(n, args.rounds, Path(tmp), args.model, args.local_epochs)
             print(f"{n} hospitals: median round {result['median_s']:.2f} s, coordinator peak RSS "
                   f"{result['coordinator_peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
             results.append(result)
     floor = import_floor_mb()
-    args.out.write_text(json.dumps({"import_floor_mb": floor, "results": results}, indent=1) + "\n")
-    plot(results, floor, args.out.with_suffix(".png"))
+    summary = {"model": args.model, "local_epochs": args.local_epochs, "import_floor_mb": floor, "results": results}
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    plot(results, floor, args.out.with_suffix(".png"), workload)
     print(f"importing the coordinator's modules alone: {floor:.0f} MB peak RSS")
-    print(f"\nPython {platform.python_version()}, {platform.machine()}; small CNN, 1 local epoch on 32 images "
-          f"of 8x8, {args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
+    print(f"\nPython {platform.python_version()}, {platform.machine()}; {workload} on 32 images of 8x8, "
+          f"{args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
     print("| hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['hospitals']} | {r['median_s']:.2f} | {r['max_s']:.2f} | {r['coordinator_peak_rss_mb']:.0f} |")

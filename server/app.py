@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="updates received at once; each holds one model in memory, the others wait "
         f"(default {d('max_concurrent_uploads')})",
     )
+    p.add_argument(
+        "--max-concurrent-downloads",
+        type=int,
+        help="hospitals sent the model at once; each costs a few MB of send buffers, the others wait "
+        f"(default {d('max_concurrent_downloads')})",
+    )
     p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")
     p.add_argument(
@@ -332,6 +338,7 @@ def _serve(
         federation_id=resume[0].federation_id if resume else None,
         heartbeat_timeout=cfg.heartbeat_timeout,
         max_receiving=cfg.max_concurrent_uploads,
+        max_sending=cfg.max_concurrent_downloads,
     )
     health = make_health()
     server, port = create_server(

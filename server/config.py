@@ -42,6 +42,7 @@ class ServerConfig(TlsFiles):
     allow: list[str] | None = None
     max_examples: int = Field(1_000_000, ge=1)
     max_concurrent_uploads: int = Field(2, ge=1, le=1000)
+    max_concurrent_downloads: int = Field(4, ge=1, le=1000)
     port_file: Path | None = None
     health_address: Annotated[str, AfterValidator(check_address)] | None = None
     device: str = "auto"

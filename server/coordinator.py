@@ -10,7 +10,10 @@ tensor table, size, sample count, metrics) and reserves its hospital's slot *bef
 accepted, so no hospital can have two uploads in flight or make the coordinator buffer more than one
 model for it. At most ``max_receiving`` uploads are read at once (the others wait, their bytes held
 back by gRPC's flow control), so the coordinator's memory stays flat in the number of hospitals:
-the global model, the float64 sums (twice the model) and ``max_receiving`` uploads. It is folded into
+the global model, the float64 sums (twice the model) and ``max_receiving`` uploads. Likewise at most
+``max_sending`` hospitals are sent the model at once: each stream being sent holds a chunk or two and
+whatever its receiver's flow-control window lets gRPC queue, which would otherwise add up over all
+hospitals. An upload is folded into
 the round's accumulator only after it arrived whole and holds finite
 values, under a separate lock so that a 45 MB fold never blocks joins and polls; ``close_round`` takes
 that lock too, so no fold can land in a closed round. A refused update changes nothing.
@@ -163,11 +166,14 @@ class Coordinator:
         federation_id: str | None = None,
         heartbeat_timeout: float | None = None,
         max_receiving: int = 2,
+        max_sending: int = 4,
     ) -> None:
-        if max_receiving < 1:
-            raise ValueError(f"max_receiving must be at least 1, got {max_receiving}")
+        if max_receiving < 1 or max_sending < 1:
+            raise ValueError(f"max_receiving and max_sending must be at least 1, got {max_receiving}, {max_sending}")
         self._receiving_now = 0
         self._max_receiving = max_receiving
+        self._sending_now = 0
+        self._max_sending = max_sending
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
         self._clock = clock
@@ -301,6 +307,22 @@ class Coordinator:
 
     def wake(self) -> None:
         with self._cond:
+            self._cond.notify_all()
+
+    def acquire_send_slot(self, is_active: Callable[[], bool]) -> bool:
+        """Wait for one of the ``max_sending`` slots to stream a task; False (no slot taken) when the
+        caller went away or the federation finished meanwhile. Pair with ``release_send_slot``."""
+        with self._cond:
+            while self._sending_now >= self._max_sending and is_active() and self._finished is None:
+                self._cond.wait()
+            if not is_active() or self._finished is not None:
+                return False
+            self._sending_now += 1
+            return True
+
+    def release_send_slot(self) -> None:
+        with self._cond:
+            self._sending_now -= 1
             self._cond.notify_all()
 
     def begin_update(

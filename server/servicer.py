@@ -144,7 +144,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         except Refusal as exc:
             _abort(context, exc)
         if isinstance(instruction, Task):
-            yield from task_messages(instruction)
+            if not self._coordinator.acquire_send_slot(context.is_active):
+                return  # the hospital hung up, or the run ended, while it waited for a slot
+            try:
+                yield from task_messages(instruction)
+            finally:  # also when gRPC drops the stream: the generator is closed then
+                self._coordinator.release_send_slot()
         elif isinstance(instruction, Finished):
             finished = pb.Finished(
                 reason=instruction.reason,

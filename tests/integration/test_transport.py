@@ -145,3 +145,27 @@ def test_a_stalled_upload_is_cancelled_and_frees_its_hospitals_slot() -> None:
         assert "accepted" in stub.SubmitUpdate(iter(valid), timeout=30).message
     finally:
         server.stop(grace=None).wait()
+
+
+def test_a_hospital_that_hangs_up_mid_download_frees_its_send_slot() -> None:
+    coordinator = Coordinator(data_info=INFO, max_sending=1)
+    server, port = create_server(coordinator, "127.0.0.1:0", poll_timeout=5.0)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+    stub = pb_grpc.FederationStub(channel)
+    try:
+        quitter, patient = join(stub, "hospital_a"), join(stub, "hospital_b")
+        open_round(coordinator, ["hospital_a", "hospital_b"])
+        abandoned = stub.GetTask(pb.TaskRequest(session_id=quitter), timeout=30)
+        next(abandoned)  # the header: hospital_a holds the only send slot now
+
+        abandoned.cancel()
+        stream = stub.GetTask(pb.TaskRequest(session_id=patient), timeout=30)  # would time out on a leaked slot
+        header = next(stream).task
+        chunks = ((m.chunk.offset, m.chunk.data) for m in stream)
+        received = from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), chunks)
+
+        assert np.array_equal(received["big"], GLOBAL["big"])
+    finally:
+        channel.close()
+        server.stop(grace=None).wait()

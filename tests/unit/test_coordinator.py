@@ -290,3 +290,36 @@ def test_an_upload_waiting_for_a_slot_is_refused_when_its_round_closes() -> None
         waiter.join(timeout=30)
 
     assert len(errors) == 1 and "closed while the update waited" in str(errors[0])
+
+
+def test_hospitals_beyond_the_send_slots_wait_for_a_free_one() -> None:
+    coordinator = Coordinator(data_info=INFO, max_sending=1)
+    got: list[bool] = []
+    assert coordinator.acquire_send_slot(lambda: True)
+    waiter = threading.Thread(target=lambda: got.append(coordinator.acquire_send_slot(lambda: True)))
+
+    waiter.start()
+    waiter.join(timeout=0.3)
+    blocked_while_the_first_is_sent = waiter.is_alive()
+    coordinator.release_send_slot()
+    waiter.join(timeout=30)
+
+    assert blocked_while_the_first_is_sent and got == [True]
+
+
+def test_a_hospital_that_hangs_up_or_a_finished_run_gives_up_its_wait_for_a_send_slot() -> None:
+    coordinator = Coordinator(data_info=INFO, max_sending=1)
+    assert coordinator.acquire_send_slot(lambda: True)
+    connected = threading.Event()
+    connected.set()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(coordinator.acquire_send_slot(connected.is_set)))
+    waiter.start()
+
+    connected.clear()
+    coordinator.wake()  # what the servicer's RPC-termination callback does
+    waiter.join(timeout=30)
+    coordinator.finish("done", 1)
+
+    assert got == [False]
+    assert coordinator.acquire_send_slot(lambda: True) is False  # nothing to send after the end
