@@ -8,13 +8,13 @@ as threads, 25 to a worker process. By default every hospital trains the small C
 communication rounds with a 44.7 MB model instead.
 
     python bench/many_hospitals.py --hospitals 1 2 5 10 25 50 100 --rounds 4     (from the repository root)
-    python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 10 25 50 \
+    python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 1 10 25 50 100 --rounds 4 \
         --out bench/many_hospitals_resnet18.json
 
 Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is the coordinator's own
 peak RSS (VmHWM) as recorded in history.jsonl after its last round. A run counts only if every round
 aggregated every hospital (no hospital missing, no process failing). The scale curve (round time and
-coordinator memory against N) is drawn to bench/many_hospitals.png.
+coordinator memory against N) is drawn beside the JSON (--out with .png).
 """
 
 from __future__ import annotations

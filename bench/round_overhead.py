@@ -38,7 +38,7 @@ from medfed.common import __version__
 from medfed.common.data import DatasetInfo
 from medfed.common.models import build_model
 from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
+from medfed.common.processes import ProcessGroup, peak_rss_mb
 from medfed.common.serde import encode, from_chunks
 from medfed.common.sources import SourceDataset
 from medfed.common.torch_state import to_numpy
@@ -53,16 +53,6 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     labels = np.arange(n) % 2
     info = DatasetInfo(dataset="random", channels=1, class_names=("a", "b"), image_size=(28, 28))
     return SourceDataset(info, {"train": (images, labels)})
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str]) -> dict[str, float]:

@@ -53,11 +53,7 @@ def secure_generator() -> np.random.Generator:
 
 def difference(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> StateDict:
     """Δ = local − base over the floating-point tensors, in float64 (the other tensors carry no update)."""
-    return {
-        k: np.asarray(np.asarray(local[k], dtype=np.float64) - np.asarray(v, dtype=np.float64))
-        for k, v in base.items()
-        if is_float(v.dtype)
-    }
+    return {k: np.asarray(np.subtract(local[k], v, dtype=np.float64)) for k, v in base.items() if is_float(v.dtype)}
 
 
 def l2_norm(update: Mapping[str, np.ndarray]) -> float:

@@ -103,17 +103,20 @@ def share_one_malloc_arena() -> bool:
     return bool(libc.mallopt(m_arena_max, 1))
 
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far: VmHWM on Linux, ru_maxrss elsewhere.
+def peak_rss_mb(pid: int | None = None) -> float | None:
+    """A process's peak resident memory so far (this one's by default): VmHWM on Linux, and for this
+    process ru_maxrss elsewhere; None when it cannot be read (another process that has exited, say).
 
     Not ru_maxrss on Linux: it carries the parent's resident size over fork and exec, so a coordinator
     started by a 680 MB benchmark process reported 680 MB before it had loaded anything."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
-    except OSError:  # not Linux
+    except OSError:  # not Linux, or gone
         pass
+    if pid is not None:
+        return None
     try:
         import resource
     except ImportError:  # Windows

@@ -128,15 +128,11 @@ def _views(flat: np.ndarray, layout: Layout) -> StateDict:
     }
 
 
-def empty_model(layout: Layout) -> EncodedModel:
-    """A zeroed buffer for ``layout``, to be filled tensor by tensor through ``tensors()``."""
-    return EncodedModel(layout, bytearray(layout.total_bytes))
-
-
 def encode(state: Mapping[str, np.ndarray], delta_scales: Mapping[str, float] | None = None) -> EncodedModel:
     _require_little_endian()
-    encoded = empty_model(layout_of(state, delta_scales))
-    for name, target in encoded.tensors().items():
+    layout = layout_of(state, delta_scales)
+    encoded = EncodedModel(layout, bytearray(layout.total_bytes))
+    for name, target in encoded.tensors().items():  # views into the buffer: one copy per tensor
         target[...] = state[name]
     return encoded
 

@@ -1,7 +1,7 @@
 """The coordinator's PyTorch helper: builds the initial global model and evaluates each round's model.
 
 Started by medfed.server.model_host as ``python -m medfed.server.model_worker``, it is the only
-server-side process that imports PyTorch: the coordinator itself stays at its libraries' ~60 MB plus a
+server-side process that imports PyTorch: the coordinator itself stays at its libraries' ~70 MB plus a
 few model sizes, whatever the number of hospitals. Requests come on stdin and replies go to stdout in
 model_host's framing (JSON lines, models as tensor table plus raw bytes, never pickled).
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from torch import nn
 
 from medfed.common.cli import setup_logging
 from medfed.common.data import DatasetInfo, Split
@@ -44,6 +45,8 @@ class Worker:
         self.device = torch.device("cpu")
         self.test: Split | None = None
         self.info: DatasetInfo | None = None
+        self._network: nn.Module | None = None
+        """built at the first evaluation, loaded with each round's weights after that"""
 
     def check(self, request: dict[str, Any]) -> dict[str, Any]:
         """Everything that can be refused before hospitals join: model, DP fit, device, test set, weights."""
@@ -72,9 +75,10 @@ class Worker:
     def evaluate(self, _: dict[str, Any], model: EncodedModel | None) -> tuple[dict[str, Any], None]:
         if self.test is None or self.info is None or model is None:
             raise ConfigError("evaluate needs a test set and a model")
-        network = build_model(self.model, self.info.channels, self.info.num_classes)
-        network.load_state_dict(to_torch(model.tensors()))
-        result = evaluate(network, self.test, self.info.num_classes, self.device)
+        if self._network is None:
+            self._network = build_model(self.model, self.info.channels, self.info.num_classes)
+        self._network.load_state_dict(to_torch(model.tensors()))
+        result = evaluate(self._network, self.test, self.info.num_classes, self.device)
         return {
             "loss": result.loss,
             "accuracy": result.accuracy,
