@@ -10,26 +10,21 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 import grpc
-import torch
 
 from medfed.client.config import ClientConfig
-from medfed.client.node import HospitalNode, NodeError
-from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
-from medfed.client.probe import Probe
-from medfed.client.trainer import TaskError, Trainer
 from medfed.common.accounting import default_delta
-from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
-from medfed.common.config import build_config, field_default, load_toml
+from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
+from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.image_folder import load_hospital
 from medfed.common.pki import check_pair, common_name
 from medfed.common.tls import channel_credentials
-from medfed.common.training import pick_device
 from medfed.common.transport import channel_options
 from medfed.common.wire import MAX_TEXT
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
@@ -56,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     def d(name: str) -> object:
         return field_default(ClientConfig, name)
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fed-client",
         description="Join a federation as a hospital: train on local images, send only model updates.",
         epilog=EXAMPLES,
@@ -71,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--classes", help="image folders: the federation's class names in label order (default: the subfolder names)"
+    )
+    p.add_argument(
+        "--class-map",
+        help="rename class folders onto the federation's class names: FOLDER=CLASS,... "
+        "(e.g. NORMAL=normal,PNEUMONIA=pneumonia; several folders may map onto one class)",
     )
     p.add_argument("--image-size", type=int, help="image folders: resize every image to NxN when decoding")
     p.add_argument("--server", help="coordinator HOST:PORT; required")
@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"seconds to keep retrying an unreachable coordinator (default {d('max_wait')})",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars (default: only on a terminal)"
+    )
     dp = p.add_argument_group(
         "differential privacy",
         "Local DP clips this hospital's update to L2 norm C and adds N(0, (σC)²) before it leaves; with "
@@ -134,6 +136,22 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
+def check_resolvable(server: str) -> None:
+    """A coordinator name that does not exist is a typo: refused now, not retried for --max-wait. A
+    resolver that is only unreachable for the moment (EAI_AGAIN) is left to the retries."""
+    host, port = parse_address(server)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            raise CliError(
+                f"--server: the host name {host} does not resolve ({exc.strerror}); check its spelling, or give "
+                "the coordinator's IP address with --server-name set to the name on its certificate",
+                EXIT_USAGE,
+            ) from None
+        log.warning("cannot resolve %s for now (%s); the connection attempts will retry", host, exc.strerror)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     flags = vars(build_parser().parse_args(argv))
     file_values = load_toml(flags.pop("config")) if "config" in flags else {}
@@ -145,11 +163,25 @@ def _run(argv: Sequence[str] | None) -> int:
             "or --insecure to accept plaintext",
             EXIT_USAGE,
         )
-    data = load_hospital(cfg.data, require=("train",), classes=cfg.classes, image_size=cfg.image_size)
-    name = _identity(cfg) or cfg.name or data.name
+    check_resolvable(cfg.server)
+    name = _identity(cfg)
+    # PyTorch (seconds to import) only once the flags are known to be good: --help and typos stay fast.
+    import torch
+
+    from medfed.client.node import HospitalNode, NodeError
+    from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
+    from medfed.client.probe import Probe
+    from medfed.client.trainer import TaskError, Trainer
+    from medfed.common.training import pick_device
+
+    data = load_hospital(
+        cfg.data, require=("train",), classes=cfg.classes, image_size=cfg.image_size, class_map=cfg.class_map
+    )
+    name = name or cfg.name or data.name
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     log.info(
         "%s: %d training and %d validation images of %s on %s",
         name,
@@ -177,11 +209,12 @@ def _run(argv: Sequence[str] | None) -> int:
         node = HospitalNode(
             pb_grpc.FederationStub(channel),
             data,
-            Trainer(data, device, name=name, progress=cfg.progress),
+            Trainer(data, device, name=name, progress=progress),
             name=name,
             server=cfg.server,
             max_wait=cfg.max_wait,
             tls=cfg.tls,
+            server_name=cfg.server_name,
             diagnose=Probe(cfg.server, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.server_name).diagnose,
             privacy=privacy,
         )

@@ -21,7 +21,8 @@ class ClientConfig(TlsFiles):
     device: str = "auto"
     threads: int | None = Field(None, ge=1, le=1024)
     max_wait: float = Field(120.0, gt=0)
-    progress: bool = True
+    progress: bool | None = None
+    """None: progress bars only when standard error is a terminal (never carriage returns in a log file)"""
     verbose: bool = False
     dp_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
     dp_noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False)
@@ -30,7 +31,25 @@ class ClientConfig(TlsFiles):
     dp_target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
     dp_ledger: Path | None = None
     classes: list[str] | None = None
+    class_map: dict[str, str] | None = None
     image_size: int | None = Field(None, ge=4, le=1024)
+
+    @field_validator("class_map", mode="before")
+    @classmethod
+    def _split_class_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = [p.strip() for p in value.split(",") if p.strip()]
+        if not pairs or any(p.count("=") != 1 for p in pairs):
+            raise ValueError("give FOLDER=CLASS pairs, comma-separated, e.g. NORMAL=normal,PNEUMONIA=pneumonia")
+        return {folder.strip(): name.strip() for folder, name in (p.split("=") for p in pairs)}
+
+    @field_validator("class_map")
+    @classmethod
+    def _nonempty_pairs(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and any(not k or not v for k, v in value.items()):
+            raise ValueError("every FOLDER=CLASS pair needs both a folder and a class name")
+        return value
 
     @field_validator("classes", mode="before")
     @classmethod

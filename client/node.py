@@ -18,10 +18,12 @@ import grpc
 import numpy as np
 
 from medfed.client.privacy import HospitalPrivacy
+from medfed.client.probe import Diagnosis
 from medfed.client.trainer import LocalResult, Trainer
 from medfed.common import __version__
 from medfed.common.compression import encode_update
 from medfed.common.data import HospitalData
+from medfed.common.peer_text import STATUS_LIMIT, cleaned
 from medfed.common.retry import Backoff
 from medfed.common.serde import Chunk, StateDict, WireFormatError, from_chunks, layout_from_proto, layout_to_proto
 from medfed.common.wire import (
@@ -58,13 +60,19 @@ class NodeError(Exception):
     """Why this hospital has to stop."""
 
 
-def tls_failure(details: str, server: str) -> str | None:
+def tls_failure(details: str, server: str, server_name: str | None = None) -> str | None:
     """A final reason when a transport error is really an authentication failure, else None.
 
     gRPC reports these as UNAVAILABLE, like a coordinator that is down; retrying them would only hide
-    a configuration error, so they end the node at once with what to fix."""
+    a configuration error, so they end the node at once with what to fix. ``server_name``: the name
+    checked against the coordinator's certificate when it is not --server's host (--server-name)."""
     host = server.rsplit(":", 1)[0]
     if "Hostname Verification" in details or "Peer name" in details:
+        if server_name:
+            return (
+                f"host name mismatch: the coordinator's certificate is not issued for {server_name} (--server-name); "
+                "give a name it was issued for (fed-certs server --host lists them when it is made)"
+            )
         return (
             f"host name mismatch: the coordinator's certificate is not issued for {host}; connect with a name "
             "it was issued for, or give that name with --server-name"
@@ -90,8 +98,9 @@ class ReceivedTask:
 
 
 def _details(exc: grpc.RpcError) -> str:
+    """The status message, as the coordinator (or gRPC) wrote it, cut and escaped for a log line."""
     details = exc.details() if isinstance(exc, grpc.Call) else None
-    return details or str(exc.code() if isinstance(exc, grpc.Call) else exc)
+    return cleaned(details or str(exc.code() if isinstance(exc, grpc.Call) else exc), STATUS_LIMIT)
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
@@ -109,7 +118,8 @@ class HospitalNode:
         server: str,
         max_wait: float,
         tls: bool = False,
-        diagnose: Callable[[], str | None] | None = None,
+        server_name: str | None = None,
+        diagnose: Callable[[], Diagnosis | None] | None = None,
         privacy: HospitalPrivacy | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         sleep: Callable[[float], None] = time.sleep,
@@ -119,6 +129,7 @@ class HospitalNode:
         self._name, self._server, self._max_wait = name, server, max_wait
         self._sleep, self._clock = sleep, clock
         self._tls = tls
+        self._server_name = server_name
         self._diagnose = diagnose
         self._privacy = privacy
         self._heartbeat_interval = heartbeat_interval
@@ -151,15 +162,24 @@ class HospitalNode:
                 log.debug("heartbeat failed: %s", exc)
 
     def _take_part(self) -> int:
-        rounds = 0
+        """Returns the number of distinct rounds trained (a round run again after a coordinator restart
+        counts once)."""
+        trained: list[int] = []
         while True:
             message = self._poll()
             if isinstance(message, pb.Finished) and message.resumable:
-                self._await_return(message.reason)
+                self._await_return(cleaned(message.reason))
                 continue
             if isinstance(message, pb.Finished):
-                log.info("federation finished (%s); this hospital trained %d round(s)", message.reason, rounds)
-                return rounds
+                distinct = len(set(trained))
+                again = f" ({len(trained) - distinct} of them twice: run again after a restart)" * (
+                    len(trained) > distinct
+                )
+                log.info(
+                    "federation finished (%s); this hospital took part in %d of the %d round(s)%s",
+                    cleaned(message.reason), distinct, message.rounds_completed or distinct, again,
+                )  # fmt: skip
+                return distinct
             if message is None:
                 continue
             self._rejoins = 0
@@ -169,7 +189,7 @@ class HospitalNode:
                 result = replace(result, privacy=self._privacy.record(self._federation, message.round, planned))
             self._log_round(message, result)
             self._submit(message, result)
-            rounds += 1
+            trained.append(message.round)
 
     def _await_return(self, reason: str) -> None:
         """The coordinator stopped before its last round (a redeploy): join it again when it is back."""
@@ -218,19 +238,21 @@ class HospitalNode:
             except grpc.RpcError as exc:
                 if _code(exc) not in RETRYABLE:
                     raise
-                if self._tls and (reason := tls_failure(_details(exc), self._server)):
+                if self._tls and (reason := tls_failure(_details(exc), self._server, self._server_name)):
                     raise NodeError(reason) from None
-                if not self._connected and self._diagnose is not None and (reason := self._diagnose()):
-                    raise NodeError(reason) from None  # refused, not down: retrying would only hide it
+                seen = _details(exc)
+                if not self._connected and self._diagnose is not None and (diagnosis := self._diagnose()):
+                    if diagnosis.final:
+                        raise NodeError(diagnosis.text) from None  # refused, not down: retrying would only hide it
+                    seen = diagnosis.text
                 now = self._clock()
                 deadline = deadline if deadline is not None else now + self._max_wait
                 if now >= deadline:
                     raise NodeError(
-                        f"cannot reach the coordinator at {self._server} ({what}) for {self._max_wait:.0f} s: "
-                        f"{_details(exc)}"
+                        f"cannot reach the coordinator at {self._server} ({what}) for {self._max_wait:.0f} s: {seen}"
                     ) from None
                 delay = min(backoff.next_delay(), deadline - now)
-                log.warning("%s: coordinator unreachable (%s); retrying in %.1f s", what, _details(exc), delay)
+                log.warning("%s: coordinator unreachable (%s); retrying in %.1f s", what, seen, delay)
                 self._sleep(delay)
 
     def _join(self, *, retrying: bool = True) -> None:

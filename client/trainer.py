@@ -15,6 +15,7 @@ from torch import nn
 from medfed.client.privacy import RoundPrivacy
 from medfed.common.data import HospitalData
 from medfed.common.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
+from medfed.common.errors import UnusableModel
 from medfed.common.models import build_model, dp_model_problem
 from medfed.common.privacy import privatize_update, secure_generator
 from medfed.common.serde import StateDict
@@ -88,7 +89,10 @@ class Trainer:
         val = self._data.split("val")
         metrics: dict[str, float] = {}
         if len(val):  # federated evaluation: the global model on this hospital's own validation images
-            received = evaluate(model, val, self._data.info.num_classes, self._device)
+            try:
+                received = evaluate(model, val, self._data.info.num_classes, self._device)
+            except UnusableModel as exc:
+                raise TaskError(f"round {round_number}: the coordinator's global model is unusable: {exc}") from None
             metrics.update(global_val_loss=received.loss, global_val_accuracy=received.accuracy)
             if received.auc is not None:
                 metrics["global_val_auc"] = received.auc

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.common import pki
-from medfed.common.cli import run_command, setup_logging
+from medfed.common.cli import Parser, run_command, setup_logging
 from medfed.common.config import HOSPITAL_NAME
 from medfed.common.errors import ConfigError
 
@@ -121,7 +121,7 @@ def describe(folder: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fed-certs",
         description="Make the federation's CA, the coordinator's certificate and one certificate per hospital; "
         "revoke and list them.",

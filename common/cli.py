@@ -6,10 +6,13 @@ Bad input (a bad flag, a broken data folder, an unreachable server) ends the com
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
+from medfed.common.config import did_you_mean
 from medfed.common.errors import USER_ERRORS
 
 log = logging.getLogger("medfed")
@@ -17,6 +20,19 @@ log = logging.getLogger("medfed")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line: what is wrong, the flag meant when one was mistyped,
+    and where the help is. argparse's own error prints the whole usage (30 lines for fed-server) first.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for action in self._actions for o in action.option_strings]
+            words = [w.split("=", 1)[0] for w in message.split()[2:] if w.startswith("-")]
+            message += "".join(dict.fromkeys(did_you_mean(w, flags) for w in words))
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 class CliError(Exception):

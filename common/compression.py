@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from medfed.common.peer_text import listed, quoted
 from medfed.common.serde import BFLOAT16, EncodedModel, Layout, encode, is_float
 
 Encoding = Literal["lossless", "fp16", "bf16", "int8"]
@@ -67,28 +68,33 @@ def check_form(layout: Layout, expected: Layout, encoding: Encoding, *, delta: b
     if delta and encoding != "int8":
         raise IncompatibleUpdate(f"a delta update, but this round asked for {encoding} updates")
     if not delta and (marked := next((t.name for t in layout.tensors if t.delta_scale > 0), None)):
-        raise IncompatibleUpdate(f"tensor {marked!r} is an int8 delta in an update not sent as deltas")
+        raise IncompatibleUpdate(f"tensor {quoted(marked)} is an int8 delta in an update not sent as deltas")
     got = {t.name: t for t in layout.tensors}
     want = {t.name: t for t in expected.tensors}
     if got.keys() != want.keys():
         missing, extra = sorted(want.keys() - got.keys())[:3], sorted(got.keys() - want.keys())[:3]
         raise IncompatibleUpdate(
-            f"the update's tensors differ from the model's (missing {missing}, unexpected {extra})"
+            f"the update's tensors differ from the model's (missing {listed(missing)}, unexpected {listed(extra)})"
         )
     for name, spec in got.items():
         model = want[name]
         if spec.shape != model.shape:
-            raise IncompatibleUpdate(f"tensor {name!r} has shape {spec.shape}, the model's is {model.shape}")
+            raise IncompatibleUpdate(f"tensor {quoted(name)} has shape {spec.shape}, the model's is {model.shape}")
         if spec.dtype == model.dtype and spec.delta_scale == 0:
             continue
         allowed = is_float(model.dtype) and (
             (encoding in _CAST and spec.dtype == _CAST[encoding] and spec.delta_scale == 0)
             or (encoding == "int8" and spec.dtype == np.int8 and spec.delta_scale > 0)
         )
+        if allowed and spec.delta_scale * INT8_LEVELS > float(np.finfo(model.dtype).max):
+            raise IncompatibleUpdate(
+                f"tensor {quoted(name)} has an int8 delta scale of {spec.delta_scale:g}: its deltas would leave "
+                f"the range of {model.dtype}"
+            )
         if not allowed:
             form = f"{spec.dtype}" + (f" delta (scale {spec.delta_scale:g})" if spec.delta_scale else "")
             raise IncompatibleUpdate(
-                f"tensor {name!r} arrived as {form}; this round takes {model.dtype}"
+                f"tensor {quoted(name)} arrived as {form}; this round takes {model.dtype}"
                 + (f" or its {encoding} form" if encoding != "lossless" else "")
             )
 

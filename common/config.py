@@ -7,8 +7,10 @@ names the flag (``--rounds``), never a traceback.
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +32,9 @@ HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def parse_address(value: str) -> tuple[str, int]:
     """'host:port', '[v6addr]:port' or ':port' into (host, port)."""
+    if "://" in value:  # a URL pasted from a browser or a proxy's settings
+        scheme, _, rest = value.partition("://")
+        raise ValueError(f"{value!r} has a scheme ({scheme}://): give HOST:PORT without it, e.g. {rest.rstrip('/')}")
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit():
         raise ValueError(f"{value!r} is not HOST:PORT")
@@ -61,14 +66,21 @@ def load_toml(path: Path) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in raw.items()}
 
 
-def _describe(error: dict[str, Any]) -> str:
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to a mistyped ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _describe(error: dict[str, Any], fields: Iterable[str]) -> str:
     field = ".".join(str(p) for p in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
     if not field:  # a check across settings: its message names the flags itself
         return message
     flag = f"--{field.replace('_', '-')}"
-    if error["type"] == "extra_forbidden":
-        return f"{flag}: unknown setting"
+    if error["type"] == "extra_forbidden":  # only a config file can name a setting no flag has
+        key = field.replace("_", "-")
+        return f"unknown setting {key!r} in the config file" + did_you_mean(key, (f.replace("_", "-") for f in fields))
     if error["type"] == "missing":
         return f"{flag} is required"
     if "input" in error and not isinstance(error["input"], dict):
@@ -76,8 +88,9 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{flag}: {message}"
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    return "; ".join(_describe(dict(e)) for e in exc.errors())
+def format_validation_error(exc: ValidationError, fields: Iterable[str] = ()) -> str:
+    names = list(fields)
+    return "; ".join(_describe(dict(e), names) for e in exc.errors())
 
 
 def build_config(model: type[M], file_values: dict[str, Any], flag_values: dict[str, Any]) -> M:
@@ -86,7 +99,7 @@ def build_config(model: type[M], file_values: dict[str, Any], flag_values: dict[
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, model.model_fields)) from None
 
 
 def field_default(model: type[BaseModel], name: str) -> Any:

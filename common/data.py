@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medfed.common.errors import DataError
+from medfed.common.peer_text import listed
 
 FORMAT = "medfed-hospital/1"
 MANIFEST = "manifest.json"
@@ -28,17 +29,38 @@ SPLITS = ("train", "val", "test")
 
 
 def _show(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value
+    """Names from a peer are quoted and capped (a hospital may send 1,000 class names); sizes are lists."""
+    if isinstance(value, tuple):
+        return listed(value) if any(isinstance(v, str) for v in value) else list(value)
+    return value
+
+
+def suggested_class_map(federation: tuple[str, ...], hospital: tuple[str, ...]) -> str | None:
+    """``--class-map`` pairs that rename a hospital's class names onto the federation's, when each of the
+    hospital's unknown names matches exactly one federation class case-insensitively (NORMAL -> normal)."""
+    unknown = [c for c in hospital if c not in federation]
+    pairs = []
+    for name in unknown:
+        matches = [f for f in federation if f.casefold() == name.casefold() and f not in hospital]
+        if len(matches) != 1:
+            return None
+        pairs.append(f"{name}={matches[0]}")
+    return ",".join(pairs) or None
 
 
 def _class_hint(federation: tuple[str, ...], hospital: tuple[str, ...]) -> str:
     extra = [c for c in hospital if c not in federation]
     missing = [c for c in federation if c not in hospital]
     if extra:
-        return f": the federation (its test set) has no class {', '.join(extra)}"
+        mapping = suggested_class_map(federation, hospital)
+        how = f"--class-map {mapping}" if mapping else "--class-map FOLDER=CLASS,..."
+        return (
+            f": the federation has no class {listed(extra)}; if these are the federation's classes under other "
+            f"names, map the hospital's folders onto them with fed-client {how}"
+        )
     if missing:
         return (
-            f": it lacks {', '.join(missing)} (an image folder keeps a class it has no images of with an empty "
+            f": it lacks {listed(missing)} (an image folder keeps a class it has no images of with an empty "
             "folder or --classes)"
         )
     return ": the same classes in another order (--classes sets the order)"

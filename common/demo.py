@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from medfed.common.certs_cli import init_ca, issue_client, issue_server
-from medfed.common.cli import CliError, run_command, setup_logging
+from medfed.common.cli import CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
 from medfed.common.partition import SCHEMES
 from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     def d(name: str) -> object:
         return field_default(DemoConfig, name)
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fed-demo",
         description="Run a complete federation on this machine: one coordinator and several hospitals, "
         "each a separate process talking gRPC over loopback.",
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_round(record: dict[str, Any], rounds: int) -> None:
+    if "failed" in record:
+        print(
+            f"round {record['round']:>3}/{rounds}  FAILED: {record['failed']} (the previous model is kept)", flush=True
+        )
+        return
     print(
         f"round {record['round']:>3}/{rounds}  test accuracy {record.get('accuracy', float('nan')):.4f}  "
         f"loss {record.get('loss', float('nan')):.4f}  ({record['num_clients']} hospitals, "

@@ -31,6 +31,10 @@ class UnknownModelError(ValueError):
     """A model name the registry does not know."""
 
 
+class UnusableModel(ValueError):
+    """A model whose outputs are not finite numbers (NaN or infinite) on the data it was tried on."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataError, DeviceError, PartitionError, PkiError, UnknownModelError,
+    ConfigError, DataError, DeviceError, PartitionError, PkiError, UnknownModelError, UnusableModel,
 )  # fmt: skip

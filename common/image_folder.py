@@ -10,7 +10,9 @@ uint8 array; training then works on tensors only. Images that are grey in every 
 files whose three channels are equal (common for X-ray exports), become one channel.
 
 A hospital that has no images of a class keeps the federation's class list by leaving that class's
-folder empty, or by naming the list with ``classes`` (``--classes``).
+folder empty, or by naming the list with ``classes`` (``--classes``). Folders named otherwise than the
+federation's classes (``NORMAL`` where the federation says ``normal``) are renamed with ``class_map``
+(``--class-map NORMAL=normal,PNEUMONIA=pneumonia``); several folders may map onto one class.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +110,21 @@ def _layout(path: Path) -> dict[str, dict[str, list[Path]]]:
     return layout
 
 
+def _mapped(path: Path, layout: dict[str, dict[str, list[Path]]], class_map: Mapping[str, str]) -> None:
+    """Rename class folders in place (split -> class -> files); folders mapped onto one class are merged."""
+    found = {name for split in layout.values() for name in split}
+    if unknown := sorted(set(class_map) - found):
+        raise DataError(
+            f"--class-map names folder(s) {', '.join(unknown)}, which {path} does not have "
+            f"(its class folders: {', '.join(sorted(found))})"
+        )
+    for split, by_class in layout.items():
+        renamed: dict[str, list[Path]] = {}
+        for name, files in by_class.items():
+            renamed.setdefault(class_map.get(name, name), []).extend(files)
+        layout[split] = renamed
+
+
 def _class_names(path: Path, layout: dict[str, dict[str, list[Path]]], classes: Sequence[str] | None) -> list[str]:
     found = sorted({name for split in layout.values() for name in split})
     if classes is None:
@@ -129,9 +147,12 @@ def load_image_folder(
     image_size: int | None = None,
     default_split: str = "train",
     threads: int | None = None,
+    class_map: Mapping[str, str] | None = None,
 ) -> SourceDataset:
     """Decode every image under ``path`` once; ``default_split`` names the split of a folder without split folders."""
     layout = _layout(path)
+    if class_map:
+        _mapped(path, layout, class_map)
     names = _class_names(path, layout, classes)
     jobs = [
         (split or default_split, names.index(name), file)
@@ -183,12 +204,26 @@ def carve_validation(dataset: SourceDataset, fraction: float = 0.1, seed: int = 
     return SourceDataset(dataset.info, splits)
 
 
+def _renamed(data: HospitalData, class_map: Mapping[str, str]) -> HospitalData:
+    """A fed-partition folder's class names renamed (its labels are numbers: names map one to one)."""
+    names = data.info.class_names
+    if unknown := sorted(set(class_map) - set(names)):
+        raise DataError(f"--class-map names class(es) {', '.join(unknown)}, which {data.path} does not have "
+                        f"(its classes: {', '.join(names)})")  # fmt: skip
+    renamed = tuple(class_map.get(n, n) for n in names)
+    if len(set(renamed)) != len(renamed):
+        raise DataError(f"--class-map would give {data.path} two classes of one name; a fed-partition folder's "
+                        "classes can only be renamed, not merged")  # fmt: skip
+    return replace(data, info=data.info.model_copy(update={"class_names": renamed}))
+
+
 def load_hospital(
     path: Path,
     *,
     require: tuple[str, ...] = ("train",),
     classes: Sequence[str] | None = None,
     image_size: int | None = None,
+    class_map: Mapping[str, str] | None = None,
 ) -> HospitalData:
     """A hospital's data from a fed-partition folder or straight from an image folder.
 
@@ -197,9 +232,12 @@ def load_hospital(
     if not looks_like_image_folder(path):
         if classes is not None or image_size is not None:
             raise DataError(f"--classes and --image-size apply to image folders; {path} is a fed-partition folder")
-        return load_folder(path, require=require)
+        data = load_folder(path, require=require)
+        return _renamed(data, class_map) if class_map else data
     default = "test" if require == ("test",) else "train"
-    dataset = load_image_folder(path, classes=classes, image_size=image_size, default_split=default)
+    dataset = load_image_folder(
+        path, classes=classes, image_size=image_size, default_split=default, class_map=class_map
+    )
     if default == "train" and "val" not in dataset.splits:
         dataset = carve_validation(dataset)
         log.info(

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medfed.common.cli import run_command, setup_logging
+from medfed.common.cli import Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
 from medfed.common.data import MANIFEST, Manifest, save_folder
 from medfed.common.errors import ConfigError
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     def d(name: str) -> object:
         return field_default(PartitionConfig, name)
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fed-partition",
         description="Split a dataset into hospital folders (train + validation each) and a test folder "
         "for the coordinator, and print each hospital's label counts.",

@@ -17,13 +17,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float | None]]]
 """label -> (x values, y values; None where there is no value)"""
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -41,9 +42,21 @@ def _draw(ax: Any, series: Series, colours: dict[str, Any], *, dashed: bool = Fa
             ax.plot(xs_, ys_, style, color=colour, marker="." if len(points) < 40 else None, label=label)
 
 
-def line_panels(path: Path, title: str, panels: Sequence[tuple[str, Series, Series]], xlabel: str = "round") -> None:
+def _shared_legend(fig: Figure, axes: Sequence[Any]) -> None:
+    """One legend for all panels (a label has one colour in every panel), below them: never over the data."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        columns = min(len(handles), 3 if len(axes) == 1 else 4)
+        fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=columns,
+                   fontsize=8, frameon=False)  # fmt: skip
+
+
+def line_figure(title: str, panels: Sequence[tuple[str, Series, Series]], xlabel: str = "round") -> Figure:
     """One row of panels; each is (y label, solid series, dashed series)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False, layout="constrained")
     colours: dict[str, Any] = {}
     for ax, (ylabel, solid, dashed) in zip(axes[0], panels, strict=True):
         _draw(ax, solid, colours)
@@ -52,10 +65,39 @@ def line_panels(path: Path, title: str, panels: Sequence[tuple[str, Series, Seri
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if solid or dashed:
-            ax.legend(fontsize=8)
     fig.suptitle(title)
-    _save(fig, path)
+    _shared_legend(fig, axes[0])
+    return fig
+
+
+def line_panels(path: Path, title: str, panels: Sequence[tuple[str, Series, Series]], xlabel: str = "round") -> None:
+    _save(line_figure(title, panels, xlabel), path)
+
+
+def small_multiples_figure(title: str, series: Series, ylabel: str, xlabel: str = "round") -> Figure:
+    """One small panel per series on shared axes, so that series with equal values (ten classes all at
+    accuracy 1.0) cannot hide each other as lines in one panel would."""
+    columns = min(len(series), 5)
+    rows = -(-len(series) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.6, 2.2 * rows + 0.8), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")  # fmt: skip
+    for k, (label, (xs, ys)) in enumerate(series.items()):
+        ax = axes[k // columns][k % columns]
+        _draw(ax, {label: (xs, ys)}, {label: f"C{k % 10}"})
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    for k in range(len(series), rows * columns):
+        axes[k // columns][k % columns].set_visible(False)
+    fig.supxlabel(xlabel, fontsize=10)
+    fig.supylabel(ylabel, fontsize=10)
+    fig.suptitle(title)
+    return fig
+
+
+def small_multiples(path: Path, title: str, series: Series, ylabel: str, xlabel: str = "round") -> None:
+    _save(small_multiples_figure(title, series, ylabel, xlabel), path)
 
 
 def confusion(path: Path, matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> None:
@@ -75,23 +117,31 @@ def confusion(path: Path, matrix: Sequence[Sequence[int]], class_names: Sequence
     _save(fig, path)
 
 
+def bars_figure(title: str, groups: Sequence[str], bars: Mapping[str, Sequence[float | None]], ylabel: str) -> Figure:
+    """Bars per group (e.g. a metric per model), each labelled with its value, written upright above it
+    so that neighbouring labels cannot run into each other; a missing value leaves a gap. The legend
+    sits beside the chart."""
+    count = max(len(bars), 1)
+    width_in = min(18.0, max(7.0, 0.32 * len(groups) * count + 3))
+    fig, ax = plt.subplots(figsize=(width_in, 5), layout="constrained")
+    width = 0.8 / count
+    for k, (label, values) in enumerate(bars.items()):
+        xs = [i + (k - (count - 1) / 2) * width for i in range(len(groups))]
+        heights = [v if v is not None else 0.0 for v in values]
+        drawn = ax.bar(xs, heights, width, label=label)
+        ax.bar_label(drawn, labels=[f"{v:.2f}" if v is not None else "" for v in values], fontsize=7, rotation=90,
+                     padding=2)  # fmt: skip
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.18)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
 def grouped_bars(
     path: Path, title: str, groups: Sequence[str], bars: Mapping[str, Sequence[float | None]], ylabel: str
 ) -> None:
-    """Bars per group (e.g. a metric per model); a missing value leaves a gap."""
-    fig, ax = plt.subplots(figsize=(min(18.0, max(7.0, 0.3 * len(groups) * max(len(bars), 1) + 2)), 5))
-    width = 0.8 / max(len(bars), 1)
-    small = len(groups) * len(bars) > 30
-    for k, (label, values) in enumerate(bars.items()):
-        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(groups))]
-        heights = [v if v is not None else 0.0 for v in values]
-        drawn = ax.bar(xs, heights, width, label=label)
-        ax.bar_label(drawn, labels=[f"{v:.2f}" if v is not None else "" for v in values], fontsize=5 if small else 7,
-                     rotation=90 if small else 0, padding=2)  # fmt: skip
-    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.15)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncols=min(len(bars), 5), loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    _save(fig, path)
+    _save(bars_figure(title, groups, bars, ylabel), path)

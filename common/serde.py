@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from medfed.common.peer_text import quoted
 from medfed.proto.v1 import federation_pb2 as pb
 
 CHUNK_SIZE = 1 << 20
@@ -97,7 +98,7 @@ def layout_of(state: Mapping[str, np.ndarray], delta_scales: Mapping[str, float]
     for name, value in state.items():
         array = np.asarray(value)  # numpy hands back 0-d results as scalars
         if array.dtype not in _TO_WIRE:
-            raise WireFormatError(f"tensor {name!r} has unsupported dtype {array.dtype}")
+            raise WireFormatError(f"tensor {quoted(name)} has unsupported dtype {array.dtype}")
         offset = _align(offset)
         specs.append(TensorSpec(name, array.dtype, tuple(array.shape), offset, array.nbytes, scales.get(name, 0.0)))
         offset += array.nbytes
@@ -193,25 +194,25 @@ def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout
     names: set[str] = set()
     for t in header.tensors:
         if not t.name or t.name in names:
-            raise WireFormatError(f"tensor name {t.name!r} is empty or repeated")
+            raise WireFormatError(f"tensor name {quoted(t.name)} is empty or repeated")
         names.add(t.name)
         dtype = _FROM_WIRE.get(t.dtype)
         if dtype is None:
-            raise WireFormatError(f"tensor {t.name!r} has unknown dtype code {t.dtype}")
+            raise WireFormatError(f"tensor {quoted(t.name)} has unknown dtype code {t.dtype}")
         shape = tuple(int(d) for d in t.shape)
         if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
-            raise WireFormatError(f"tensor {t.name!r} has invalid shape {shape}")
+            raise WireFormatError(f"tensor {quoted(t.name)} has invalid shape {shape[: MAX_NDIM + 1]}")
         itemsize = dtype.itemsize
         if t.nbytes != math.prod(shape) * itemsize:
-            raise WireFormatError(f"tensor {t.name!r}: {t.nbytes} bytes do not match shape {shape} of {dtype}")
+            raise WireFormatError(f"tensor {quoted(t.name)}: {t.nbytes} bytes do not match shape {shape} of {dtype}")
         if t.offset < 0 or t.offset % itemsize or t.offset + t.nbytes > total:
-            raise WireFormatError(f"tensor {t.name!r} has an invalid offset {t.offset}")
+            raise WireFormatError(f"tensor {quoted(t.name)} has an invalid offset {t.offset}")
         scale = t.delta_scale
         if not (math.isfinite(scale) and scale >= 0) or (scale > 0 and dtype != np.int8):
-            raise WireFormatError(f"tensor {t.name!r} has an invalid delta scale {scale} for {dtype}")
+            raise WireFormatError(f"tensor {quoted(t.name)} has an invalid delta scale {scale} for {dtype}")
         specs.append(TensorSpec(t.name, dtype, shape, t.offset, t.nbytes, scale))
     ordered = sorted((s for s in specs if s.nbytes), key=lambda s: s.offset)
     for before, after in itertools.pairwise(ordered):
         if before.offset + before.nbytes > after.offset:
-            raise WireFormatError(f"tensors {before.name!r} and {after.name!r} overlap")
+            raise WireFormatError(f"tensors {quoted(before.name)} and {quoted(after.name)} overlap")
     return Layout(tuple(specs), total)

@@ -13,14 +13,14 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medfed.common.baselines import Outcome, pooled, train_and_test
-from medfed.common.cli import CliError, run_command, setup_logging
+from medfed.common.cli import CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
 from medfed.common.demo import exit_on_sigterm, run_locally
 from medfed.common.errors import DataError
@@ -29,12 +29,10 @@ from medfed.common.partition import SCHEMES
 from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
 from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
 from medfed.common.sources import MEDMNIST_SIZES, load_source
-from medfed.common.study_report import write_study
-from medfed.common.training import pick_device
 
 EXAMPLES = """
 examples:
-  fed-study --out study-digits                      (offline: digits, 3 hospitals each missing a class)
+  fed-study                                         (offline: digits, 3 hospitals each missing a class)
   fed-study --dataset pneumoniamnist --data-root ~/medmnist --scheme dirichlet --alpha 0.3 \\
             --model resnet18 --rounds 20 --out study-pneumonia
   fed-study --hospitals /data/hospital_a /data/hospital_b --test /data/test --out study-ours
@@ -44,7 +42,8 @@ examples:
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    out: Path
+    out: Path | None = None
+    """None: a new folder in the current directory, named for the dataset and the time"""
     dataset: str = "digits"
     data_root: Path | None = None
     size: Literal[28, 64, 128, 224] = 28
@@ -64,7 +63,8 @@ class StudyConfig(BaseModel):
     augment: bool = False
     lr_schedule: Literal["constant", "cosine"] = "constant"
     device: str = "auto"
-    progress: bool = True
+    progress: bool | None = None
+    """None: progress bars only when standard error is a terminal"""
     verbose: bool = False
 
     @model_validator(mode="after")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     def d(name: str) -> object:
         return field_default(StudyConfig, name)
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fed-study",
         description="Compare each hospital alone, the federation and all data pooled: same model, same total "
         "epochs, same test set. Writes a table, plots and report.md.",
@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--out", type=Path, help="a new or empty folder for everything the study writes; required")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="a new or empty folder for everything the study writes (default: a new fed-study-DATASET-TIME folder "
+        "here)",
+    )
     p.add_argument(
         "--dataset", help=f"'digits', a MedMNIST 2D name, an .npz or an image folder (default {d('dataset')})"
     )
@@ -115,11 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prepare_data(cfg: StudyConfig) -> tuple[dict[str, Path], Path]:
+def _default_out(cfg: StudyConfig) -> Path:
+    name = "own" if cfg.hospitals is not None else Path(cfg.dataset).stem
+    return Path(f"fed-study-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def _prepare_data(cfg: StudyConfig, out: Path) -> tuple[dict[str, Path], Path]:
     """Hospital folders by name, and the test folder."""
     if cfg.hospitals is not None and cfg.test is not None:
         return {p.resolve().name: p for p in cfg.hospitals}, cfg.test
-    data_dir = cfg.out / "data"
+    data_dir = out / "data"
     dataset = load_source(cfg.dataset, data_root=cfg.data_root, size=cfg.size, seed=cfg.seed, image_size=cfg.image_size)
     manifests = partition_to_folders(dataset, data_dir, clients=cfg.clients, scheme=cfg.scheme, alpha=cfg.alpha,
                                      seed=cfg.seed, source=cfg.dataset)  # fmt: skip
@@ -134,10 +144,18 @@ def _run(argv: Sequence[str] | None) -> int:
     cfg = build_config(StudyConfig, {}, vars(build_parser().parse_args(argv)))
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     setup_logging(cfg.verbose)
-    if cfg.out.exists() and any(cfg.out.iterdir()):
-        raise CliError(f"--out: {cfg.out} is not empty; give a new or empty folder", 2)
+    # PyTorch (seconds to import) and matplotlib only once the flags are known to be good: --help stays fast.
+    from medfed.common.baselines import Outcome, pooled, train_and_test
+    from medfed.common.study_report import write_study
+    from medfed.common.training import pick_device
+
+    out = cfg.out or _default_out(cfg)
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"--out: {out} is not empty; give a new or empty folder", 2)
+    print(f"the study writes to {out}", flush=True)
+    progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     device = pick_device(cfg.device)
-    folders, test_folder = _prepare_data(cfg)
+    folders, test_folder = _prepare_data(cfg, out)
     # Load (and so validate) everything before the long work starts.
     hospitals = {name: load_hospital(path) for name, path in folders.items()}
     test = load_hospital(test_folder, require=("test",))
@@ -161,21 +179,21 @@ def _run(argv: Sequence[str] | None) -> int:
     if cfg.pretrained is not None:
         server_args += ["--pretrained", str(cfg.pretrained)]
     print(f"federated: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}", flush=True)
-    last = run_locally(cfg.out, folders, test_folder, cfg.out / "federated", server_args, ["--device", cfg.device])
+    last = run_locally(out, folders, test_folder, out / "federated", server_args, ["--device", cfg.device])
     federated = Outcome("federated", last["accuracy"], last.get("auc"), last["per_class_accuracy"],
                         last["num_examples"])  # fmt: skip
     baseline = partial(
         train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-        device=device, pretrained=cfg.pretrained, progress=cfg.progress, augment=cfg.augment,
+        device=device, pretrained=cfg.pretrained, progress=progress, augment=cfg.augment,
         lr_schedule=cfg.lr_schedule,
     )  # fmt: skip
     test_split = test.split("test")
     local = [baseline(f"local {name}", d.split("train"), test_split, test.info) for name, d in hospitals.items()]
     central = baseline("centralized", pooled([d.split("train") for d in hospitals.values()]), test_split, test.info)
     train_classes = {name: sorted(set(d.split("train").labels.tolist())) for name, d in hospitals.items()}
-    files = write_study(cfg.out, [*local, federated, central], test.info, train_classes,
+    files = write_study(out, [*local, federated, central], test.info, train_classes,
                         settings={**cfg.model_dump(mode="json"), "epochs": epochs})  # fmt: skip
-    print(f"done: {', '.join(str(f) for f in files)}; the federated run's own report is in {cfg.out / 'federated'}")
+    print(f"done: {', '.join(str(f) for f in files)}; the federated run's own report is in {out / 'federated'}")
     return 0
 
 

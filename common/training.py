@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medfed.common.data import Split
-from medfed.common.errors import DeviceError
+from medfed.common.errors import DeviceError, UnusableModel
 from medfed.common.recipe import NORMALIZATION, lr_factor
 
 
@@ -167,7 +167,10 @@ def evaluate(
         float(confusion[c, c]) / float(per_class_total[c]) if per_class_total[c] else None for c in range(num_classes)
     ]
     accuracy = float(confusion.diag().sum()) / n if n else 0.0
-    auc = macro_auc(split.labels, torch.cat(probabilities).numpy()) if n else None
+    scores = torch.cat(probabilities).numpy() if n else np.empty((0, num_classes))
+    if not (math.isfinite(total_loss) and np.isfinite(scores).all()):
+        raise UnusableModel(f"the model's outputs on {n} images are not finite numbers (NaN or infinite)")
+    auc = macro_auc(split.labels, scores) if n else None
     return Evaluation(n, total_loss / n if n else 0.0, accuracy, per_class, confusion.tolist(), auc)
 
 

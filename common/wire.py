@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from medfed.common.compression import Encoding
 from medfed.common.data import DatasetInfo
+from medfed.common.peer_text import quoted
 from medfed.common.privacy import DpSettings
 from medfed.common.serde import WireFormatError, WireTooLarge
 from medfed.proto.v1 import federation_pb2 as pb
@@ -81,7 +82,7 @@ def metrics_from_proto(metrics: Mapping[str, float]) -> dict[str, float]:
     for name, value in metrics.items():
         check_text("a metric name", name)
         if not math.isfinite(value):
-            raise WireFormatError(f"metric {name!r} is not a finite number")
+            raise WireFormatError(f"metric {quoted(name)} is not a finite number")
     return dict(metrics)
 
 
@@ -158,7 +159,7 @@ def report_to_proto(report: PrivacyReport) -> pb.PrivacyReport:
 def report_from_proto(msg: pb.PrivacyReport) -> PrivacyReport:
     """A hospital's self-reported privacy: a known mechanism, values in range (ε may be +inf: no noise)."""
     if msg.mechanism not in ("local", "dp_sgd"):
-        raise WireFormatError(f"unknown privacy mechanism {check_text('a mechanism', msg.mechanism)!r}")
+        raise WireFormatError(f"unknown privacy mechanism {quoted(check_text('a mechanism', msg.mechanism))}")
     finite = (msg.clip, msg.noise_multiplier, msg.sampling_rate, msg.delta)
     if not all(math.isfinite(v) for v in finite) or math.isnan(msg.epsilon):
         raise WireFormatError("the privacy report holds a value that is not a number")

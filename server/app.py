@@ -21,7 +21,7 @@ from types import FrameType
 import grpc
 
 from medfed.common.accounting import epsilon, rounds_within
-from medfed.common.cli import EXIT_USAGE, CliError, run_command, setup_logging
+from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
 from medfed.common.compression import ENCODINGS
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data import DatasetInfo
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     def d(name: str) -> object:
         return field_default(ServerConfig, name)
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fed-server",
         description="Coordinate federated training: hospitals join, train locally, and send back updates "
         "that are averaged by sample count (FedAvg).",
@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="updates received at once; each holds one model in memory, the others wait "
         f"(default {d('max_concurrent_uploads')})",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        help="seconds a model download or an update upload may go without progress before it is cancelled and "
+        f"its slot given to another hospital (default {d('stall_timeout')})",
     )
     p.add_argument(
         "--max-concurrent-downloads",
@@ -338,13 +344,15 @@ def _serve(
         federation_id=resume[0].federation_id if resume else None,
         heartbeat_timeout=cfg.heartbeat_timeout,
         max_receiving=cfg.max_concurrent_uploads,
-        max_sending=cfg.max_concurrent_downloads,
     )
+    if authenticator is not None:
+        authenticator.on_revoked = coordinator.revoke
+        authenticator.watch()
     health = make_health()
     server, port = create_server(
         coordinator, cfg.address, credentials=credentials, authenticator=authenticator,
         poll_timeout=cfg.poll_timeout, upload_timeout=cfg.round_timeout, max_workers=cfg.max_workers,
-        health=health,
+        health=health, max_sending=cfg.max_concurrent_downloads, stall_timeout=cfg.stall_timeout,
     )  # fmt: skip
     servers = [server]
     if cfg.health_address:
@@ -387,6 +395,8 @@ def _serve(
         raise CliError(f"stopped before the last round: {exc}{hint}", code) from None
     finally:
         health.enter_graceful_shutdown()
+        if authenticator is not None:
+            authenticator.close()
         for each in servers:
             each.stop(grace=2.0).wait()
 

@@ -3,6 +3,9 @@
 gRPC verifies the certificate chain and validity dates during the handshake, but Python's gRPC has
 no revocation option, so every call's peer certificate is checked here against the CRL file, which is
 re-read whenever it changes: revoking a hospital takes effect at its next call, without a restart.
+``watch`` also re-reads it every second and tells ``on_revoked`` which hospitals it now revokes, so a
+revoked hospital's session ends at once, not at its next call (which may be a long poll that started
+before the revocation, or an upload after hours of training on a model it should not have had).
 No gRPC import: the servicer passes in the call's auth context (a mapping of property -> values).
 """
 
@@ -11,34 +14,53 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cryptography import x509
 
 from medfed.common.errors import PkiError
+from medfed.common.peer_text import quoted
 from medfed.common.pki import Revocations, load_crl, signed_by
 from medfed.server.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("medfed.server")
 
 AuthContext = Mapping[str, Sequence[bytes]]
+CRL_POLL_S = 1.0
+MAX_REMEMBERED = 10_000
+
+
+def revocation_reason(name: str, serial: int) -> str:
+    return f"the certificate of {quoted(name)} (serial {serial:x}) has been revoked"
 
 
 class PeerAuthenticator:
-    def __init__(self, ca: x509.Certificate, crl_path: Path | None) -> None:
+    def __init__(
+        self,
+        ca: x509.Certificate,
+        crl_path: Path | None,
+        on_revoked: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
+        """``on_revoked`` gets {hospital name: reason} for hospitals whose latest certificate a newly
+        read CRL revokes."""
         self._ca = ca
         self._crl_path = crl_path
+        self.on_revoked = on_revoked
         self._lock = threading.Lock()
         self._crl_stamp: tuple[int, int] | None = None
         self._revoked = Revocations(frozenset())
         self._serials: dict[bytes, int] = {}
+        self._latest: dict[str, int] = {}
+        """hospital name -> serial of the certificate its latest call came with"""
+        self._stop = threading.Event()
         if crl_path is not None:
             load_crl(crl_path)  # fail at start-up, with the reason, if the file is missing or broken
             self._reload()
 
-    def _reload(self) -> None:
-        """Re-read the CRL when its file changed; a broken replacement keeps the last good list."""
+    def _reload(self) -> dict[str, str]:
+        """Caller holds the lock. Re-read the CRL when its file changed (a broken replacement keeps the
+        last good list); returns the hospitals seen so far whose latest certificate it revokes."""
         assert self._crl_path is not None
         try:
             stat = os.stat(self._crl_path)
@@ -46,15 +68,47 @@ class PeerAuthenticator:
             if self._crl_stamp is not None:  # say it once, not on every call
                 log.error("cannot read the revocation list %s (%s); keeping the last one", self._crl_path, exc.strerror)
                 self._crl_stamp = None
-            return
+            return {}
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._crl_stamp:
-            return
+            return {}
         crl = load_crl(self._crl_path)
         if not signed_by(crl, self._ca):
             raise PkiError(f"{self._crl_path} is not signed by the federation's CA")
         self._revoked, self._crl_stamp = Revocations.from_crl(crl), stamp
         log.info("revocation list %s: %d revoked certificate(s)", self._crl_path, len(self._revoked.serials))
+        return {
+            name: revocation_reason(name, serial)
+            for name, serial in self._latest.items()
+            if serial in self._revoked.serials
+        }
+
+    def refresh(self) -> None:
+        """Re-read the CRL if it changed, and end the sessions it revokes."""
+        if self._crl_path is None:
+            return
+        with self._lock:
+            try:
+                revoked = self._reload()
+            except PkiError as exc:
+                log.error("%s; keeping the last revocation list", exc)
+                return
+        if revoked and self.on_revoked is not None:
+            self.on_revoked(revoked)
+
+    def watch(self, interval: float = CRL_POLL_S) -> None:
+        """Refresh every ``interval`` seconds in a daemon thread, until ``close``."""
+        if self._crl_path is None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.refresh()
+
+        threading.Thread(target=loop, name="crl-watch", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
 
     def identify(self, auth_context: AuthContext) -> str:
         """The caller's hospital name (its certificate's common name), unless it is revoked."""
@@ -64,14 +118,16 @@ class PeerAuthenticator:
             raise Unauthenticated("no client certificate")
         name = names[0].decode(errors="replace")
         if self._crl_path is not None:
+            self.refresh()
             with self._lock:
-                try:
-                    self._reload()
-                except PkiError as exc:
-                    log.error("%s; keeping the last revocation list", exc)
                 serial = self._serial(pems[0])
-            if serial in self._revoked.serials:
-                raise PermissionDenied(f"the certificate of {name} (serial {serial:x}) has been revoked")
+                revoked = serial in self._revoked.serials
+                if not revoked:
+                    if len(self._latest) > MAX_REMEMBERED:
+                        self._latest.clear()
+                    self._latest[name] = serial
+            if revoked:
+                raise PermissionDenied(revocation_reason(name, serial))
         return name
 
     def _serial(self, pem: bytes) -> int:

@@ -82,11 +82,14 @@ def load_checkpoint(directory: Path) -> tuple[Checkpoint, dict[str, np.ndarray]]
 
 
 def check_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-    """A resumed run must train the same model the same way; only the number of rounds may change."""
-    for key, value in saved.items():
-        if now.get(key) != value:
+    """A resumed run must train the same model the same way. Only the training settings in both are
+    compared: a checkpoint of an older version that also fixed operational settings (such as
+    --clients-per-round) can be resumed with other values for those."""
+    for key in sorted(saved.keys() & now.keys()):
+        if now[key] != saved[key]:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(
-                f"--resume: the run was started with {flag} {value}, this command gives {now.get(key)}; "
-                "resume with the same settings (only --rounds may change)"
+                f"--resume: the run was started with {flag} {saved[key]}, this command gives {now[key]}; resume "
+                "with the same training settings (--rounds, --min-clients, --min-fit, --clients-per-round, "
+                "--over-select and the timeouts may change)"
             )

@@ -12,6 +12,12 @@ from medfed.common.compression import Encoding
 from medfed.common.config import TlsFiles, check_address
 from medfed.common.privacy import DpSettings
 
+TRAINING_SETTINGS = (
+    "model", "seed", "local_epochs", "lr", "batch_size", "dp_central", "dp_local", "dp_clip", "dp_noise_multiplier",
+    "dp_delta", "dp_adaptive_clip", "dp_target_quantile", "dp_clip_learning_rate", "augment", "lr_schedule",
+)  # fmt: skip
+"""what --resume keeps fixed (see ServerConfig.resume_settings)"""
+
 
 class ServerConfig(TlsFiles):
     model_config = ConfigDict(extra="forbid")
@@ -43,6 +49,7 @@ class ServerConfig(TlsFiles):
     max_examples: int = Field(1_000_000, ge=1)
     max_concurrent_uploads: int = Field(2, ge=1, le=1000)
     max_concurrent_downloads: int = Field(4, ge=1, le=1000)
+    stall_timeout: float = Field(60.0, gt=0)
     port_file: Path | None = None
     health_address: Annotated[str, AfterValidator(check_address)] | None = None
     device: str = "auto"
@@ -108,14 +115,13 @@ class ServerConfig(TlsFiles):
                 raise ValueError(f"{flag} needs --dp-central{hint if self.dp_local else ''}")
 
     def resume_settings(self) -> dict[str, Any]:
-        """What a resumed run must share with the one it continues (everything but --rounds and transport)."""
-        keys = (
-            "model", "seed", "local_epochs", "lr", "batch_size", "clients_per_round", "over_select", "dp_central",
-            "dp_local",
-            "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_adaptive_clip", "dp_target_quantile",
-            "dp_clip_learning_rate", "augment", "lr_schedule",
-        )  # fmt: skip
-        return {key: getattr(self, key) for key in keys}
+        """What a resumed run must share with the one it continues: the training settings. The
+        operational ones (--rounds, --min-clients, --min-fit, --clients-per-round, --over-select, the
+        timeouts, the limits, transport) may change, so that a run can go on with fewer hospitals."""
+        settings = {key: getattr(self, key) for key in TRAINING_SETTINGS}
+        if self.dp_central:  # δ's default depends on --min-clients, which may change: the value is fixed
+            settings["dp_delta"] = self.central_delta
+        return settings
 
     @property
     def local_dp_request(self) -> DpSettings | None:

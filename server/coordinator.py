@@ -10,13 +10,14 @@ tensor table, size, sample count, metrics) and reserves its hospital's slot *bef
 accepted, so no hospital can have two uploads in flight or make the coordinator buffer more than one
 model for it. At most ``max_receiving`` uploads are read at once (the others wait, their bytes held
 back by gRPC's flow control), so the coordinator's memory stays flat in the number of hospitals:
-the global model, the float64 sums (twice the model) and ``max_receiving`` uploads. Likewise at most
-``max_sending`` hospitals are sent the model at once: each stream being sent holds a chunk or two and
-whatever its receiver's flow-control window lets gRPC queue, which would otherwise add up over all
-hospitals. An upload is folded into
-the round's accumulator only after it arrived whole and holds finite
-values, under a separate lock so that a 45 MB fold never blocks joins and polls; ``close_round`` takes
-that lock too, so no fold can land in a closed round. A refused update changes nothing.
+the global model, the float64 sums (twice the model) and ``max_receiving`` uploads. (Sending the model
+is bounded in server/transfers.py.) An upload is folded into the round's accumulator only after it
+arrived whole and passed server/admission.py, under a separate lock so that a 45 MB fold never blocks
+joins and polls; ``close_round`` takes that lock too, so no fold can land in a closed round. A refused
+update changes nothing.
+
+A session ends when its hospital joins again (from another process), or at once when its certificate
+is revoked (``revoke``): its polls and downloads are refused from then on and no round waits for it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ import numpy as np
 from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form
 from medfed.common.config import HOSPITAL_NAME
 from medfed.common.data import DatasetInfo
-from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, is_float, layout_of
+from medfed.common.peer_text import listed, quoted
+from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
 from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
+from medfed.server.admission import refusal
 from medfed.server.errors import (
+    CoordinatorError,
     DuplicateUpdate,
     InvalidUpdate,
     PermissionDenied,
@@ -52,6 +56,8 @@ from medfed.server.strategy import Accumulator, AggregationError
 log = logging.getLogger("medfed.server")
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
+MAX_CLOSED_SESSIONS = 10_000
+"""ended sessions remembered, to tell a caller why (beyond that: 'unknown session')"""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,8 @@ class Hospital:
     """taken for gone after --heartbeat-timeout without a call; any call brings it back"""
     classes: tuple[int, ...] = ()
     """the classes in its training data, as it reported them (for the report only)"""
+    polls: int = 0
+    """polls started; a poll that sees a newer one return at once (one waiting poll per hospital)"""
 
 
 @dataclass(frozen=True)
@@ -166,14 +174,11 @@ class Coordinator:
         federation_id: str | None = None,
         heartbeat_timeout: float | None = None,
         max_receiving: int = 2,
-        max_sending: int = 4,
     ) -> None:
-        if max_receiving < 1 or max_sending < 1:
-            raise ValueError(f"max_receiving and max_sending must be at least 1, got {max_receiving}, {max_sending}")
+        if max_receiving < 1:
+            raise ValueError(f"max_receiving must be at least 1, got {max_receiving}")
         self._receiving_now = 0
         self._max_receiving = max_receiving
-        self._sending_now = 0
-        self._max_sending = max_sending
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
         self._clock = clock
@@ -182,7 +187,8 @@ class Coordinator:
         self._max_examples = max_examples
         self._hospitals: dict[str, Hospital] = {}
         self._sessions: dict[str, str] = {}
-        self._replaced: set[str] = set()
+        self._closed: dict[str, CoordinatorError] = {}
+        """ended session -> what its next call is told (insertion order: the oldest are forgotten first)"""
         self._round: _OpenRound | None = None
         self._finished: Finished | None = None
         self.federation_id = federation_id or secrets.token_hex(8)
@@ -193,7 +199,7 @@ class Coordinator:
     def join(self, name: str, num_examples: int, info: DatasetInfo, *, classes: tuple[int, ...] = ()) -> str:
         """Admit a hospital (``name`` is its certificate's common name under TLS); returns its session."""
         if not HOSPITAL_NAME.match(name):
-            raise InvalidUpdate(f"hospital name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+            raise InvalidUpdate(f"hospital name {quoted(name)} must be 1-64 letters, digits, '_', '.' or '-'")
         if self._allowed is not None and name not in self._allowed:
             raise PermissionDenied(f"{name} is not on this federation's --allow list")
         if not 1 <= num_examples <= self._max_examples:
@@ -205,7 +211,9 @@ class Coordinator:
                 raise Rejected(f"the federation is over ({self._finished.reason})")
             if self._info is None:
                 self._info = info
-                log.info("%s set the federation's data: %s, classes %s", name, info.dataset, list(info.class_names))
+                log.info(
+                    "%s set the federation's data: %s, classes %s", name, quoted(info.dataset), listed(info.class_names)
+                )
             elif reason := self._info.mismatch(info):
                 raise Rejected(f"{name} cannot join: its {reason}")
             known = self._info.num_classes
@@ -213,8 +221,10 @@ class Coordinator:
                 raise InvalidUpdate(f"{name} reports classes {list(classes)[:10]}: expected distinct 0..{known - 1}")
             old = self._hospitals.get(name)
             if old is not None:
-                del self._sessions[old.session_id]
-                self._replaced.add(old.session_id)
+                self._close_session(
+                    old.session_id,
+                    SessionReplaced("this hospital joined again from another process; this session is closed"),
+                )
                 if not old.left:
                     log.warning("%s joined again; its previous session is closed", name)
             session_id = secrets.token_urlsafe(18)
@@ -232,10 +242,18 @@ class Coordinator:
         )
         return session_id
 
+    def _close_session(self, session_id: str, error: CoordinatorError) -> None:
+        """Caller holds the condition: end a session; its next call (or waiting poll) gets ``error``."""
+        self._sessions.pop(session_id, None)
+        self._closed[session_id] = error
+        while len(self._closed) > MAX_CLOSED_SESSIONS:
+            del self._closed[next(iter(self._closed))]
+        self._cond.notify_all()
+
     def _hospital(self, session_id: str, caller: str | None) -> Hospital:
         """Caller holds the condition. ``caller`` is the TLS identity, None without TLS."""
-        if session_id in self._replaced:
-            raise SessionReplaced("this hospital joined again from another process; this session is closed")
+        if (closed := self._closed.get(session_id)) is not None:
+            raise closed
         name = self._sessions.get(session_id)
         if name is None:
             raise UnknownSession("unknown session: join first")
@@ -285,8 +303,14 @@ class Coordinator:
         """Block until there is something for this hospital to do, or ``timeout`` seconds passed."""
         deadline = self._clock() + timeout
         with self._cond:
+            hospital = self._hospital(session_id, caller)
+            hospital.polls += 1
+            mine = hospital.polls
+            self._cond.notify_all()  # an older poll of this hospital returns: one waiting poll each
             while True:
                 hospital = self._hospital(session_id, caller)
+                if hospital.polls != mine:
+                    return Wait("a newer poll of this hospital took over")
                 if self._finished is not None:
                     hospital.told_finished = True
                     self._cond.notify_all()
@@ -309,20 +333,42 @@ class Coordinator:
         with self._cond:
             self._cond.notify_all()
 
-    def acquire_send_slot(self, is_active: Callable[[], bool]) -> bool:
-        """Wait for one of the ``max_sending`` slots to stream a task; False (no slot taken) when the
-        caller went away or the federation finished meanwhile. Pair with ``release_send_slot``."""
+    def name_of(self, session_id: str) -> str | None:
+        """The hospital a live session belongs to (None when it ended or never was)."""
         with self._cond:
-            while self._sending_now >= self._max_sending and is_active() and self._finished is None:
-                self._cond.wait()
-            if not is_active() or self._finished is not None:
-                return False
-            self._sending_now += 1
-            return True
+            return self._sessions.get(session_id)
 
-    def release_send_slot(self) -> None:
+    def session_error(self, session_id: str) -> CoordinatorError | None:
+        """Why a session can no longer be served (revoked, replaced), or None while it is live."""
         with self._cond:
-            self._sending_now -= 1
+            return self._closed.get(session_id)
+
+    def revoke(self, revoked: Mapping[str, str]) -> None:
+        """End these hospitals' sessions now ({name: reason}; their certificates were revoked): their
+        waiting polls and downloads are refused, and the open round stops waiting for them."""
+        with self._cond:
+            current = self._round
+            for name, reason in sorted(revoked.items()):
+                hospital = self._hospitals.get(name)
+                if hospital is None or hospital.session_id not in self._sessions:
+                    continue
+                hospital.left = True
+                self._close_session(hospital.session_id, PermissionDenied(f"{reason}; this session is closed"))
+                if current is None or name in current.contributions:
+                    log.warning("%s: %s; its session is closed", name, reason)
+                    continue
+                was_chosen = name in current.selected
+                current.selected.discard(name)
+                current.receiving.discard(name)
+                short = was_chosen and len(current.selected) < current.min_fit
+                log.warning(
+                    "%s: %s; its session is closed%s%s", name, reason,
+                    f" and round {current.task.round} goes on without it" if was_chosen else "",
+                    f", but the round now has {len(current.selected)} of the {current.min_fit} hospitals it needs "
+                    f"(--min-fit): to go on with fewer, stop the coordinator and continue with --resume --min-fit "
+                    f"{max(len(current.selected), 1)} (and --min-clients and --clients-per-round no larger)"
+                    if short else "",
+                )  # fmt: skip
             self._cond.notify_all()
 
     def begin_update(
@@ -391,14 +437,15 @@ class Coordinator:
         state: Mapping[str, np.ndarray],
         decoded: Mapping[str, np.ndarray],
     ) -> None:
-        """``state`` as received (checked for non-finite values), ``decoded`` its full values."""
+        """``state`` as received, ``decoded`` its full values: checked by server/admission.py, then folded."""
         with self._fold_lock:
             with self._cond:
                 if self._round is not current:
                     raise Rejected(f"round {current.task.round} closed while the update was being received")
-            bad = next((k for k, v in state.items() if is_float(v.dtype) and not np.isfinite(v).all()), None)
-            if bad is not None:
-                raise InvalidUpdate(f"tensor {bad!r} holds NaN or infinite values")
+                if contribution.name not in current.selected:
+                    raise PermissionDenied(f"{contribution.name} is no longer part of round {current.task.round}")
+            if (reason := refusal(state, decoded, current.task.payload.tensors())) is not None:
+                raise InvalidUpdate(reason)
             try:
                 current.accumulator.add(decoded, contribution.num_examples)
             except AggregationError as exc:

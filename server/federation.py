@@ -1,11 +1,17 @@
 """The driver: wait for hospitals, run the rounds, evaluate, record, write the final model.
 
 It talks to hospitals only through the Coordinator, so it runs the same under gRPC and in unit tests.
+
+A round whose aggregate is unusable (a NaN or an infinity in it, or a test-set evaluation that fails
+or gives a non-finite loss) does not end the run: the round is recorded as failed, with the reason, the
+previous global model is kept and sent again, and the federation goes on. Accepted updates are
+already checked (server/admission.py); this is the last line for what only the aggregate shows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -15,18 +21,22 @@ from typing import Any, Protocol
 
 from medfed.common import __version__
 from medfed.common.data import DatasetInfo
+from medfed.common.errors import UnusableModel
+from medfed.common.peer_text import quoted
 from medfed.common.processes import peak_rss_mb
 from medfed.common.recipe import NORMALIZATION, lr_factor
 from medfed.common.serde import EncodedModel, StateDict, encode
 from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.server.admission import first_unusable
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, RoundOutcome, Task
+from medfed.server.model_host import ModelHostError
 from medfed.server.output import RunOutput
 from medfed.server.privacy_record import PrivacyRecorder
 from medfed.server.report import class_subset_accuracy, write_report
-from medfed.server.strategy import FedAvg, Strategy
+from medfed.server.strategy import AggregationError, FedAvg, Strategy
 
 log = logging.getLogger("medfed.server")
 
@@ -93,7 +103,8 @@ def _run_round(
     while len(outcome.contributions) < min_fit and coordinator.finished is None:
         late = ", ".join(outcome.missing) or "none"
         log.warning(
-            "round %d: %d of %d hospitals reported within %.0f s (need %d; waiting on %s); waiting another %.0f s",
+            "round %d: %d of %d hospitals reported within %.0f s (need %d; waiting on %s); waiting another %.0f s "
+            "(to go on with fewer hospitals, stop the coordinator and continue with --resume --min-fit N)",
             task.round,
             len(outcome.contributions),
             len(outcome.contributions) + len(outcome.missing),
@@ -112,11 +123,31 @@ def _run_round(
     return outcome
 
 
+def _adopt(outcome: RoundOutcome, models: Models) -> tuple[EncodedModel, dict[str, Any] | None] | str:
+    """The round's new global model and its test metrics, or why the model cannot be adopted."""
+    try:
+        state = outcome.accumulator.result()
+    except AggregationError as exc:
+        return f"aggregation failed: {exc}"
+    if (bad := first_unusable(state)) is not None:
+        return f"the aggregated model's tensor {quoted(bad)} holds NaN or infinite values"
+    candidate = encode(state)
+    try:
+        metrics = models.evaluate(candidate)
+    except (ModelHostError, UnusableModel) as exc:
+        return f"evaluating the aggregated model on the test set failed: {exc}"
+    if metrics is not None and not math.isfinite(metrics["loss"]):
+        return "the aggregated model's test loss is not finite"
+    return candidate, metrics
+
+
 def _describe(record: Mapping[str, Any], rounds: int) -> str:
     line = (
         f"round {record['round']}/{rounds}: {record['num_clients']} hospitals, {record['num_examples']} examples, "
         f"{record['duration_s']:.2f} s"
     )
+    if "failed" in record:
+        return f"{line}, FAILED: {record['failed']}; the previous global model is kept and the federation goes on"
     if "accuracy" in record:
         line += f", test accuracy {record['accuracy']:.4f}, loss {record['loss']:.4f}"
     return line + PrivacyRecorder.describe(record)
@@ -213,7 +244,7 @@ def run_federation(
         task = Task(round_number, cfg.rounds, settings, model_spec, run.payload)
         outcome = _run_round(cfg, coordinator, task, strategy, run.global_state, selected)
         del task
-        run.payload = encode(outcome.accumulator.result())
+        adopted = _adopt(outcome, models)
         record: dict[str, Any] = {
             "round": round_number,
             "num_clients": len(outcome.contributions),
@@ -225,7 +256,13 @@ def run_federation(
             "server_peak_rss_mb": peak_rss_mb(),
             "model_helper_peak_rss_mb": models.peak_rss_mb,
         }
-        if (metrics := models.evaluate(run.payload)) is not None:
+        metrics = None
+        if isinstance(adopted, str):
+            record["failed"] = adopted
+        else:
+            run.payload, metrics = adopted
+        del adopted
+        if metrics is not None:
             run.last_eval = metrics
             record.update(run.last_eval)
             record["hospital_class_accuracy"] = {
@@ -242,7 +279,7 @@ def run_federation(
         output.append_history(record)
         run.completed = round_number
         _checkpoint(cfg, coordinator, output, run, info)
-        log.info("%s", _describe(record, cfg.rounds))
+        (log.error if "failed" in record else log.info)("%s", _describe(record, cfg.rounds))
         del outcome  # its accumulator holds the round's result: a second copy of the model until then
     coordinator.finish("all rounds completed", cfg.rounds)
     metadata = {

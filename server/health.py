@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from medfed.common.cli import Parser
+
 SERVICE = "medfed.proto.v1.Federation"
 
 
@@ -34,7 +36,7 @@ def health_only_server(address: str, servicer: health.HealthServicer) -> tuple[g
 
 def main(argv: Sequence[str] | None = None) -> int:
     """fed-health: exit 0 when the coordinator at HOST:PORT reports SERVING, 1 otherwise (one line why)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fed-health",
         description="Check a coordinator's health over its plaintext --health-address (grpc.health.v1).",
         epilog="examples:\n  fed-health 127.0.0.1:8081\n  HEALTHCHECK CMD fed-health 127.0.0.1:8081  (Dockerfile)",

@@ -20,7 +20,8 @@ import sys
 from typing import IO, Any
 
 from medfed.common.data import DatasetInfo
-from medfed.common.errors import USER_ERRORS
+from medfed.common.errors import USER_ERRORS, UnknownModelError
+from medfed.common.recipe import MODEL_NAMES
 from medfed.common.serde import EncodedModel, WireFormatError, layout_from_proto, layout_to_proto
 from medfed.proto.v1 import federation_pb2 as pb
 
@@ -109,9 +110,12 @@ class ModelHost:
             send(proc.stdin, request, model)
             reply = receive(proc.stdout)
         except (OSError, EOFError, ValueError) as exc:  # a broken pipe, a cut-off or garbled reply
+            self._stop()  # the next call starts a new helper (the run goes on without this round's figures)
             raise ModelHostError(f"the model helper failed during {request['op']}: {exc}") from None
         if reply is None:
-            raise ModelHostError(f"the model helper exited during {request['op']} (status {proc.wait()})")
+            status = proc.wait()
+            self._stop()
+            raise ModelHostError(f"the model helper exited during {request['op']} (status {status})")
         message, returned = reply
         self.peak_rss_mb = message.get("peak_rss_mb", self.peak_rss_mb)
         if "error" in message:
@@ -130,7 +134,12 @@ class ModelHost:
         pretrained: str | None,
         check_pretrained: bool,
     ) -> DatasetInfo | None:
-        """Refuse what cannot work before hospitals join; returns the test set's description, if any."""
+        """Refuse what cannot work before hospitals join; returns the test set's description, if any.
+
+        When nothing here needs PyTorch to be checked (no test set, no pretrained weights, no DP, the
+        device auto or cpu: the model name is checked by the settings), no helper is started now: the
+        request is only kept for the helper that builds the first model, so the coordinator listens
+        seconds sooner."""
         request = {
             "op": "check",
             "model": model,
@@ -141,6 +150,11 @@ class ModelHost:
             "pretrained": pretrained,
             "check_pretrained": check_pretrained,
         }
+        if test_data is None and pretrained is None and not dp and device in ("auto", "cpu"):
+            if model not in MODEL_NAMES:
+                raise UnknownModelError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+            self._checked, self._has_test_set = request, False
+            return None
         result, _ = self._call(request)
         self._checked = {**request, "check_pretrained": False}  # a replay need not read the file twice
         self._has_test_set = result["info"] is not None

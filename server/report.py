@@ -78,7 +78,8 @@ def write_report(
         return []
     names = list(info.class_names)
     written: list[Path] = []
-    tested = "accuracy" in history[-1]
+    evaluated = [r for r in history if "accuracy" in r]  # a failed round has no test figures
+    tested = bool(evaluated)
     accuracy_panel: dict[str, tuple[list[float], list[float | None]]] = {}
     if tested:
         accuracy_panel = {"test accuracy": _series(history, "accuracy"), "test macro AUC": _series(history, "auc")}
@@ -92,15 +93,13 @@ def write_report(
         ],
     )  # fmt: skip
     written.append(directory / CURVES_FILE)
-    last = history[-1]
+    last = evaluated[-1] if tested else history[-1]
     if tested:
         per_class = {
             name: ([r["round"] for r in history], [r.get("per_class_accuracy", {}).get(name) for r in history])
             for name in names
         }
-        plots.line_panels(
-            directory / PER_CLASS_FILE, f"{title}: test accuracy per class", [("accuracy", per_class, {})]
-        )
+        plots.small_multiples(directory / PER_CLASS_FILE, f"{title}: test accuracy per class", per_class, "accuracy")
         plots.confusion(directory / CONFUSION_PNG, last["confusion_matrix"], names, f"{title}: round {last['round']}")
         _write_confusion_csv(directory / CONFUSION_CSV, last["confusion_matrix"], names)
         written += [directory / PER_CLASS_FILE, directory / CONFUSION_PNG, directory / CONFUSION_CSV]
@@ -119,7 +118,8 @@ def _markdown(
     title: str,
     tested: bool,
 ) -> str:
-    last = history[-1]
+    evaluated = [r for r in history if "accuracy" in r]
+    last = evaluated[-1] if evaluated else history[-1]
     names = list(info.class_names)
     hospitals = sorted({n for r in history for n in r.get("clients", [])})
     lines = [
@@ -129,6 +129,10 @@ def _markdown(
         f"{len(hospitals)} hospitals: {', '.join(hospitals)}.",
         "",
     ]
+    failed = [r for r in history if "failed" in r]
+    if failed:
+        lines += [f"{len(failed)} round(s) failed and kept the previous global model:", ""]
+        lines += [f"- round {r['round']}: {r['failed']}" for r in failed] + [""]
     if tested:
         lines += [
             f"## Global model after round {last['round']}, on the coordinator's test set",

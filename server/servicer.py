@@ -1,11 +1,12 @@
 """The gRPC face of the coordinator, kept thin: authenticate, decode the request, call the Coordinator,
-map its errors to status codes, encode the reply. All round logic lives in coordinator.py."""
+map its errors to status codes, encode the reply. All round logic lives in coordinator.py; the bounds
+on transfers (send slots, stall deadlines) in transfers.py. Every refusal is logged through
+refusal_log.py (a few lines per peer at a time) and its status message is cut and escaped."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, cast
 
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
+from medfed.common.peer_text import STATUS_LIMIT, cleaned, quoted
 from medfed.common.serde import (
     Chunk,
     WireFormatError,
@@ -46,6 +48,8 @@ from medfed.server.errors import (
     Unauthenticated,
     UploadInProgress,
 )
+from medfed.server.refusal_log import RefusalLog
+from medfed.server.transfers import SendSlots, Ticket, TransferWatch
 
 log = logging.getLogger("medfed.server")
 
@@ -75,14 +79,25 @@ def status_for(exc: Exception) -> grpc.StatusCode:
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
-    context.abort(status_for(exc), str(exc))
+    context.abort(status_for(exc), cleaned(str(exc), STATUS_LIMIT))
     raise AssertionError("unreachable: context.abort raises")
 
 
-def _chunks(messages: Iterable[pb.UpdateMessage]) -> Iterator[Chunk]:
+def _peer(context: grpc.ServicerContext, caller: str | None) -> str:
+    """Who to charge a refusal to in the log: the certificate's name (also when it was refused, say as
+    revoked), else the address without its port."""
+    if caller is None:
+        # grpc-stubs says Mapping[str, bytes]; at run time each property maps to a list of bytes values.
+        names = cast(AuthContext, context.auth_context()).get("x509_common_name") or []
+        caller = names[0].decode(errors="replace") if names else None
+    return caller or context.peer().rsplit(":", 1)[0]
+
+
+def _chunks(messages: Iterable[pb.UpdateMessage], progress: Callable[[], None]) -> Iterator[Chunk]:
     for message in messages:
         if message.WhichOneof("kind") != "chunk":
             raise WireFormatError("expected only chunks after the update header")
+        progress()
         yield message.chunk.offset, message.chunk.data
 
 
@@ -106,11 +121,16 @@ class FederationServicer(pb_grpc.FederationServicer):
         poll_timeout: float,
         authenticator: PeerAuthenticator | None = None,
         upload_timeout: float = 600.0,
+        max_sending: int = 4,
+        stall_timeout: float = 60.0,
     ) -> None:
         self._coordinator = coordinator
         self._poll_timeout = poll_timeout
         self._auth = authenticator
         self._upload_timeout = upload_timeout
+        self.send_slots = SendSlots(max_sending)
+        self.watch = TransferWatch(stall_timeout)
+        self._refusals = RefusalLog(log)
 
     def _caller(self, context: grpc.ServicerContext) -> str | None:
         """The TLS identity (certificate common name), or None on an --insecure server."""
@@ -119,37 +139,40 @@ class FederationServicer(pb_grpc.FederationServicer):
         # grpc-stubs says Mapping[str, bytes]; at run time each property maps to a list of bytes values.
         return self._auth.identify(cast(AuthContext, context.auth_context()))
 
+    def _refuse(self, context: grpc.ServicerContext, what: str, exc: Exception, caller: str | None = None) -> NoReturn:
+        self._refusals.refused(_peer(context, caller), what, exc)
+        _abort(context, exc)
+
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        caller = None
         try:
             caller = self._caller(context)
             if caller is not None and request.name and request.name != caller:
-                raise PermissionDenied(f"the certificate is for {caller}, but the request names {request.name!r}")
+                raise PermissionDenied(
+                    f"the certificate is for {quoted(caller)}, but the request names {quoted(request.name)}"
+                )
             check_text("client_version", request.client_version)
             name = caller or request.name
             session_id = self._coordinator.join(
                 name, request.num_examples, info_from_proto(request.data), classes=tuple(request.classes)
             )
         except Refusal as exc:
-            log.warning("join refused: %s", exc)
-            _abort(context, exc)
+            self._refuse(context, "join", exc, caller)
         return pb.JoinReply(session_id=session_id, federation_id=self._coordinator.federation_id)
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskMessage]:
         context.add_callback(self._coordinator.wake)
+        context.add_callback(self.send_slots.wake)
+        caller = None
         try:
             caller = self._caller(context)
             instruction = self._coordinator.next_instruction(
                 request.session_id, self._poll_timeout, caller=caller, is_active=context.is_active
             )
         except Refusal as exc:
-            _abort(context, exc)
+            self._refuse(context, "poll", exc, caller)
         if isinstance(instruction, Task):
-            if not self._coordinator.acquire_send_slot(context.is_active):
-                return  # the hospital hung up, or the run ended, while it waited for a slot
-            try:
-                yield from task_messages(instruction)
-            finally:  # also when gRPC drops the stream: the generator is closed then
-                self._coordinator.release_send_slot()
+            yield from self._send(request.session_id, instruction, context)
         elif isinstance(instruction, Finished):
             finished = pb.Finished(
                 reason=instruction.reason,
@@ -160,13 +183,37 @@ class FederationServicer(pb_grpc.FederationServicer):
         else:
             yield pb.TaskMessage(wait=pb.Wait(reason=instruction.reason))
 
+    def _send(self, session_id: str, task: Task, context: grpc.ServicerContext) -> Iterator[pb.TaskMessage]:
+        """Stream the model within a send slot of this hospital's own, under the stall watch; a session
+        that ends meanwhile (a revoked certificate) is cut off at the next chunk."""
+        name = self._coordinator.name_of(session_id) or "?"
+        coordinator = self._coordinator
+        slot = self.send_slots.acquire(
+            name, context.cancel, lambda: context.is_active() and coordinator.finished is None
+        )
+        if slot is None:
+            return  # the hospital hung up, asked again, or the run ended while it waited for a slot
+        what = f"the download of round {task.round}'s model to {name}"
+        with slot, self.watch.watch(what, context.cancel, timeout=self._upload_timeout) as ticket:
+            for message in task_messages(task):  # gRPC closes this generator when the stream ends
+                if (closed := coordinator.session_error(session_id)) is not None:
+                    self._refuse(context, "download", closed, name)
+                ticket.progress()
+                yield message
+
     def SubmitUpdate(
         self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext
     ) -> pb.SubmitReply:
         # A hospital that stalls mid-upload must not hold its slot and a thread forever.
-        watchdog = threading.Timer(self._upload_timeout, context.cancel)
-        watchdog.daemon = True
-        watchdog.start()
+        with self.watch.watch("an upload", context.cancel, timeout=self._upload_timeout) as ticket:
+            header, name = self._receive(request_iterator, context, ticket)
+        log.debug("round %d: update from %s accepted", header.round, name)
+        return pb.SubmitReply(message=f"update for round {header.round} accepted")
+
+    def _receive(
+        self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext, ticket: Ticket
+    ) -> tuple[pb.UpdateHeader, str]:
+        caller = None
         try:
             caller = self._caller(context)
             first = next(request_iterator, None)
@@ -188,33 +235,35 @@ class FederationServicer(pb_grpc.FederationServicer):
                 privacy=privacy,
                 delta=header.kind == pb.UPDATE_KIND_DELTA,
             ) as pending:
-                pending.commit(from_chunks(layout, _chunks(request_iterator)))
+                ticket.describe(f"the upload of {pending.name}'s update for round {header.round}")
+                ticket.progress()  # it holds a receive slot from here on: a stall now counts
+                pending.commit(from_chunks(layout, _chunks(request_iterator, ticket.progress)))
         except Refusal as exc:
-            log.warning("update refused: %s", exc)
-            _abort(context, exc)
+            self._refuse(context, "update", exc, caller)
         except grpc.RpcError:
             log.warning(
-                "an upload was abandoned (the hospital went away or took longer than %.0f s)", self._upload_timeout
-            )
+                "an upload from %s was abandoned (the hospital went away, stalled, or took longer than %.0f s)",
+                quoted(_peer(context, caller)), self._upload_timeout,
+            )  # fmt: skip
             _abort(context, Rejected("upload abandoned"))
-        finally:
-            watchdog.cancel()
-        log.debug("round %d: update from %s accepted", header.round, pending.name)
-        return pb.SubmitReply(message=f"update for round {header.round} accepted")
+        return header, pending.name
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
+        caller = None
         try:
-            self._coordinator.heartbeat(request.session_id, caller=self._caller(context))
+            caller = self._caller(context)
+            self._coordinator.heartbeat(request.session_id, caller=caller)
         except Refusal as exc:
-            _abort(context, exc)
+            self._refuse(context, "heartbeat", exc, caller)
         return pb.HeartbeatReply()
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
+        caller = None
         try:
-            reason = "".join(c if c.isprintable() else " " for c in request.reason[:MAX_TEXT])
-            self._coordinator.leave(request.session_id, caller=self._caller(context), reason=reason)
+            caller = self._caller(context)
+            self._coordinator.leave(request.session_id, caller=caller, reason=cleaned(request.reason, MAX_TEXT))
         except Refusal as exc:
-            _abort(context, exc)
+            self._refuse(context, "leave", exc, caller)
         return pb.LeaveReply()
 
 
@@ -228,6 +277,8 @@ def create_server(
     upload_timeout: float = 600.0,
     max_workers: int = 256,
     health: HealthServicer | None = None,
+    max_sending: int = 4,
+    stall_timeout: float = 60.0,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a server for ``coordinator`` bound to ``address``; returns it and its port.
 
@@ -238,7 +289,7 @@ def create_server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=server_options(),
     )
-    servicer = FederationServicer(coordinator, poll_timeout, authenticator, upload_timeout)
+    servicer = FederationServicer(coordinator, poll_timeout, authenticator, upload_timeout, max_sending, stall_timeout)
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from medfed.common.peer_text import listed, quoted
 from medfed.common.serde import StateDict, is_float
 
 
@@ -52,11 +53,13 @@ def check_update(template: Mapping[str, np.ndarray], update: Mapping[str, np.nda
     if update.keys() != template.keys():
         missing = sorted(template.keys() - update.keys())[:3]
         extra = sorted(update.keys() - template.keys())[:3]
-        raise AggregationError(f"update tensors differ from the model (missing {missing}, unexpected {extra})")
+        raise AggregationError(
+            f"update tensors differ from the model (missing {listed(missing)}, unexpected {listed(extra)})"
+        )
     for name, expected in template.items():
         if update[name].shape != expected.shape:
             shape = tuple(update[name].shape)
-            raise AggregationError(f"tensor {name!r} has shape {shape}, expected {tuple(expected.shape)}")
+            raise AggregationError(f"tensor {quoted(name)} has shape {shape}, expected {tuple(expected.shape)}")
 
 
 class SumAccumulator:

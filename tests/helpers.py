@@ -66,9 +66,11 @@ def start_server(procs: ProcessGroup, tmp: Path, *args: str, timeout: float = 60
     return procs.wait_for_port("server", port_file, timeout)
 
 
-def run_cli(module: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    module: str, *args: str, timeout: float = 120.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
     )
 
 

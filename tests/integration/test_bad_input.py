@@ -128,7 +128,7 @@ def test_server_refuses_unknown_config_keys_and_an_out_folder_with_a_run(tmp_pat
     bad_key = run_cli("medfed.server", "--insecure", "--config", str(config))
     used_out = run_cli("medfed.server", "--insecure", "--address", "127.0.0.1:0", "--out", str(out))
 
-    assert_one_line_error(bad_key, "fed-server", "--roundz: unknown setting")
+    assert_one_line_error(bad_key, "fed-server", "unknown setting 'roundz' in the config file (did you mean rounds?)")
     assert_one_line_error(used_out, "fed-server", "already holds a run", "--force")
     assert (out / "history.jsonl").read_text() == '{"round": 1}\n'  # nothing lost
 

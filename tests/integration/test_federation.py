@@ -144,7 +144,7 @@ def test_hospitals_train_straight_from_image_folders_and_a_foreign_class_is_refu
     history = read_history(out)
     assert [sorted(r["clients"]) for r in history] == [["hospital_a", "hospital_b"]] * 2
     assert history[-1]["test_examples"] == 30 and set(history[-1]["per_class_accuracy"]) == {"c0", "c1", "c2"}
-    assert "the federation (its test set) has no class flu" in procs.log("hospital_c")
+    assert "the federation has no class ['flu']" in procs.log("hospital_c")
 
 
 def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: ProcessGroup) -> None:
@@ -208,7 +208,7 @@ def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
 
     demo = subprocess.Popen(
-        [sys.executable, "-m", "medfed.common.demo", "--rounds", "2", "--out", str(out)],
+        [sys.executable, "-m", "medfed.common.demo", "--rounds", "2", "--clients", "2", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -227,15 +227,18 @@ def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
 def test_fed_study_compares_hospitals_alone_the_federation_and_pooled_data(tmp_path: Path) -> None:
     partition_to_folders(synthetic_dataset(num_classes=3, size=8), tmp_path / "data", clients=2,
                          scheme="exclude-classes", seed=0)  # fmt: skip
-    out = tmp_path / "study"
+    (tmp_path / "here").mkdir()
 
     result = run_cli(
         "medfed.common.study", "--hospitals", str(tmp_path / "data" / "hospital_a"),
         str(tmp_path / "data" / "hospital_b"), "--test", str(tmp_path / "data" / "test"), "--rounds", "2",
-        "--batch-size", "16", "--out", str(out), "--no-progress", timeout=300,
+        "--batch-size", "16", timeout=300, cwd=tmp_path / "here",
     )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
+    (out,) = (tmp_path / "here").iterdir()  # no --out: a new folder where it was run
+    assert out.name.startswith("fed-study-own-") and f"the study writes to {out.name}" in result.stdout
+    assert "\r" not in result.stderr  # no progress bars when standard error is not a terminal
     study = json.loads((out / "study.json").read_text())
     names = [m["name"] for m in study["models"]]
     assert names == ["local hospital_a", "local hospital_b", "federated", "centralized"]

@@ -2,10 +2,11 @@
 serving, and the round's aggregate is exactly the honest hospitals' weighted average."""
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 
 from medfed.common.checkpoint import load_model
-from medfed.common.data import DatasetInfo
+from medfed.common.compression import encode_update
+from medfed.common.data import DatasetInfo, load_folder
+from medfed.common.partition_cli import partition_to_folders
+from medfed.common.processes import ProcessGroup
 from medfed.common.serde import encode, from_chunks, is_float, layout_from_proto, layout_to_proto
 from medfed.common.transport import channel_options
 from medfed.common.wire import info_to_proto
@@ -25,7 +29,7 @@ from medfed.server.federation import run_federation
 from medfed.server.output import RunOutput
 from medfed.server.servicer import create_server
 from medfed.server.strategy import fedavg
-from tests.helpers import InProcessModels
+from tests.helpers import InProcessModels, start_server, synthetic_dataset
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 Code = grpc.StatusCode
@@ -238,3 +242,111 @@ def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federat
     final, _ = load_model(federation.out)
     expected = fedavg([(update_a, 10), (shifted(model, 3.0), 10)])
     assert all(np.array_equal(final[k], expected[k]) for k in expected)
+
+
+def int8_messages(session: str, state: State, model: State, *, scale: float | None = None,
+                  n: int = 10) -> list[pb.UpdateMessage]:  # fmt: skip
+    """An int8 delta update of ``state`` against ``model``; ``scale`` replaces every tensor's scale."""
+    encoded = encode_update(state, model, "int8")
+    layout = encoded.layout
+    if scale is not None:
+        layout = replace(layout, tensors=tuple(replace(t, delta_scale=scale) if t.delta_scale else t
+                                               for t in layout.tensors))  # fmt: skip
+    header = pb.UpdateHeader(session_id=session, round=1, num_examples=n, kind=pb.UPDATE_KIND_DELTA,
+                             tensors=layout_to_proto(layout))  # fmt: skip
+    chunks = [pb.UpdateMessage(chunk=pb.Chunk(offset=o, data=d)) for o, d in encoded.chunks(200_000)]
+    return [pb.UpdateMessage(header=header), *chunks]
+
+
+def test_updates_that_would_poison_the_average_are_refused_and_the_run_keeps_the_honest_average(
+    federation: Federation,
+) -> None:
+    stub = federation.stub
+    a, b, hostile = join(stub, "honest_a", 10), join(stub, "honest_b", 30), join(stub, "hostile", 10)
+    cfg = ServerConfig.model_validate({"rounds": 1, "min_clients": 3, "min_fit": 2, "local_epochs": 0,
+                                       "update_encoding": "int8", "out": federation.out, "insecure": True})  # fmt: skip
+    output = RunOutput(cfg.out)
+    output.prepare(force=False)
+    driver = threading.Thread(
+        target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))
+    )
+    driver.start()
+    _, model = fetch(stub, hostile)
+    flipped = {k: (-v if is_float(v.dtype) else v) for k, v in model.items()}  # BatchNorm statistics included
+    upload = {
+        "sign-flipped model (negative running variances)": messages(hostile, flipped),
+        "int8 delta whose scale is finite but rebuilds beyond float32": int8_messages(
+            hostile, shifted(model, 1.0), model, scale=1e37
+        ),
+    }
+
+    observed = {
+        what: status(lambda msgs=msgs: stub.SubmitUpdate(iter(msgs), timeout=30)) for what, msgs in upload.items()
+    }
+    stub.SubmitUpdate(iter(int8_messages(a, shifted(model, 1.0), model)), timeout=30)
+    stub.SubmitUpdate(iter(messages(b, shifted(model, 3.0), n=30)), timeout=30)
+    stub.Leave(pb.LeaveRequest(session_id=hostile, reason="done"))
+    driver.join(timeout=60)
+
+    assert observed == dict.fromkeys(upload, Code.INVALID_ARGUMENT)
+    assert not driver.is_alive()
+    final, _ = load_model(federation.out)
+    assert all(np.isfinite(v).all() for v in final.values())
+    history = [json.loads(line) for line in (federation.out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["clients"] == ["honest_a", "honest_b"]
+
+
+def test_a_huge_name_gets_a_short_refusal_and_a_flood_of_them_a_few_log_lines(
+    federation: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub = federation.stub
+    caplog.set_level(logging.WARNING, logger="medfed.server")
+
+    with pytest.raises(grpc.RpcError) as err:
+        join(stub, "x" * 10_000)
+    for _ in range(20):
+        assert status(lambda: join(stub, "\n" + "y" * (3 << 20))) == Code.INVALID_ARGUMENT
+
+    assert err.value.code() == Code.INVALID_ARGUMENT
+    assert len(err.value.details()) < 200 and "(10000 characters)" in err.value.details()
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 5 and all(len(line) < 400 and "\n" not in line for line in refusals)
+
+
+def test_an_accepted_update_that_breaks_the_global_model_fails_its_round_not_the_federation(
+    tmp_path: Path,
+) -> None:
+    """A real fed-server with a test set: one hospital's finite but enormous weights make the average
+    give NaN on the test set. The round is recorded as failed, the last good model is kept, the run goes on
+    (the coordinator exited 1 with "Input contains NaN" before)."""
+    partition_to_folders(synthetic_dataset(num_classes=2, size=8), tmp_path / "data", clients=2, scheme="iid")
+    procs = ProcessGroup(tmp_path / "logs")
+    out = tmp_path / "run"
+    try:
+        port = start_server(procs, tmp_path, "--rounds", "2", "--min-clients", "2", "--local-epochs", "0",
+                            "--test-data", str(tmp_path / "data" / "test"), "--out", str(out))  # fmt: skip
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+        stub = pb_grpc.FederationStub(channel)
+        info = load_folder(tmp_path / "data" / "hospital_a").info
+        honest, hostile = join(stub, "honest", 10, info), join(stub, "hostile", 10, info)
+        sent: list[State] = []
+        for round_number in (1, 2):
+            _, model = fetch(stub, honest)
+            fetch(stub, hostile)
+            sent.append(model)
+            huge = {k: (v * np.float32(1e30) if is_float(v.dtype) else v) for k, v in model.items()}
+            stub.SubmitUpdate(iter(messages(honest, model, round_number=round_number)), timeout=30)
+            poisoned = huge if round_number == 1 else model
+            stub.SubmitUpdate(iter(messages(hostile, poisoned, round_number=round_number)), timeout=30)
+        code = procs.procs["server"].wait(timeout=120)
+        channel.close()
+    finally:
+        procs.stop_all()
+
+    assert code == 0, procs.log("server")
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert "not finite" in history[0]["failed"] and "accuracy" not in history[0]
+    assert "failed" not in history[1] and np.isfinite(history[1]["loss"])
+    assert all(np.array_equal(sent[0][k], sent[1][k]) for k in sent[0])  # round 2 got round 0's model again
+    final, _ = load_model(out)
+    assert all(np.array_equal(final[k], sent[0][k]) for k in final)  # honest updates were the model itself

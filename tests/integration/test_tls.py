@@ -27,6 +27,7 @@ from medfed.server.auth import PeerAuthenticator
 from medfed.server.coordinator import Coordinator
 from medfed.server.servicer import create_server
 from tests.helpers import run_cli
+from tests.tcp_proxy import TcpProxy
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(4, 4))
 PAST = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=800)
@@ -129,7 +130,7 @@ def test_a_hospital_joins_as_the_name_on_its_certificate(certs: Pki, live: Live)
 def test_a_name_other_than_the_certificates_is_refused(certs: Pki, live: Live) -> None:
     err = refusal(lambda: join(stub(certs, live.port, "hospital_a"), claimed="hospital_b"))
 
-    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "certificate is for hospital_a" in err.details()
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "certificate is for 'hospital_a'" in err.details()
     assert live.coordinator.hospitals() == []
 
 
@@ -240,10 +241,44 @@ def test_the_probe_names_a_refusal_and_never_mistakes_an_outage_or_a_healthy_ser
         unused.bind(("127.0.0.1", 0))  # bound, never listening: nobody there
         nobody = f"127.0.0.1:{unused.getsockname()[1]}"
         try:
-            assert "requires TLS" in (Probe(tls_server).diagnose() or "")
+            refused = Probe(tls_server).diagnose()
+            assert refused is not None and refused.final and "requires TLS" in refused.text
             assert Probe(tls_server, cert, key, certs.ca).diagnose() is None
             assert Probe(f"127.0.0.1:{insecure_port}").diagnose() is None
             assert Probe(nobody, cert, key, certs.ca).diagnose() is None
             assert Probe(nobody).diagnose() is None
         finally:
             insecure.stop(grace=None).wait()
+
+
+def test_a_certificate_without_the_server_name_is_reported_for_the_name_checked(
+    certs: Pki, live: Live, tmp_path: Path
+) -> None:
+    from medfed.common.data import save_folder
+
+    save_folder(tmp_path / "h", "h", INFO, {"train": (np.zeros((4, 4, 4), dtype=np.uint8), np.array([0, 1, 0, 1]))})
+    cert, key = certs.cert("hospital_a")
+
+    result = run_cli(
+        "medfed.client", "--data", str(tmp_path / "h"), "--server", f"127.0.0.1:{live.port}",
+        "--server-name", "coordinator.example.org", "--tls-cert", str(cert), "--tls-key", str(key),
+        "--tls-ca", str(certs.ca), "--max-wait", "120",
+    )  # fmt: skip
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fed-client: error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "not issued for coordinator.example.org" in errors[0] and "127.0.0.1" not in errors[0]
+
+
+def test_a_connection_accepted_and_closed_is_an_outage_not_a_refusal(certs: Pki, live: Live) -> None:
+    """What a load balancer in front of a coordinator that is down does; a TLS coordinator hanging up on
+    plaintext looks the same on the wire and is still told apart (it answers TLS)."""
+    cert, key = certs.cert("hospital_a")
+    with TcpProxy() as proxy:
+        outages = [Probe(f"127.0.0.1:{proxy.port}").diagnose(),
+                   Probe(f"localhost:{proxy.port}", cert, key, certs.ca).diagnose()]  # fmt: skip
+    refused = Probe(f"localhost:{live.port}").diagnose()
+
+    assert all(d is not None and not d.final and "accepted the connection and closed it" in d.text for d in outages)
+    assert proxy.closed_connections == 3  # the plaintext probe looked twice: a preface, then a ClientHello
+    assert refused is not None and refused.final and "requires TLS" in refused.text

@@ -148,8 +148,8 @@ def test_a_stalled_upload_is_cancelled_and_frees_its_hospitals_slot() -> None:
 
 
 def test_a_hospital_that_hangs_up_mid_download_frees_its_send_slot() -> None:
-    coordinator = Coordinator(data_info=INFO, max_sending=1)
-    server, port = create_server(coordinator, "127.0.0.1:0", poll_timeout=5.0)
+    coordinator = Coordinator(data_info=INFO)
+    server, port = create_server(coordinator, "127.0.0.1:0", poll_timeout=5.0, max_sending=1)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
     stub = pb_grpc.FederationStub(channel)
@@ -167,5 +167,52 @@ def test_a_hospital_that_hangs_up_mid_download_frees_its_send_slot() -> None:
 
         assert np.array_equal(received["big"], GLOBAL["big"])
     finally:
+        channel.close()
+        server.stop(grace=None).wait()
+
+
+def fetch_model(stub: pb_grpc.FederationStub, session: str, timeout: float) -> dict[str, np.ndarray]:
+    stream = stub.GetTask(pb.TaskRequest(session_id=session), timeout=timeout)
+    header = next(stream).task
+    chunks = ((m.chunk.offset, m.chunk.data) for m in stream)
+    return from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), chunks)
+
+
+@pytest.mark.parametrize(
+    ("max_sending", "stall_timeout", "streams"),
+    [(2, 600.0, 3), (1, 1.0, 1)],
+    ids=["one slot per hospital however many streams it opens", "a hospital that stops reading loses its slot"],
+)
+def test_a_hospital_that_does_not_read_its_downloads_cannot_keep_the_model_from_others(
+    max_sending: int, stall_timeout: float, streams: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    server, port = create_server(
+        coordinator, "127.0.0.1:0", poll_timeout=5.0, max_sending=max_sending, stall_timeout=stall_timeout
+    )
+    server.start()
+    # A client that does not read keeps its receive window where it starts (no bandwidth probing to grow it).
+    unread_window = [*channel_options(), ("grpc.http2.bdp_probe", 0)]
+    hostile_channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=unread_window)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+    hostile_stub, stub = pb_grpc.FederationStub(hostile_channel), pb_grpc.FederationStub(channel)
+    unread = []
+    try:
+        hostile, honest = join(hostile_stub, "hostile"), join(stub, "honest")
+        open_round(coordinator, ["hostile", "honest"])
+        # Downloads of the 24 MB model that are never read: without the fix each holds a slot for good.
+        for _ in range(streams):
+            unread.append(hostile_stub.GetTask(pb.TaskRequest(session_id=hostile), timeout=120))
+            next(unread[-1])  # the header: this stream has a slot now
+
+        received = fetch_model(stub, honest, timeout=30)  # DEADLINE_EXCEEDED without the fix
+
+        assert np.array_equal(received["big"], GLOBAL["big"])
+        stalled = "the download of round 1's model to hostile made no progress for 1 s (--stall-timeout)"
+        assert (stalled in caplog.text) == (stall_timeout == 1.0)
+    finally:
+        for call in unread:
+            call.cancel()
+        hostile_channel.close()
         channel.close()
         server.stop(grace=None).wait()

@@ -26,7 +26,11 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
         ({"address": "nohost"}, "--address"),
         ({"address": "[::1]:65536"}, "port 65536 is outside 0..65535"),
         ({"clients_per_round": 5, "min_clients": 3}, "cannot exceed --min-clients"),
-        ({"bogus": 1}, "--bogus: unknown setting"),
+        ({"bogus": 1}, "unknown setting 'bogus' in the config file"),
+        (
+            {"address": "https://127.0.0.1:8443"},
+            "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:8443",
+        ),
     ],
 )
 def test_bad_server_values_name_the_flag(values: dict[str, object], message: str) -> None:
@@ -34,6 +38,31 @@ def test_bad_server_values_name_the_flag(values: dict[str, object], message: str
         build_config(ServerConfig, {}, values)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_mistyped_setting_in_the_config_file_gets_the_close_match(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text('adress = "0.0.0.0:8443"\nmin-client = 3\n')
+
+    with pytest.raises(ConfigError) as err:
+        build_config(ServerConfig, load_toml(path), {})
+
+    assert str(err.value) == (
+        "unknown setting 'adress' in the config file (did you mean address?); "
+        "unknown setting 'min-client' in the config file (did you mean min-clients?)"
+    )
+
+
+def test_a_class_map_reads_folder_class_pairs() -> None:
+    cfg = build_config(
+        ClientConfig, {}, {"data": "x", "server": "h:1", "class_map": "NORMAL=normal, PNEUMONIA=pneumonia"}
+    )
+
+    assert cfg.class_map == {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
+    with pytest.raises(ConfigError, match="--class-map: give FOLDER=CLASS pairs"):
+        build_config(ClientConfig, {}, {"data": "x", "server": "h:1", "class_map": "NORMAL:normal"})
+    with pytest.raises(ConfigError, match="needs both a folder and a class name"):
+        build_config(ClientConfig, {}, {"data": "x", "server": "h:1", "class_map": "NORMAL="})
 
 
 def test_client_requires_data_and_server() -> None:

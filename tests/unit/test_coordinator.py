@@ -292,34 +292,59 @@ def test_an_upload_waiting_for_a_slot_is_refused_when_its_round_closes() -> None
     assert len(errors) == 1 and "closed while the update waited" in str(errors[0])
 
 
-def test_hospitals_beyond_the_send_slots_wait_for_a_free_one() -> None:
-    coordinator = Coordinator(data_info=INFO, max_sending=1)
-    got: list[bool] = []
-    assert coordinator.acquire_send_slot(lambda: True)
-    waiter = threading.Thread(target=lambda: got.append(coordinator.acquire_send_slot(lambda: True)))
+def test_a_revoked_hospitals_waiting_poll_is_refused_and_the_round_goes_on_without_it(
+    coordinator: Coordinator,
+) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    b = coordinator.join("hospital_b", 10, INFO)
+    got: list[object] = []
 
-    waiter.start()
-    waiter.join(timeout=0.3)
-    blocked_while_the_first_is_sent = waiter.is_alive()
-    coordinator.release_send_slot()
-    waiter.join(timeout=30)
+    def poll() -> None:
+        try:
+            got.append(coordinator.next_instruction(b, timeout=30))
+        except PermissionDenied as exc:
+            got.append(exc)
 
-    assert blocked_while_the_first_is_sent and got == [True]
+    poller = threading.Thread(target=poll)
+    poller.start()
+    coordinator.revoke({"hospital_b": "the certificate of 'hospital_b' (serial 1f) has been revoked"})
+    poller.join(timeout=30)
+    coordinator.revoke({"hospital_b": "revoked again"})  # a session already closed: nothing changes
+
+    assert len(got) == 1 and isinstance(got[0], PermissionDenied) and "(serial 1f) has been revoked" in str(got[0])
+    assert coordinator.hospitals() == ["hospital_a"] and coordinator.name_of(a) == "hospital_a"
+    assert coordinator.name_of(b) is None and isinstance(coordinator.session_error(b), PermissionDenied)
+    with pytest.raises(PermissionDenied, match="serial 1f"):
+        coordinator.heartbeat(b)
 
 
-def test_a_hospital_that_hangs_up_or_a_finished_run_gives_up_its_wait_for_a_send_slot() -> None:
-    coordinator = Coordinator(data_info=INFO, max_sending=1)
-    assert coordinator.acquire_send_slot(lambda: True)
-    connected = threading.Event()
-    connected.set()
-    got: list[bool] = []
-    waiter = threading.Thread(target=lambda: got.append(coordinator.acquire_send_slot(connected.is_set)))
-    waiter.start()
+def test_a_hospital_revoked_mid_round_is_dropped_from_it_at_once(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    coordinator.join("hospital_b", 10, INFO)
+    coordinator.open_round(
+        Task(1, 5, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(GLOBAL)),
+        ["hospital_a", "hospital_b"],
+        FedAvg().begin(GLOBAL),
+        min_fit=1,
+    )
+    coordinator.submit_update(a, 1, 10, {}, update(1.0))
 
-    connected.clear()
-    coordinator.wake()  # what the servicer's RPC-termination callback does
-    waiter.join(timeout=30)
-    coordinator.finish("done", 1)
+    coordinator.revoke({"hospital_b": "the certificate of 'hospital_b' (serial 2) has been revoked"})
+    outcome = coordinator.wait_for_round(deadline=float("inf"))  # would wait forever for hospital_b
 
-    assert got == [False]
-    assert coordinator.acquire_send_slot(lambda: True) is False  # nothing to send after the end
+    assert [c.name for c in outcome.contributions] == ["hospital_a"] and outcome.missing == []
+
+
+def test_a_newer_poll_of_the_same_hospital_ends_its_older_one(coordinator: Coordinator) -> None:
+    a = coordinator.join("hospital_a", 10, INFO)
+    older: list[object] = []
+    first = threading.Thread(target=lambda: older.append(coordinator.next_instruction(a, timeout=30)))
+    first.start()
+    with coordinator._cond:
+        assert coordinator._cond.wait_for(lambda: coordinator._hospitals["hospital_a"].polls == 1, timeout=30)
+
+    newer = coordinator.next_instruction(a, timeout=0)
+    first.join(timeout=30)
+
+    assert isinstance(newer, Wait) and len(older) == 1 and isinstance(older[0], Wait)
+    assert "newer poll" in older[0].reason

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfed.common.data import load_folder, save_folder
+from medfed.common.data import DatasetInfo, load_folder, save_folder
 from medfed.common.errors import DataError
 from medfed.common.sources import load_digits, load_npz, load_source
 from tests.helpers import synthetic_dataset
@@ -142,3 +142,18 @@ def test_a_failed_download_is_reported_in_one_line(tmp_path: Path, monkeypatch: 
     message = str(err.value)
     assert "\n" not in message
     assert "zenodo.org" in message and "--data-root" in message and "28209eda62fecd6e6a2d98b1501bb15f" in message
+
+
+def test_a_join_refused_for_other_class_names_says_how_to_map_them() -> None:
+    federation = DatasetInfo(
+        dataset="pneumoniamnist", channels=1, class_names=("normal", "pneumonia"), image_size=(28, 28)
+    )
+    exported = federation.model_copy(update={"dataset": "hospital_a", "class_names": ("NORMAL", "PNEUMONIA")})
+    unrelated = federation.model_copy(update={"class_names": ("cat", "dog")})
+
+    assert federation.mismatch(exported) == (
+        "class_names ['NORMAL', 'PNEUMONIA'] differ from the federation's ['normal', 'pneumonia']: the federation "
+        "has no class ['NORMAL', 'PNEUMONIA']; if these are the federation's classes under other names, map the "
+        "hospital's folders onto them with fed-client --class-map NORMAL=normal,PNEUMONIA=pneumonia"
+    )
+    assert "--class-map FOLDER=CLASS,..." in (federation.mismatch(unrelated) or "")

@@ -5,14 +5,18 @@ import logging
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from medfed.common.data import DatasetInfo
-from medfed.common.serde import from_chunks
+from medfed.common.errors import UnusableModel
+from medfed.common.serde import EncodedModel, from_chunks
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, Finished, Task
 from medfed.server.federation import FederationAborted, choose, run_federation
+from medfed.server.model_host import ModelHostError
 from medfed.server.output import RunOutput
 from tests.helpers import InProcessModels
 
@@ -191,3 +195,56 @@ def test_a_cosine_schedule_sends_each_round_its_own_learning_rate(tmp_path: Path
     thread.join(timeout=10)
 
     assert rates == pytest.approx([0.01, 0.01 * (0.5 + 0.5 * 2**-0.5), 0.005, 0.01 * (0.5 - 0.5 * 2**-0.5)])
+
+
+class _FailingOnce(InProcessModels):
+    """Test-set evaluation that fails on round ``bad`` (as a poisoned model's NaN outputs made it) and
+    otherwise reports a finite loss."""
+
+    def __init__(self, bad: int, error: Exception) -> None:
+        super().__init__("cnn")
+        self.calls, self.bad, self.error = 0, bad, error
+
+    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
+        self.calls += 1
+        if self.calls == self.bad:
+            raise self.error
+        return {"loss": 0.5, "accuracy": 0.5, "auc": 0.5, "per_class_accuracy": {"a": 0.5, "b": 0.5},
+                "test_examples": 4, "confusion_matrix": [[1, 1], [1, 1]]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "error",
+    [UnusableModel("the model's outputs on 40 images are not finite numbers"), ModelHostError("the helper died")],
+    ids=["NaN outputs", "helper failure"],
+)
+def test_a_round_whose_model_fails_evaluation_is_recorded_failed_and_the_run_goes_on(
+    tmp_path: Path, error: Exception
+) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    session = coordinator.join("hospital_a", 10, INFO)
+    received: list[dict[str, np.ndarray]] = []
+
+    def shift_by_one() -> None:
+        while not isinstance(instruction := coordinator.next_instruction(session, timeout=5), Finished):
+            if isinstance(instruction, Task):
+                state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                received.append({k: v.copy() for k, v in state.items()})
+                shifted = {k: v + 1 if v.dtype.kind == "f" else v for k, v in state.items()}
+                coordinator.submit_update(session, instruction.round, 10, {}, shifted)
+
+    thread = threading.Thread(target=shift_by_one, daemon=True)
+    thread.start()
+    cfg = config(tmp_path, min_clients=1, rounds=3)
+    output = RunOutput(cfg.out)
+    output.prepare(force=False)
+    run_federation(cfg, coordinator, output, _FailingOnce(2, error))
+    thread.join(timeout=10)
+
+    records = history(tmp_path)
+    assert [("failed" in r, "accuracy" in r) for r in records] == [(False, True), (True, False), (False, True)]
+    assert str(error) in records[1]["failed"]
+    first = next(k for k, v in received[0].items() if v.dtype.kind == "f")
+    assert np.allclose(received[1][first], received[0][first] + 1)  # round 1's model was adopted
+    assert np.allclose(received[2][first], received[1][first])  # round 2's was not: round 3 got round 1's again
+    assert "1 round(s) failed" in (tmp_path / "report.md").read_text()

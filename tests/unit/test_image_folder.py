@@ -124,3 +124,30 @@ def test_fed_partition_splits_an_image_folder_into_hospital_folders(tmp_path: Pa
     assert sorted(manifests) == ["hospital_a", "hospital_b", "test"]
     assert load_hospital(tmp_path / "parts" / "hospital_a").info.class_names == ("c0", "c1", "c2")
     assert len(load_hospital(tmp_path / "parts" / "test", require=("test",)).split("test")) == 9
+
+
+def test_a_class_map_renames_exported_folders_onto_the_federations_classes(
+    tmp_path: Path, dataset: SourceDataset
+) -> None:
+    root = write_image_folder(dataset, tmp_path / "hospital_a", splits=("train",))
+    for old, new in (("c0", "NORMAL"), ("c1", "PNEUMONIA_BACTERIAL"), ("c2", "PNEUMONIA_VIRAL")):
+        (root / "train" / old).rename(root / "train" / new)
+    mapping = {"NORMAL": "normal", "PNEUMONIA_BACTERIAL": "pneumonia", "PNEUMONIA_VIRAL": "pneumonia"}
+
+    data = load_hospital(root, class_map=mapping)
+
+    assert data.info.class_names == ("normal", "pneumonia")
+    train, val = data.split("train"), data.split("val")
+    assert np.bincount(np.concatenate([train.labels, val.labels])).tolist() == [6, 12]
+    with pytest.raises(DataError, match=r"--class-map names folder\(s\) Normal, which .* does not have"):
+        load_hospital(root, class_map={"Normal": "normal"})
+
+
+def test_a_class_map_renames_a_partition_folders_classes_but_cannot_merge_them(tmp_path: Path) -> None:
+    partition_to_folders(synthetic_dataset(num_classes=3, size=8), tmp_path / "parts", clients=1, scheme="iid")
+
+    renamed = load_hospital(tmp_path / "parts" / "hospital_a", class_map={"c0": "normal"})
+
+    assert renamed.info.class_names == ("normal", "c1", "c2")
+    with pytest.raises(DataError, match="can only be renamed, not merged"):
+        load_hospital(tmp_path / "parts" / "hospital_a", class_map={"c0": "c1"})

@@ -59,7 +59,7 @@ def test_a_cut_off_model_is_an_error_not_a_short_model() -> None:
 
 def test_the_helper_builds_the_same_first_model_as_pytorch_in_process() -> None:
     with ModelHost() as host:
-        assert check(host) is None
+        assert check(host, device="cpu") is None
 
         model = host.initial_model(INFO, seed=7)
 
@@ -110,18 +110,17 @@ def test_without_a_test_set_the_helper_runs_only_to_check_and_to_build_the_first
         host.initial_model(INFO, seed=0)
 
 
-@pytest.mark.parametrize(
-    ("changes", "error", "match"),
-    [
+def test_user_errors_come_back_as_the_same_one_line_errors_and_the_helper_goes_on() -> None:
+    refusals: list[tuple[dict[str, object], type[Exception], str]] = [
         ({"dp": True}, ConfigError, "cannot be used with differential privacy"),
-        ({"model": "vgg"}, UnknownModelError, "unknown model 'vgg'"),
+        ({"model": "vgg", "dp": True}, UnknownModelError, "unknown model 'vgg'"),
         ({"test_data": "/nonexistent/test"}, DataError, "nonexistent"),
         ({"device": "cuda:7"}, DeviceError, "cuda:7"),
-    ],
-)
-def test_user_errors_come_back_as_the_same_one_line_errors(changes: dict, error: type, match: str) -> None:
-    with ModelHost() as host, pytest.raises(error, match=match):
-        check(host, **changes)
+    ]
+    with ModelHost() as host:  # one helper answers all of them: a refusal does not end it
+        for changes, error, match in refusals:
+            with pytest.raises(error, match=match):
+                check(host, **changes)
 
 
 def test_a_pretrained_file_for_another_model_is_refused_at_check(tmp_path: Path) -> None:
@@ -134,13 +133,29 @@ def test_a_pretrained_file_for_another_model_is_refused_at_check(tmp_path: Path)
         check(host, pretrained=str(path))
 
 
-def test_a_helper_that_dies_is_reported_not_waited_for(test_folder: Path) -> None:
+def test_a_helper_that_dies_is_reported_not_waited_for_and_the_next_call_starts_a_new_one(test_folder: Path) -> None:
     with ModelHost() as host:
         check(host, test_data=str(test_folder))
         host._proc.kill()  # type: ignore[union-attr]
 
         with pytest.raises(ModelHostError, match=r"(exited|failed) during init"):
             host.initial_model(INFO, seed=0)
+        metrics = host.evaluate(InProcessModels("cnn").initial_model(INFO, seed=0))  # a new helper, checked again
+
+    assert metrics is not None and metrics["test_examples"] == len(DATASET.splits["test"][1])
+
+
+def test_a_check_that_needs_no_pytorch_starts_no_helper_until_the_first_model() -> None:
+    with ModelHost() as host:
+        assert check(host, device="auto") is None
+        assert host._proc is None  # the coordinator listens without waiting for PyTorch to load
+        with pytest.raises(UnknownModelError, match="unknown model 'vgg'"):
+            check(host, model="vgg")
+
+        model = host.initial_model(INFO, seed=7)
+
+    expected = InProcessModels("cnn").initial_model(INFO, seed=7).tensors()
+    assert all(np.array_equal(model.tensors()[k], expected[k]) for k in expected)
 
 
 def test_the_coordinator_process_never_imports_pytorch() -> None:

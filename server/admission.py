@@ -1,0 +1,61 @@
+"""What makes an update acceptable beyond its form.
+
+The form (tensor names, shapes, dtypes, the encoding the round asked for, the sample count) is checked
+from the header before a byte is read. Its values can only be checked once it has arrived, and they
+must be, because an accepted update is folded into the round's sums at once and cannot be taken out:
+one bad update would make the whole average unusable. An update is refused when
+
+- a floating-point value is NaN or infinite, as sent;
+- an int8 delta, rebuilt as global + q x scale, leaves the finite range of the model's dtype (a
+  finite but huge scale such as 1e37 passes the first rule and overflows float32 to infinity);
+- a BatchNorm running variance (a tensor named ``*running_var``) is negative: normalising then takes
+  the square root of a negative number, NaN for every input (a sign-flipped model does this);
+- BatchNorm's batch counter (a tensor named ``*num_batches_tracked``) is negative.
+
+Each property survives FedAvg's weighted mean (a mean of finite values lies between them; a mean of
+non-negative values is non-negative), so the average of acceptable updates has them too. A global
+model that is unusable anyway (non-finite after a strategy's own arithmetic, or failing evaluation) is
+never adopted: see ``server/federation.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from medfed.common.peer_text import quoted
+from medfed.common.serde import is_float
+
+VARIANCE_SUFFIX = "running_var"
+COUNTER_SUFFIX = "num_batches_tracked"
+
+
+def float_range(dtype: np.dtype) -> float:
+    """The largest finite magnitude of a floating-point dtype (bfloat16 included)."""
+    return float(np.finfo(dtype).max)
+
+
+def refusal(
+    sent: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]
+) -> str | None:
+    """Why an update cannot be accepted, or None. ``sent``: the tensors as they arrived; ``values``:
+    their full values (int8 deltas rebuilt); ``model``: the round's global model (for the dtypes)."""
+    for name, value in sent.items():
+        if is_float(value.dtype) and not np.isfinite(value).all():
+            return f"tensor {quoted(name)} holds NaN or infinite values"
+    for name, target in model.items():
+        full = values[name]
+        if is_float(target.dtype):
+            if full.dtype != target.dtype and full.size and float(np.abs(full).max()) > float_range(target.dtype):
+                return f"tensor {quoted(name)} leaves the range of {target.dtype} once rebuilt (an int8 delta's scale)"
+            if name.endswith(VARIANCE_SUFFIX) and full.size and float(full.min()) < 0:
+                return f"tensor {quoted(name)} holds negative variances (BatchNorm's running_var must be >= 0)"
+        elif name.endswith(COUNTER_SUFFIX) and full.size and full.min() < 0:
+            return f"tensor {quoted(name)} is a negative count (BatchNorm's num_batches_tracked must be >= 0)"
+    return None
+
+
+def first_unusable(state: Mapping[str, np.ndarray]) -> str | None:
+    """The first tensor of an aggregated model that holds a NaN or an infinity, or None."""
+    return next((name for name, v in state.items() if is_float(v.dtype) and not np.isfinite(v).all()), None)
