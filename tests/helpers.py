@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,18 @@ def start_server(procs: ProcessGroup, tmp: Path, *args: str, timeout: float = 60
     security = [] if "--tls-cert" in args else ["--insecure"]
     procs.start("server", "medfed.server", *security, "--address", "127.0.0.1:0", "--port-file", str(port_file), *args)
     return procs.wait_for_port("server", port_file, timeout)
+
+
+POLL_S = 0.05
+
+
+def wait_for_log(procs: ProcessGroup, name: str, text: str, timeout: float = 120) -> None:
+    """Poll ``name``'s log until it holds ``text``; fail early, with its log's end, if it exits first."""
+    deadline = time.monotonic() + timeout
+    while text not in procs.log(name):
+        assert procs.procs[name].poll() is None, f"{name} exited before logging {text!r}:\n{procs.tail(name)}"
+        assert time.monotonic() < deadline, f"{name} did not log {text!r} in {timeout} s:\n{procs.tail(name)}"
+        time.sleep(POLL_S)
 
 
 def run_cli(

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +23,6 @@ from medfed.common.training import evaluate
 from tests.helpers import InProcessModels, run_cli, start_server, synthetic_dataset, write_image_folder
 
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
-    group = ProcessGroup(tmp_path / "logs")
-    yield group
-    group.stop_all()
 
 
 def start_hospitals(procs: ProcessGroup, data: Path, port: int, pki_dir: Path | None = None) -> None:

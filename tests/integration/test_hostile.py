@@ -95,18 +95,23 @@ def shifted(state: State, by: float) -> State:
     return {k: (v + by).astype(v.dtype) if is_float(v.dtype) else v.copy() for k, v in state.items()}
 
 
-def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Federation) -> None:
-    stub = federation.stub
-    a, b, hostile = join(stub, "honest_a", 10), join(stub, "honest_b", 30), join(stub, "hostile", 10)
-    cfg = ServerConfig.model_validate(
-        {"rounds": 1, "min_clients": 3, "min_fit": 2, "local_epochs": 0, "out": federation.out, "insecure": True}
-    )
+def start_driver(federation: Federation, **settings: object) -> threading.Thread:
+    """The round loop in a thread, over the fixture's coordinator, with the models built in-process."""
+    cfg = ServerConfig.model_validate({"rounds": 1, "local_epochs": 0, "out": federation.out, "insecure": True,
+                                       **settings})  # fmt: skip
     output = RunOutput(cfg.out)
     output.prepare(force=False)
     driver = threading.Thread(
         target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))
     )
     driver.start()
+    return driver
+
+
+def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Federation) -> None:
+    stub = federation.stub
+    a, b, hostile = join(stub, "honest_a", 10), join(stub, "honest_b", 30), join(stub, "hostile", 10)
+    driver = start_driver(federation, min_clients=3, min_fit=2)
     _, model = fetch(stub, hostile)
     update_a, update_b = shifted(model, 1.0), shifted(model, 3.0)
     bystander = join(stub, "bystander", 10)  # joins a round that is already full: not chosen
@@ -202,15 +207,7 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
 def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federation: Federation) -> None:
     stub = federation.stub
     a, b = join(stub, "hospital_a", 10), join(stub, "hospital_b", 10)
-    cfg = ServerConfig.model_validate(
-        {"rounds": 1, "min_clients": 2, "local_epochs": 0, "out": federation.out, "insecure": True}
-    )
-    output = RunOutput(cfg.out)
-    output.prepare(force=False)
-    driver = threading.Thread(
-        target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))
-    )
-    driver.start()
+    driver = start_driver(federation, min_clients=2)
     _, model = fetch(stub, a)
     update_a = shifted(model, 1.0)
     full = messages(a, update_a, chunk=4096)
@@ -263,14 +260,7 @@ def test_updates_that_would_poison_the_average_are_refused_and_the_run_keeps_the
 ) -> None:
     stub = federation.stub
     a, b, hostile = join(stub, "honest_a", 10), join(stub, "honest_b", 30), join(stub, "hostile", 10)
-    cfg = ServerConfig.model_validate({"rounds": 1, "min_clients": 3, "min_fit": 2, "local_epochs": 0,
-                                       "update_encoding": "int8", "out": federation.out, "insecure": True})  # fmt: skip
-    output = RunOutput(cfg.out)
-    output.prepare(force=False)
-    driver = threading.Thread(
-        target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))
-    )
-    driver.start()
+    driver = start_driver(federation, min_clients=3, min_fit=2, update_encoding="int8")
     _, model = fetch(stub, hostile)
     flipped = {k: (-v if is_float(v.dtype) else v) for k, v in model.items()}  # BatchNorm statistics included
     upload = {

@@ -6,8 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,25 +13,8 @@ import pytest
 from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
 from medfed.common.sources import SourceDataset
-from tests.helpers import run_cli, start_server, synthetic_dataset, write_image_folder
+from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log, write_image_folder
 from tests.tcp_proxy import TcpProxy
-
-POLL_S = 0.05
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
-    group = ProcessGroup(tmp_path / "logs")
-    yield group
-    group.stop_all()
-
-
-def wait_for_log(procs: ProcessGroup, name: str, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in procs.log(name):
-        assert procs.procs[name].poll() is None, f"{name} exited before logging {text!r}:\n{procs.tail(name)}"
-        assert time.monotonic() < deadline, f"{name} did not log {text!r} in {timeout} s:\n{procs.tail(name)}"
-        time.sleep(POLL_S)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], prog: str) -> str:

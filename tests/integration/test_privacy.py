@@ -1,7 +1,6 @@
 """Differential privacy through real fed-server and fed-client processes: ε reaches history.jsonl."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,13 +8,6 @@ import pytest
 from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
 from tests.helpers import start_server, synthetic_dataset
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
-    group = ProcessGroup(tmp_path / "logs")
-    yield group
-    group.stop_all()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,18 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from medfed.common.checkpoint import load_model
 from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
-from tests.helpers import run_cli, start_server, synthetic_dataset
+from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log
 
 HOSPITALS = ("hospital_a", "hospital_b")
 """two are enough for every fault below: one that misbehaves, one that carries on"""
 POLL_S = 0.05
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
-    group = ProcessGroup(tmp_path / "logs")
-    yield group
-    group.stop_all()
 
 
 @pytest.fixture
@@ -53,14 +45,6 @@ def wait_for_round(out: Path, round_number: int, timeout: float = 120) -> None:
 def server_args(out: Path, rounds: int) -> list[str]:
     return ["--rounds", str(rounds), "--min-clients", "2", "--out", str(out), "--seed", "3", "--batch-size", "16",
             "--round-timeout", "60"]  # fmt: skip
-
-
-def wait_for_log(procs: ProcessGroup, name: str, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in procs.log(name):
-        assert procs.procs[name].poll() is None, f"{name} exited before logging {text!r}:\n{procs.tail(name)}"
-        assert time.monotonic() < deadline, f"{name} did not log {text!r} in {timeout} s:\n{procs.tail(name)}"
-        time.sleep(POLL_S)
 
 
 def start_hospitals(procs: ProcessGroup, data: Path, port: int, names: tuple[str, ...] = HOSPITALS) -> None:
