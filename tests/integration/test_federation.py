@@ -25,9 +25,12 @@ from tests.helpers import InProcessModels, run_cli, start_server, synthetic_data
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
 
 
-def start_hospitals(procs: ProcessGroup, data: Path, port: int, pki_dir: Path | None = None) -> None:
-    """Three fed-client processes; with ``pki_dir`` each presents its own certificate, else --insecure."""
-    for name in HOSPITALS:
+def start_hospitals(
+    procs: ProcessGroup, data: Path, port: int, pki_dir: Path | None = None, names: list[str] = HOSPITALS
+) -> None:
+    """fed-client processes (three by default); with ``pki_dir`` each presents its own certificate, else
+    --insecure."""
+    for name in names:
         security = (
             ["--tls-cert", str(pki_dir / f"{name}.crt"), "--tls-key", str(pki_dir / f"{name}.key"),
              "--tls-ca", str(pki_dir / "ca.crt")]
@@ -114,12 +117,15 @@ def test_three_hospitals_federate_over_mutual_tls_and_beat_chance(tmp_path: Path
     assert sum(int(v) for row in csv_rows[1:] for v in row.split(",")[1:]) == history[-1]["test_examples"]
 
 
-def test_hospitals_train_straight_from_image_folders_and_a_foreign_class_is_refused(
+def test_hospitals_train_straight_from_image_folders_mapped_or_not_and_a_foreign_class_is_refused(
     tmp_path: Path, procs: ProcessGroup
 ) -> None:
     dataset = synthetic_dataset(num_classes=3, size=8, per_class=(20, 4, 10))
     for name in ("hospital_a", "hospital_b"):
         write_image_folder(dataset, tmp_path / name, splits=("train", "val"))
+    for split in ("train", "val"):  # hospital_b exported its classes under other names: C0, C1, C2
+        for c in ("c0", "c1", "c2"):
+            (tmp_path / "hospital_b" / split / c).rename(tmp_path / "hospital_b" / split / c.upper())
     write_image_folder(dataset, tmp_path / "test_set", splits=("test",))
     write_image_folder(dataset, tmp_path / "hospital_c", splits=("train",))
     (tmp_path / "hospital_c" / "train" / "flu").mkdir()
@@ -127,9 +133,9 @@ def test_hospitals_train_straight_from_image_folders_and_a_foreign_class_is_refu
 
     port = start_server(procs, tmp_path, "--rounds", "2", "--min-clients", "2", "--test-data",
                         str(tmp_path / "test_set"), "--out", str(out))  # fmt: skip
-    for name in ("hospital_a", "hospital_b", "hospital_c"):
+    for name, flags in (("hospital_a", []), ("hospital_b", ["--class-map", "C0=c0,C1=c1,C2=c2"]), ("hospital_c", [])):
         procs.start(name, "medfed.client", "--data", str(tmp_path / name), "--server", f"127.0.0.1:{port}",
-                    "--insecure", "--threads", "1", "--no-progress")  # fmt: skip
+                    "--insecure", "--threads", "1", "--no-progress", *flags)  # fmt: skip
     codes = procs.wait_all(timeout=180)
 
     assert codes == {"server": 0, "hospital_a": 0, "hospital_b": 0, "hospital_c": 1}, procs.log("server")
@@ -137,34 +143,21 @@ def test_hospitals_train_straight_from_image_folders_and_a_foreign_class_is_refu
     assert [sorted(r["clients"]) for r in history] == [["hospital_a", "hospital_b"]] * 2
     assert history[-1]["test_examples"] == 30 and set(history[-1]["per_class_accuracy"]) == {"c0", "c1", "c2"}
     assert "the federation has no class ['flu']" in procs.log("hospital_c")
+    assert "map the hospital's folders onto them with fed-client --class-map FOLDER=CLASS" in procs.log("hospital_c")
 
 
 def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, procs: ProcessGroup) -> None:
     dataset = synthetic_dataset(num_classes=3, size=16, per_class=(4, 2, 2))
-    partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="iid")
+    partition_to_folders(dataset, tmp_path / "data", clients=2, scheme="iid")
     out = tmp_path / "run"
 
-    port = start_server(
-        procs,
-        tmp_path,
-        "--model",
-        "resnet18",
-        "--local-epochs",
-        "0",
-        "--rounds",
-        "2",
-        "--min-clients",
-        "3",
-        "--out",
-        str(out),
-        "--seed",
-        "5",
-    )
-    start_hospitals(procs, tmp_path / "data", port)
+    port = start_server(procs, tmp_path, "--model", "resnet18", "--local-epochs", "0", "--rounds", "2",
+                        "--min-clients", "2", "--out", str(out), "--seed", "5")  # fmt: skip
+    start_hospitals(procs, tmp_path / "data", port, names=HOSPITALS[:2])
     codes = procs.wait_all(timeout=240)
 
     assert set(codes.values()) == {0}, procs.log("server")
-    assert all(sorted(r["clients"]) == HOSPITALS for r in read_history(out))
+    assert all(sorted(r["clients"]) == HOSPITALS[:2] for r in read_history(out))
     # Hospitals that do not train send the global model back; FedAvg of identical models is that model,
     # so after two round trips of 44.7 MB each way the result must equal the initial weights bit for bit.
     final, _ = load_model(out)
@@ -176,19 +169,19 @@ def test_resnet18_streams_through_real_processes_bit_exactly(tmp_path: Path, pro
 
 def test_hospitals_send_int8_deltas_when_the_coordinator_asks(tmp_path: Path, procs: ProcessGroup) -> None:
     dataset = synthetic_dataset(num_classes=3, size=16, per_class=(12, 12, 12))
-    partition_to_folders(dataset, tmp_path / "data", clients=3, scheme="iid")
+    partition_to_folders(dataset, tmp_path / "data", clients=2, scheme="iid")
     out = tmp_path / "run"
 
     port = start_server(
-        procs, tmp_path, "--update-encoding", "int8", "--rounds", "2", "--min-clients", "3", "--out", str(out),
+        procs, tmp_path, "--update-encoding", "int8", "--rounds", "2", "--min-clients", "2", "--out", str(out),
         "--batch-size", "8", "--test-data", str(tmp_path / "data" / "test"),
     )  # fmt: skip
-    start_hospitals(procs, tmp_path / "data", port)
+    start_hospitals(procs, tmp_path / "data", port, names=HOSPITALS[:2])
     codes = procs.wait_all(timeout=240)
 
     assert set(codes.values()) == {0}, procs.log("server")
     history = read_history(out)
-    assert [sorted(r["clients"]) for r in history] == [HOSPITALS, HOSPITALS]
+    assert [sorted(r["clients"]) for r in history] == [HOSPITALS[:2], HOSPITALS[:2]]
     assert all(r["update_encoding"] == "int8" for r in history)
     # float32 tensors travel as one byte each (plus alignment): well under a third of the model's bytes
     assert all(0 < r["bytes_up"] < r["bytes_down"] / 3 for r in history)

@@ -1,6 +1,7 @@
-"""What a first-time operator runs into, with real processes: typos get one line at once, exported
-folders map onto the federation's classes, a coordinator behind a load balancer may restart, and a
-revoked hospital is dropped at once. (Going on with fewer hospitals by --resume: test_resilience.py.)"""
+"""What a first-time operator runs into, with real processes: typos get one line at once, a coordinator
+behind a load balancer may restart, and a revoked hospital is dropped at once. (Exported folders mapped
+onto the federation's classes: test_federation.py; going on with fewer hospitals by --resume:
+test_resilience.py.)"""
 
 import json
 import signal
@@ -12,8 +13,7 @@ import pytest
 
 from medfed.common.partition_cli import partition_to_folders
 from medfed.common.processes import ProcessGroup
-from medfed.common.sources import SourceDataset
-from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log, write_image_folder
+from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log
 from tests.tcp_proxy import TcpProxy
 
 
@@ -85,35 +85,6 @@ def test_fed_client_help_does_not_load_pytorch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
 
     assert "examples:" in result.stdout and result.stdout.strip().endswith("torch not loaded"), result.stderr
-
-
-def pneumonia_like(tmp_path: Path) -> tuple[Path, Path]:
-    """A federation whose test set says normal/pneumonia, and a hospital that exported NORMAL/PNEUMONIA."""
-    synthetic = synthetic_dataset(num_classes=2, size=8)
-    named = SourceDataset(synthetic.info.model_copy(update={"class_names": ("normal", "pneumonia")}), synthetic.splits)
-    partition_to_folders(named, tmp_path / "parts", clients=1, scheme="iid")
-    exported = SourceDataset(synthetic.info.model_copy(update={"class_names": ("NORMAL", "PNEUMONIA")}),
-                             synthetic.splits)  # fmt: skip
-    return tmp_path / "parts" / "test", write_image_folder(exported, tmp_path / "export", splits=("train", "val"))
-
-
-def test_an_exported_folder_with_other_class_names_is_told_how_to_map_them_and_then_joins(
-    tmp_path: Path, procs: ProcessGroup
-) -> None:
-    test_set, export = pneumonia_like(tmp_path)
-    out = tmp_path / "run"
-    port = start_server(procs, tmp_path, "--rounds", "1", "--min-clients", "1", "--local-epochs", "0",
-                        "--test-data", str(test_set), "--out", str(out))  # fmt: skip
-
-    start_client(procs, "hospital_a", export, port, "--insecure", label="unmapped")
-    assert procs.procs["unmapped"].wait(timeout=120) == 1
-    start_client(procs, "hospital_a", export, port, "--insecure", "--class-map", "NORMAL=normal,PNEUMONIA=pneumonia",
-                 label="mapped")  # fmt: skip
-    codes = procs.wait_all(timeout=120)
-
-    assert codes["server"] == 0 and codes["mapped"] == 0, procs.log("server")
-    assert "fed-client --class-map NORMAL=normal,PNEUMONIA=pneumonia" in procs.log("unmapped")
-    assert json.loads((out / "history.jsonl").read_text().splitlines()[0])["clients"] == ["export"]
 
 
 def test_a_hospital_waits_out_a_coordinator_restarting_behind_a_load_balancer(

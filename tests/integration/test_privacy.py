@@ -71,11 +71,11 @@ def test_central_dp_with_adaptive_clipping_accounts_every_round(
 ) -> None:
     out = tmp_path / "run"
     port = start_server(
-        procs, tmp_path, "--model", "cnn_gn", "--rounds", "3", "--min-clients", "3", "--out", str(out),
+        procs, tmp_path, "--model", "cnn_gn", "--rounds", "3", "--min-clients", "2", "--out", str(out),
         "--dp-central", "--dp-clip", "0.1", "--dp-noise-multiplier", "0.8", "--dp-adaptive-clip",
         "--dp-target-epsilon", "50",
     )  # fmt: skip
-    for name in ("hospital_a", "hospital_b", "hospital_c"):
+    for name in ("hospital_a", "hospital_b"):
         hospital(procs, data, name, port)
 
     codes = procs.wait_all(timeout=240)
