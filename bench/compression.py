@@ -28,9 +28,9 @@ import torch
 
 from medfed.common import __version__
 from medfed.common.compression import ENCODINGS
-from medfed.common.demo import TEST_FOLDER, run_locally
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.sources import load_source
+from medfed.common.data.partition import TEST_FOLDER, partition_to_folders
+from medfed.common.data.sources import load_source
+from medfed.tools.local_run import run_locally
 
 
 def run(encoding: str, seed: int, rounds: int, model: str, work: Path) -> dict[str, Any]:

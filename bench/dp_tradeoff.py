@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from medfed.common import __version__
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
-from medfed.common.sources import load_source
+from medfed.common.data.partition import partition_to_folders
+from medfed.common.data.sources import load_source
+from medfed.tools.local_run import ProcessGroup
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from medfed.common import __version__
-from medfed.common.data import Split
+from medfed.common.data.folders import Split
+from medfed.common.data.sources import load_medmnist
 from medfed.common.models import build_model
-from medfed.common.sources import load_medmnist
 from medfed.common.training import normalize, random_affine, tensors
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]

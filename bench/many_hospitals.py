@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medfed.common.data import DatasetInfo
-from medfed.common.partition import hospital_names
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
-from medfed.common.sources import SourceDataset
+from medfed.common.data.folders import DatasetInfo
+from medfed.common.data.partition import hospital_names, partition_to_folders
+from medfed.common.data.sources import SourceDataset
+from medfed.tools.local_run import ProcessGroup
 
 PER_PROCESS = 25
 
@@ -93,7 +92,7 @@ def worker(server: str, data: Path, names: list[str]) -> int:
     from medfed.client.node import HospitalNode
     from medfed.client.trainer import Trainer
     from medfed.common.cli import setup_logging
-    from medfed.common.data import load_folder
+    from medfed.common.data.folders import load_folder
     from medfed.common.transport import channel_options
     from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 
@@ -125,7 +124,7 @@ def worker(server: str, data: Path, names: list[str]) -> int:
 
 def import_floor_mb() -> float:
     """Peak RSS of a process that only imports the coordinator's modules (gRPC, numpy, ...): the floor."""
-    code = "import medfed.server.app; from medfed.common.processes import peak_rss_mb; print(peak_rss_mb())"
+    code = "import medfed.server.app; from medfed.server.memory import peak_rss_mb; print(peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out)
 

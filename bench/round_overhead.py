@@ -35,13 +35,14 @@ import torch
 from many_hospitals import import_floor_mb  # bench/ is on sys.path when run as a script
 
 from medfed.common import __version__
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
+from medfed.common.data.partition import partition_to_folders
+from medfed.common.data.sources import SourceDataset
 from medfed.common.models import build_model
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup, peak_rss_mb
 from medfed.common.serde import encode, from_chunks
-from medfed.common.sources import SourceDataset
 from medfed.common.torch_state import to_numpy
+from medfed.server.memory import peak_rss_mb
+from medfed.tools.local_run import ProcessGroup
 
 MIB = 1 << 20
 

@@ -22,7 +22,7 @@ from medfed.client.config import ClientConfig
 from medfed.common.accounting import default_delta
 from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml, parse_address
-from medfed.common.image_folder import load_hospital
+from medfed.common.data.image_folder import load_hospital
 from medfed.common.pki import check_pair, common_name
 from medfed.common.tls import channel_credentials
 from medfed.common.transport import channel_options

@@ -22,7 +22,7 @@ from medfed.client.probe import Diagnosis
 from medfed.client.trainer import LocalResult, Trainer
 from medfed.common import __version__
 from medfed.common.compression import encode_update
-from medfed.common.data import HospitalData
+from medfed.common.data.folders import HospitalData
 from medfed.common.peer_text import STATUS_LIMIT, cleaned
 from medfed.common.retry import Backoff
 from medfed.common.serde import Chunk, StateDict, WireFormatError, from_chunks, layout_from_proto, layout_to_proto

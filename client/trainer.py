@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from medfed.client.privacy import RoundPrivacy
-from medfed.common.data import HospitalData
+from medfed.common.data.folders import HospitalData
 from medfed.common.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
 from medfed.common.errors import UnusableModel
 from medfed.common.models import build_model, dp_model_problem

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medfed.common.data import Split
+from medfed.common.data.folders import Split
 from medfed.common.training import TrainResult, normalize, tensors
 
 

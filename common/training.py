@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medfed.common.data import Split
+from medfed.common.data.folders import Split
 from medfed.common.errors import DeviceError, UnusableModel
 from medfed.common.recipe import NORMALIZATION, lr_factor
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from medfed.common.compression import Encoding
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.peer_text import quoted
 from medfed.common.privacy import DpSettings
 from medfed.common.serde import WireFormatError, WireTooLarge

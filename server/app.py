@@ -24,10 +24,9 @@ from medfed.common.accounting import epsilon, rounds_within
 from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
 from medfed.common.compression import ENCODINGS
 from medfed.common.config import build_config, field_default, load_toml, parse_address
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import ConfigError
 from medfed.common.pki import check_pair, load_cert
-from medfed.common.processes import share_one_malloc_arena
 from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
 from medfed.common.serde import StateDict
 from medfed.common.tls import server_credentials
@@ -37,6 +36,7 @@ from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.federation import FederationAborted, central_strategy, run_federation
 from medfed.server.health import health_only_server, make_health
+from medfed.server.memory import share_one_malloc_arena
 from medfed.server.model_host import ModelHost
 from medfed.server.output import CHECKPOINT_FILE, RunOutput
 from medfed.server.servicer import create_server

@@ -34,7 +34,7 @@ import numpy as np
 
 from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form
 from medfed.common.config import HOSPITAL_NAME
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.peer_text import listed, quoted
 from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
 from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings

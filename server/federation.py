@@ -20,10 +20,9 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from medfed.common import __version__
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import UnusableModel
 from medfed.common.peer_text import quoted
-from medfed.common.processes import peak_rss_mb
 from medfed.common.recipe import NORMALIZATION, lr_factor
 from medfed.common.serde import EncodedModel, StateDict, encode
 from medfed.common.wire import ModelSpec, TrainSettings
@@ -32,6 +31,7 @@ from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, RoundOutcome, Task
+from medfed.server.memory import peak_rss_mb
 from medfed.server.model_host import ModelHostError
 from medfed.server.output import RunOutput
 from medfed.server.privacy_record import PrivacyRecorder

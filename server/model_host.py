@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import IO, Any
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import USER_ERRORS, UnknownModelError
 from medfed.common.recipe import MODEL_NAMES
 from medfed.common.serde import EncodedModel, WireFormatError, layout_from_proto, layout_to_proto

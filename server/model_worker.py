@@ -22,15 +22,15 @@ import torch
 from torch import nn
 
 from medfed.common.cli import setup_logging
-from medfed.common.data import DatasetInfo, Split
+from medfed.common.data.folders import DatasetInfo, Split
+from medfed.common.data.image_folder import load_hospital
 from medfed.common.errors import USER_ERRORS, ConfigError
-from medfed.common.image_folder import load_hospital
 from medfed.common.models import build_model, dp_model_problem
 from medfed.common.pretrained import load_pretrained
-from medfed.common.processes import peak_rss_mb
 from medfed.common.serde import EncodedModel, encode
 from medfed.common.torch_state import to_numpy, to_torch
 from medfed.common.training import evaluate, pick_device
+from medfed.server.memory import peak_rss_mb
 from medfed.server.model_host import receive, send
 
 log = logging.getLogger("medfed.server")

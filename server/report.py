@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 
 REPORT_FILE = "report.md"
 CURVES_FILE = "accuracy_loss.png"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medfed.common.processes import ProcessGroup
+from medfed.tools.local_run import ProcessGroup
 
 # Tests provoke TLS handshake failures on purpose; gRPC's C core would log each one to stderr.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

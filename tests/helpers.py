@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
+from medfed.common.data.sources import SourceDataset
 from medfed.common.models import build_model
-from medfed.common.processes import ProcessGroup
 from medfed.common.serde import EncodedModel, encode
-from medfed.common.sources import SourceDataset
 from medfed.common.torch_state import to_numpy
+from medfed.tools.local_run import ProcessGroup
 
 
 class InProcessModels:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medfed.common.partition_cli import partition_to_folders
+from medfed.common.data.partition import partition_to_folders
 from tests.helpers import run_cli, synthetic_dataset
 
 
@@ -134,7 +134,7 @@ def test_server_refuses_unknown_config_keys_and_an_out_folder_with_a_run(tmp_pat
 
 
 def test_partition_with_an_unknown_source(tmp_path: Path) -> None:
-    result = run_cli("medfed.common.partition_cli", "--source", "nosuchset", "--out", str(tmp_path))
+    result = run_cli("medfed.tools.partition", "--source", "nosuchset", "--out", str(tmp_path))
 
     assert_one_line_error(result, "fed-partition", "unknown source 'nosuchset'")
 
@@ -154,8 +154,8 @@ def test_study_refuses_half_given_folders_and_a_used_out_folder(tmp_path: Path) 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("")
 
-    half = run_cli("medfed.common.study", "--hospitals", str(tmp_path), "--out", str(tmp_path / "o"))
-    used = run_cli("medfed.common.study", "--out", str(tmp_path / "used"))
+    half = run_cli("medfed.tools.study", "--hospitals", str(tmp_path), "--out", str(tmp_path / "o"))
+    used = run_cli("medfed.tools.study", "--out", str(tmp_path / "used"))
 
     assert_one_line_error(half, "fed-study", "--hospitals and --test go together")
     assert_one_line_error(used, "fed-study", "is not empty")

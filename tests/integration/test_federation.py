@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from medfed.common.checkpoint import load_model
-from medfed.common.data import load_folder
+from medfed.common.data.folders import load_folder
+from medfed.common.data.partition import partition_to_folders
 from medfed.common.models import build_model
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
 from medfed.common.serde import is_float
 from medfed.common.torch_state import to_torch
 from medfed.common.training import evaluate
+from medfed.tools.local_run import ProcessGroup
 from tests.helpers import InProcessModels, run_cli, start_server, synthetic_dataset, write_image_folder
 
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
@@ -46,7 +46,7 @@ def make_pki(pki_dir: Path) -> list[str]:
     """Certificates for the coordinator and the three hospitals, made with the fed-certs command."""
     commands = [["init"], ["server", "--host", "127.0.0.1,localhost"]] + [["client", "--name", h] for h in HOSPITALS]
     for command in commands:
-        result = run_cli("medfed.common.certs_cli", command[0], "--dir", str(pki_dir), *command[1:])
+        result = run_cli("medfed.tools.certs", command[0], "--dir", str(pki_dir), *command[1:])
         assert result.returncode == 0, result.stderr
     return [
         "--tls-cert", str(pki_dir / "server.crt"), "--tls-key", str(pki_dir / "server.key"),
@@ -193,7 +193,7 @@ def test_fed_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
 
     demo = subprocess.Popen(
-        [sys.executable, "-m", "medfed.common.demo", "--rounds", "2", "--clients", "2", "--out", str(out)],
+        [sys.executable, "-m", "medfed.tools.demo", "--rounds", "2", "--clients", "2", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -215,7 +215,7 @@ def test_fed_study_compares_hospitals_alone_the_federation_and_pooled_data(tmp_p
     (tmp_path / "here").mkdir()
 
     result = run_cli(
-        "medfed.common.study", "--hospitals", str(tmp_path / "data" / "hospital_a"),
+        "medfed.tools.study", "--hospitals", str(tmp_path / "data" / "hospital_a"),
         str(tmp_path / "data" / "hospital_b"), "--test", str(tmp_path / "data" / "test"), "--rounds", "2",
         "--batch-size", "16", timeout=300, cwd=tmp_path / "here",
     )  # fmt: skip

@@ -15,9 +15,8 @@ import pytest
 
 from medfed.common.checkpoint import load_model
 from medfed.common.compression import encode_update
-from medfed.common.data import DatasetInfo, load_folder
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
+from medfed.common.data.folders import DatasetInfo, load_folder
+from medfed.common.data.partition import partition_to_folders
 from medfed.common.serde import encode, from_chunks, is_float, layout_from_proto, layout_to_proto
 from medfed.common.transport import channel_options
 from medfed.common.wire import info_to_proto
@@ -29,6 +28,7 @@ from medfed.server.federation import run_federation
 from medfed.server.output import RunOutput
 from medfed.server.servicer import create_server
 from medfed.server.strategy import fedavg
+from medfed.tools.local_run import ProcessGroup
 from tests.helpers import InProcessModels, start_server, synthetic_dataset
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))

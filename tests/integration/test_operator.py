@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
+from medfed.common.data.partition import partition_to_folders
+from medfed.tools.local_run import ProcessGroup
 from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log
 from tests.tcp_proxy import TcpProxy
 
@@ -29,7 +29,7 @@ def make_pki(pki_dir: Path, hospitals: list[str]) -> None:
         ["server", "--host", "127.0.0.1,localhost"],
         *(["client", "--name", h] for h in hospitals),
     ):
-        result = run_cli("medfed.common.certs_cli", command[0], "--dir", str(pki_dir), *command[1:])
+        result = run_cli("medfed.tools.certs", command[0], "--dir", str(pki_dir), *command[1:])
         assert result.returncode == 0, result.stderr
 
 
@@ -126,7 +126,7 @@ def test_a_revoked_hospital_is_dropped_at_once_and_the_round_goes_on_without_it(
                  *tls_client_args(pki_dir, "hospital_a"))  # fmt: skip
     wait_for_log(procs, "hospital_a", "round 1/")
 
-    revoked = run_cli("medfed.common.certs_cli", "revoke", "--dir", str(pki_dir), "--name", "hospital_b")
+    revoked = run_cli("medfed.tools.certs", "revoke", "--dir", str(pki_dir), "--name", "hospital_b")
     assert revoked.returncode == 0, revoked.stderr
     wait_for_log(procs, "server", "hospital_b: the certificate of 'hospital_b'", timeout=30)
     codes = {name: procs.procs[name].wait(timeout=120) for name in ("server", "hospital_a")}

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
+from medfed.common.data.partition import partition_to_folders
+from medfed.tools.local_run import ProcessGroup
 from tests.helpers import start_server, synthetic_dataset
 
 

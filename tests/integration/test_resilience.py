@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medfed.common.checkpoint import load_model
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.processes import ProcessGroup
+from medfed.common.data.partition import partition_to_folders
+from medfed.tools.local_run import ProcessGroup
 from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log
 
 HOSPITALS = ("hospital_a", "hospital_b")

@@ -17,7 +17,7 @@ from medfed.client.node import HospitalNode, NodeError, tls_failure
 from medfed.client.probe import Probe
 from medfed.client.trainer import Trainer
 from medfed.common import pki
-from medfed.common.data import DatasetInfo, HospitalData, Split
+from medfed.common.data.folders import DatasetInfo, HospitalData, Split
 from medfed.common.tls import channel_credentials, server_credentials
 from medfed.common.transport import channel_options
 from medfed.common.wire import info_to_proto
@@ -211,7 +211,7 @@ def test_a_coordinator_certificate_from_an_unknown_ca_is_refused(certs: Pki, liv
 
 
 def test_fed_client_reports_authentication_failures_in_one_line(certs: Pki, live: Live, tmp_path: Path) -> None:
-    from medfed.common.data import save_folder
+    from medfed.common.data.folders import save_folder
 
     save_folder(tmp_path / "h", "h", INFO, {"train": (np.zeros((4, 4, 4), dtype=np.uint8), np.array([0, 1, 0, 1]))})
     base = ["--data", str(tmp_path / "h"), "--server", f"localhost:{live.port}", "--max-wait", "120"]
@@ -254,7 +254,7 @@ def test_the_probe_names_a_refusal_and_never_mistakes_an_outage_or_a_healthy_ser
 def test_a_certificate_without_the_server_name_is_reported_for_the_name_checked(
     certs: Pki, live: Live, tmp_path: Path
 ) -> None:
-    from medfed.common.data import save_folder
+    from medfed.common.data.folders import save_folder
 
     save_folder(tmp_path / "h", "h", INFO, {"train": (np.zeros((4, 4, 4), dtype=np.uint8), np.array([0, 1, 0, 1]))})
     cert, key = certs.cert("hospital_a")

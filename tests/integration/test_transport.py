@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.serde import encode, from_chunks, layout_from_proto, layout_to_proto
 from medfed.common.transport import channel_options
 from medfed.common.wire import ModelSpec, TrainSettings, info_to_proto

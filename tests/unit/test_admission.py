@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form, encode_update
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.serde import encode, from_chunks, layout_of
 from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.admission import first_unusable, refusal

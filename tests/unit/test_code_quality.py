@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"server": "server", "client": "client", "common": "common", "proto": "protos/medfed/proto"}
+PACKAGES = {
+    "server": "server", "client": "client", "common": "common", "tools": "tools", "proto": "protos/medfed/proto",
+}  # fmt: skip
 
 
 def test_ruff_finds_nothing() -> None:

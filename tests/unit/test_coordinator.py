@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.serde import encode, layout_of
 from medfed.common.wire import ModelSpec, TrainSettings
 from medfed.server.coordinator import (

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfed.common.data import DatasetInfo, load_folder, save_folder
+from medfed.common.data.folders import DatasetInfo, load_folder, save_folder
+from medfed.common.data.sources import load_digits, load_npz, load_source
 from medfed.common.errors import DataError
-from medfed.common.sources import load_digits, load_npz, load_source
 from tests.helpers import synthetic_dataset
 
 
@@ -127,7 +127,7 @@ def test_medmnist_name_with_data_root_never_downloads(tmp_path: Path) -> None:
 def test_a_failed_download_is_reported_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import medmnist
 
-    from medfed.common import sources
+    from medfed.common.data import sources
 
     class Offline:
         def __init__(self, **kwargs: object) -> None:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from medfed.client.app import build_parser as client_parser
-from medfed.common.certs_cli import build_parser as certs_parser
-from medfed.common.partition_cli import build_parser as partition_parser
 from medfed.server.app import build_parser as server_parser
+from medfed.tools.certs import build_parser as certs_parser
+from medfed.tools.partition import build_parser as partition_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"

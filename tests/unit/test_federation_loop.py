@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import UnusableModel
 from medfed.common.serde import EncodedModel, from_chunks
 from medfed.server.config import ServerConfig

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medfed.common.data.image_folder import load_hospital, load_image_folder
+from medfed.common.data.partition import partition_to_folders
+from medfed.common.data.sources import SourceDataset
 from medfed.common.errors import DataError
-from medfed.common.image_folder import load_hospital, load_image_folder
-from medfed.common.partition_cli import partition_to_folders
-from medfed.common.sources import SourceDataset
 from tests.helpers import synthetic_dataset, write_image_folder
 
 

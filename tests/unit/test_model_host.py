@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from medfed.common.data import DatasetInfo, Split
+from medfed.common.data.folders import DatasetInfo, Split
+from medfed.common.data.partition import partition_to_folders
 from medfed.common.errors import ConfigError, DataError, DeviceError, UnknownModelError
 from medfed.common.models import build_model
-from medfed.common.partition_cli import partition_to_folders
 from medfed.common.serde import encode
 from medfed.common.torch_state import to_numpy
 from medfed.common.training import evaluate
@@ -174,7 +174,7 @@ def test_the_coordinator_process_never_imports_pytorch() -> None:
 def test_a_child_reports_its_own_peak_memory_not_its_parents() -> None:
     ballast = bytearray(400 << 20)  # 400 MB resident in this (parent) process
     ballast[::4096] = b"x" * len(range(0, len(ballast), 4096))
-    code = "from medfed.common.processes import peak_rss_mb; print(peak_rss_mb())"
+    code = "from medfed.server.memory import peak_rss_mb; print(peak_rss_mb())"
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 

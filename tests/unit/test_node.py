@@ -11,7 +11,7 @@ import torch
 
 from medfed.client.node import HospitalNode, NodeError
 from medfed.client.trainer import Trainer
-from medfed.common.data import DatasetInfo, HospitalData, Split
+from medfed.common.data.folders import DatasetInfo, HospitalData, Split
 from medfed.common.serde import encode, layout_to_proto
 from medfed.common.wire import ModelSpec, TrainSettings, model_spec_to_proto, settings_to_proto
 from medfed.proto.v1 import federation_pb2 as pb

@@ -3,10 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfed.common.data import load_folder
+from medfed.common.data.folders import load_folder
+from medfed.common.data.partition import hospital_names, partition, partition_to_folders
 from medfed.common.errors import ConfigError, PartitionError
-from medfed.common.partition import hospital_names, partition
-from medfed.common.partition_cli import partition_to_folders
 from tests.helpers import synthetic_dataset
 
 LABELS = np.repeat(np.arange(4), 50)

@@ -7,9 +7,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.common import pki
-from medfed.common.certs_cli import main as fed_certs
 from medfed.common.errors import PkiError
 from medfed.common.pki import check_pair
+from medfed.tools.certs import main as fed_certs
 
 
 @pytest.fixture

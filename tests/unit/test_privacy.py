@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from medfed.common.data import Split
+from medfed.common.data.folders import Split
 from medfed.common.dp_sgd import plan_dp_sgd, train_dp_sgd, wrap_problem
 from medfed.common.models import build_model, dp_model_problem
 from medfed.common.privacy import DpSettings, add_gaussian_noise, clip_update, l2_norm, privatize_update

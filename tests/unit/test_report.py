@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
 from medfed.common.training import macro_auc
 from medfed.server.report import REPORT_FILES, class_subset_accuracy, write_report
 

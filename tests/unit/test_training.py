@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medfed.common.data import Split
+from medfed.common.data.folders import Split
 from medfed.common.errors import DeviceError, UnknownModelError
 from medfed.common.models import build_model
 from medfed.common.recipe import MODEL_NAMES, lr_factor

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfed.common.data import DatasetInfo, Split
+from medfed.common.data.folders import DatasetInfo, Split
 from medfed.common.models import build_model
 from medfed.common.pretrained import load_pretrained
 from medfed.common.training import evaluate, train_local

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfed.common.data import SPLITS, DatasetInfo
+from medfed.common.data.folders import SPLITS, DatasetInfo
 from medfed.common.errors import DataError
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -158,7 +158,7 @@ def load_source(
     if source == "digits":
         return load_digits(seed)
     if Path(source).is_dir():
-        from medfed.common.image_folder import load_image_folder
+        from medfed.common.data.image_folder import load_image_folder
 
         return load_image_folder(Path(source), image_size=image_size)
     if source.endswith(".npz") or Path(source).exists():

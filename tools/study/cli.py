@@ -22,13 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medfed.common.cli import CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
-from medfed.common.demo import exit_on_sigterm, run_locally
+from medfed.common.data.image_folder import load_hospital
+from medfed.common.data.partition import SCHEMES, TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.data.sources import MEDMNIST_SIZES, load_source
 from medfed.common.errors import DataError
-from medfed.common.image_folder import load_hospital
-from medfed.common.partition import SCHEMES
-from medfed.common.partition_cli import TEST_FOLDER, format_counts, partition_to_folders
 from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
-from medfed.common.sources import MEDMNIST_SIZES, load_source
+from medfed.tools.local_run import exit_on_sigterm, run_locally
 
 EXAMPLES = """
 examples:
@@ -145,9 +144,9 @@ def _run(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     setup_logging(cfg.verbose)
     # PyTorch (seconds to import) and matplotlib only once the flags are known to be good: --help stays fast.
-    from medfed.common.baselines import Outcome, pooled, train_and_test
-    from medfed.common.study_report import write_study
     from medfed.common.training import pick_device
+    from medfed.tools.study.baselines import Outcome, pooled, train_and_test
+    from medfed.tools.study.report import write_study
 
     out = cfg.out or _default_out(cfg)
     if out.exists() and any(out.iterdir()):

@@ -8,15 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medfed.common.cli import Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
-from medfed.common.data import MANIFEST, Manifest, save_folder
-from medfed.common.errors import ConfigError
-from medfed.common.partition import SCHEMES, hospital_names, partition
-from medfed.common.sources import MEDMNIST_SIZES, SourceDataset, load_source
+from medfed.common.data.partition import SCHEMES, format_counts, partition_to_folders
+from medfed.common.data.sources import MEDMNIST_SIZES, load_source
 
 EXAMPLES = """
 examples:
@@ -25,8 +22,6 @@ examples:
   fed-partition --source octmnist --size 64 --out parts --clients 3 --scheme exclude-classes   (downloads)
   fed-partition --source ./my_export.npz --out parts --clients 4 --scheme iid
 """
-
-TEST_FOLDER = "test"
 
 
 class PartitionConfig(BaseModel):
@@ -43,66 +38,6 @@ class PartitionConfig(BaseModel):
     image_size: int | None = Field(None, ge=4, le=1024)
     force: bool = False
     verbose: bool = False
-
-
-def partition_to_folders(
-    dataset: SourceDataset,
-    out: Path,
-    *,
-    clients: int,
-    scheme: str,
-    alpha: float = 0.5,
-    seed: int = 0,
-    force: bool = False,
-    source: str | None = None,
-) -> dict[str, Manifest]:
-    """Write hospital_a, hospital_b, ... (train and val parts) and test/ (the whole test split)."""
-    names = hospital_names(clients)
-    has_test = "test" in dataset.splits
-    folders = names + ([TEST_FOLDER] if has_test else [])
-    existing = [name for name in folders if (out / name / MANIFEST).exists()]
-    if existing and not force:
-        raise ConfigError(f"--out: {out} already holds {', '.join(existing)}; choose another --out or pass --force")
-    labels: dict[str, np.ndarray] = {s: dataset.splits[s][1] for s in ("train", "val") if s in dataset.splits}
-    parts = partition(
-        labels,
-        num_clients=clients,
-        num_classes=dataset.info.num_classes,
-        scheme=scheme,
-        alpha=alpha,
-        seed=seed,
-    )
-    described = f"{scheme} (alpha {alpha})" if scheme == "dirichlet" else scheme
-    manifests = {}
-    for k, name in enumerate(names):
-        splits = {
-            split: (dataset.splits[split][0][idx[k]], dataset.splits[split][1][idx[k]]) for split, idx in parts.items()
-        }
-        manifests[name] = save_folder(out / name, name, dataset.info, splits, source=source, scheme=described)
-    if has_test:
-        manifests[TEST_FOLDER] = save_folder(
-            out / TEST_FOLDER, TEST_FOLDER, dataset.info, {"test": dataset.splits["test"]}, source=source
-        )
-    return manifests
-
-
-def format_counts(dataset: SourceDataset, manifests: dict[str, Manifest]) -> str:
-    classes = list(dataset.info.class_names)
-    width = max([len(n) for n in manifests] + [8])
-    cols = [max(len(c), 6) for c in classes]
-    lines = [
-        f"{'folder':<{width}}  {'images':>7}  {'val':>6}  "
-        + "  ".join(f"{c:>{w}}" for c, w in zip(classes, cols, strict=True))
-    ]
-    for name, manifest in manifests.items():
-        main = "test" if name == TEST_FOLDER else "train"
-        counts = manifest.counts.get(main, [0] * len(classes))
-        val = "-" if name == TEST_FOLDER else str(sum(manifest.counts.get("val", [])))
-        lines.append(
-            f"{name:<{width}}  {sum(counts):>7}  {val:>6}  "
-            + "  ".join(f"{n:>{w}}" for n, w in zip(counts, cols, strict=True))
-        )
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

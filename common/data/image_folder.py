@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medfed.common.data import DatasetInfo, HospitalData, check_split, load_folder
+from medfed.common.data.folders import DatasetInfo, HospitalData, check_split, load_folder
+from medfed.common.data.sources import Arrays, SourceDataset
 from medfed.common.errors import DataError
-from medfed.common.sources import Arrays, SourceDataset
 
 log = logging.getLogger("medfed.data")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from medfed.common import plots
-from medfed.common.baselines import Outcome
-from medfed.common.data import DatasetInfo
+from medfed.common.data.folders import DatasetInfo
+from medfed.tools.study.baselines import Outcome
 
 STUDY_JSON, STUDY_CSV, CHART, REPORT = "study.json", "study.csv", "comparison.png", "report.md"
 

@@ -1,4 +1,6 @@
-"""Splitting a dataset's labels among hospitals: pure functions of (labels, scheme, seed).
+"""Splitting a dataset among hospitals: pure functions of (labels, scheme, seed), and the hospital
+folders written from them (``partition_to_folders``, what fed-partition, fed-demo, fed-study, the
+benchmarks and the tests use).
 
 Every scheme is a class-by-hospital proportion matrix P (rows sum to 1): class c's examples are
 shuffled and cut among the hospitals in the proportions P[c]. The same P splits the training and the
@@ -12,12 +14,17 @@ validation set, so a hospital's validation data looks like its training data.
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import numpy as np
 
-from medfed.common.errors import PartitionError
+from medfed.common.data.folders import MANIFEST, Manifest, save_folder
+from medfed.common.data.sources import SourceDataset
+from medfed.common.errors import ConfigError, PartitionError
 
 SCHEMES = ("iid", "dirichlet", "exclude-classes")
+TEST_FOLDER = "test"
+"""the coordinator's held-out test folder beside the hospitals' folders"""
 
 
 def hospital_names(count: int) -> list[str]:
@@ -92,3 +99,63 @@ def partition(
         f"{scheme} partition left a hospital without training data; use fewer hospitals"
         + (", a larger --alpha or another --seed" if scheme == "dirichlet" else "")
     )
+
+
+def partition_to_folders(
+    dataset: SourceDataset,
+    out: Path,
+    *,
+    clients: int,
+    scheme: str,
+    alpha: float = 0.5,
+    seed: int = 0,
+    force: bool = False,
+    source: str | None = None,
+) -> dict[str, Manifest]:
+    """Write hospital_a, hospital_b, ... (train and val parts) and test/ (the whole test split)."""
+    names = hospital_names(clients)
+    has_test = "test" in dataset.splits
+    folders = names + ([TEST_FOLDER] if has_test else [])
+    existing = [name for name in folders if (out / name / MANIFEST).exists()]
+    if existing and not force:
+        raise ConfigError(f"--out: {out} already holds {', '.join(existing)}; choose another --out or pass --force")
+    labels: dict[str, np.ndarray] = {s: dataset.splits[s][1] for s in ("train", "val") if s in dataset.splits}
+    parts = partition(
+        labels,
+        num_clients=clients,
+        num_classes=dataset.info.num_classes,
+        scheme=scheme,
+        alpha=alpha,
+        seed=seed,
+    )
+    described = f"{scheme} (alpha {alpha})" if scheme == "dirichlet" else scheme
+    manifests = {}
+    for k, name in enumerate(names):
+        splits = {
+            split: (dataset.splits[split][0][idx[k]], dataset.splits[split][1][idx[k]]) for split, idx in parts.items()
+        }
+        manifests[name] = save_folder(out / name, name, dataset.info, splits, source=source, scheme=described)
+    if has_test:
+        manifests[TEST_FOLDER] = save_folder(
+            out / TEST_FOLDER, TEST_FOLDER, dataset.info, {"test": dataset.splits["test"]}, source=source
+        )
+    return manifests
+
+
+def format_counts(dataset: SourceDataset, manifests: dict[str, Manifest]) -> str:
+    classes = list(dataset.info.class_names)
+    width = max([len(n) for n in manifests] + [8])
+    cols = [max(len(c), 6) for c in classes]
+    lines = [
+        f"{'folder':<{width}}  {'images':>7}  {'val':>6}  "
+        + "  ".join(f"{c:>{w}}" for c, w in zip(classes, cols, strict=True))
+    ]
+    for name, manifest in manifests.items():
+        main = "test" if name == TEST_FOLDER else "train"
+        counts = manifest.counts.get(main, [0] * len(classes))
+        val = "-" if name == TEST_FOLDER else str(sum(manifest.counts.get("val", [])))
+        lines.append(
+            f"{name:<{width}}  {sum(counts):>7}  {val:>6}  "
+            + "  ".join(f"{n:>{w}}" for n, w in zip(counts, cols, strict=True))
+        )
+    return "\n".join(lines)

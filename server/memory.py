@@ -1,0 +1,46 @@
+"""The coordinator's memory: one malloc arena for all its threads, and peak resident memory as the
+kernel counts it (for history.jsonl, the model helper's replies and the benchmarks)."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+
+def share_one_malloc_arena() -> bool:
+    """Make every thread of this process allocate from glibc's main arena; True if it took effect.
+
+    glibc gives threads their own arenas and keeps freed memory in each; a coordinator whose gRPC
+    threads stream 1 MiB chunks to ten hospitals at once kept about 270 MB more that way in a one-off
+    comparison, and one arena cost no measurable round time. Call before starting threads."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...)
+        return False
+    m_arena_max = -8
+    return bool(libc.mallopt(m_arena_max, 1))
+
+
+def peak_rss_mb(pid: int | None = None) -> float | None:
+    """A process's peak resident memory so far (this one's by default): VmHWM on Linux, and for this
+    process ru_maxrss elsewhere; None when it cannot be read (another process that has exited, say).
+
+    Not ru_maxrss on Linux: it carries the parent's resident size over fork and exec, so a coordinator
+    started by a 680 MB benchmark process reported 680 MB before it had loaded anything."""
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # not Linux, or gone
+        pass
+    if pid is not None:
+        return None
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)

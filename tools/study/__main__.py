@@ -1,0 +1,5 @@
+import sys
+
+from medfed.tools.study.cli import main
+
+sys.exit(main())
