@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from medfed.common import __version__
-from medfed.common.compression import ENCODINGS
 from medfed.common.data.partition import TEST_FOLDER, partition_to_folders
 from medfed.common.data.sources import load_source
+from medfed.common.limits import ENCODINGS
 from medfed.tools.local_run import run_locally
 
 

@@ -35,8 +35,8 @@ from torch import nn
 from medfed.common import __version__
 from medfed.common.data.folders import Split
 from medfed.common.data.sources import load_medmnist
-from medfed.common.models import build_model
-from medfed.common.training import normalize, random_affine, tensors
+from medfed.common.ml.models import build_model
+from medfed.common.ml.training import normalize, random_affine, tensors
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 

@@ -93,8 +93,8 @@ def worker(server: str, data: Path, names: list[str]) -> int:
     from medfed.client.trainer import Trainer
     from medfed.common.cli import setup_logging
     from medfed.common.data.folders import load_folder
-    from medfed.common.transport import channel_options
-    from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+    from medfed.common.wire.options import channel_options
+    from medfed.common.wire.proto import pb_grpc
 
     setup_logging(False)
     torch.set_num_threads(1)

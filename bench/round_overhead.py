@@ -38,9 +38,9 @@ from medfed.common import __version__
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.data.partition import partition_to_folders
 from medfed.common.data.sources import SourceDataset
-from medfed.common.models import build_model
-from medfed.common.serde import encode, from_chunks
-from medfed.common.torch_state import to_numpy
+from medfed.common.ml.models import build_model
+from medfed.common.ml.torch_state import to_numpy
+from medfed.common.tensors import encode, from_chunks
 from medfed.server.memory import peak_rss_mb
 from medfed.tools.local_run import ProcessGroup
 

@@ -19,15 +19,15 @@ from types import FrameType
 import grpc
 
 from medfed.client.config import ClientConfig
-from medfed.common.accounting import default_delta
 from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data.image_folder import load_hospital
+from medfed.common.dp.accounting import default_delta
+from medfed.common.limits import MAX_TEXT
 from medfed.common.pki import check_pair, common_name
-from medfed.common.tls import channel_credentials
-from medfed.common.transport import channel_options
-from medfed.common.wire import MAX_TEXT
-from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.common.wire.options import channel_options
+from medfed.common.wire.proto import pb_grpc
+from medfed.common.wire.tls import channel_credentials
 
 log = logging.getLogger("medfed.client")
 
@@ -172,7 +172,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
     from medfed.client.probe import Probe
     from medfed.client.trainer import TaskError, Trainer
-    from medfed.common.training import pick_device
+    from medfed.common.ml.training import pick_device
 
     data = load_hospital(
         cfg.data, require=("train",), classes=cfg.classes, image_size=cfg.image_size, class_map=cfg.class_map

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from medfed.common.config import HOSPITAL_NAME, TlsFiles, check_address
-from medfed.common.privacy import DpSettings
+from medfed.common.config import TlsFiles, check_address
+from medfed.common.dp.mechanisms import DpSettings
+from medfed.common.limits import HOSPITAL_NAME
 
 
 class ClientConfig(TlsFiles):

@@ -23,26 +23,27 @@ from medfed.client.trainer import LocalResult, Trainer
 from medfed.common import __version__
 from medfed.common.compression import encode_update
 from medfed.common.data.folders import HospitalData
+from medfed.common.errors import WireFormatError
+from medfed.common.limits import MAX_MODEL_BYTES
+from medfed.common.messages import ModelSpec, TrainSettings
 from medfed.common.peer_text import STATUS_LIMIT, cleaned
 from medfed.common.retry import Backoff
-from medfed.common.serde import Chunk, StateDict, WireFormatError, from_chunks, layout_from_proto, layout_to_proto
-from medfed.common.wire import (
-    ModelSpec,
-    TrainSettings,
+from medfed.common.tensors import Chunk, StateDict, from_chunks
+from medfed.common.wire.convert import (
     info_to_proto,
+    layout_from_proto,
+    layout_to_proto,
     model_spec_from_proto,
     report_to_proto,
     settings_from_proto,
 )
-from medfed.proto.v1 import federation_pb2 as pb
-from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.common.wire.proto import pb, pb_grpc
 
 log = logging.getLogger("medfed.client")
 
 T = TypeVar("T")
 JOIN_DEADLINE_S = 30.0
 TRANSFER_DEADLINE_S = 900.0
-MAX_MODEL_BYTES = 16 << 30
 # Transport trouble, or a coordinator going down mid-call (CANCELLED): worth retrying until max_wait.
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,

@@ -8,7 +8,6 @@ federation with the same data keeps counting instead of starting again from ε =
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,11 +16,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from medfed.common.accounting import Spend, epsilon
-from medfed.common.dp_sgd import plan_dp_sgd
+from medfed.common import files
+from medfed.common.dp.accounting import Spend, epsilon
+from medfed.common.dp.mechanisms import DpSettings
 from medfed.common.errors import ConfigError
-from medfed.common.privacy import DpSettings
-from medfed.common.wire import PrivacyReport, TrainSettings
+from medfed.common.messages import PrivacyReport, TrainSettings
+from medfed.common.ml.dp_sgd import plan_dp_sgd
 
 log = logging.getLogger("medfed.client")
 
@@ -83,12 +83,7 @@ class PrivacyLedger:
             spend=spend,
         )
         data = LedgerFile(format=LEDGER_FORMAT, entries=[*self.entries, entry]).model_dump(mode="json")
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        files.write_json(self.path, data, durable=True, indent=1)
         self.entries.append(entry)
 
 

@@ -14,14 +14,14 @@ from torch import nn
 
 from medfed.client.privacy import RoundPrivacy
 from medfed.common.data.folders import HospitalData
-from medfed.common.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
+from medfed.common.dp.mechanisms import privatize_update, secure_generator
 from medfed.common.errors import UnusableModel
-from medfed.common.models import build_model, dp_model_problem
-from medfed.common.privacy import privatize_update, secure_generator
-from medfed.common.serde import StateDict
-from medfed.common.torch_state import to_numpy, to_torch
-from medfed.common.training import evaluate, train_local
-from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
+from medfed.common.messages import ModelSpec, PrivacyReport, TrainSettings
+from medfed.common.ml.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
+from medfed.common.ml.models import build_model, dp_model_problem
+from medfed.common.ml.torch_state import to_numpy, to_torch
+from medfed.common.ml.training import evaluate, train_local
+from medfed.common.tensors import StateDict
 
 log = logging.getLogger("medfed.client")
 

@@ -15,15 +15,13 @@ Error bounds per element x (tested in tests/unit/test_compression.py):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Literal
 
 import numpy as np
 
+from medfed.common.limits import Encoding
 from medfed.common.peer_text import listed, quoted
-from medfed.common.serde import BFLOAT16, EncodedModel, Layout, encode, is_float
+from medfed.common.tensors import BFLOAT16, EncodedModel, Layout, encode, is_float
 
-Encoding = Literal["lossless", "fp16", "bf16", "int8"]
-ENCODINGS: tuple[Encoding, ...] = ("lossless", "fp16", "bf16", "int8")
 FP16_MAX = 65504.0
 INT8_LEVELS = 127
 

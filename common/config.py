@@ -8,7 +8,6 @@ names the flag (``--rounds``), never a traceback.
 from __future__ import annotations
 
 import difflib
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,9 +24,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 M = TypeVar("M", bound=BaseModel)
-
-HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""A hospital's name: its identity in certificates, logs, history and file names."""
 
 
 def parse_address(value: str) -> tuple[str, int]:

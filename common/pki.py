@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medfed.common import files
 from medfed.common.errors import PkiError
 
 CA_DAYS = 5 * 365
@@ -142,18 +142,11 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: boo
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    files.write_bytes(path, data, mode=0o600)
 
 
 def write_public(path: Path, item: x509.Certificate | x509.CertificateRevocationList) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(item.public_bytes(serialization.Encoding.PEM))
-    os.replace(tmp, path)
+    files.write_bytes(path, item.public_bytes(serialization.Encoding.PEM))
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -7,7 +7,6 @@ result file, so a reader never sees half a PNG.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from medfed.common import files
+
 Series = Mapping[str, tuple[Sequence[float], Sequence[float | None]]]
 """label -> (x values, y values; None where there is no value)"""
 
 
 def _save(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _draw(ax: Any, series: Series, colours: dict[str, Any], *, dashed: bool = False) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from medfed.common.peer_text import quoted
-from medfed.common.serde import is_float
+from medfed.common.tensors import is_float
 
 VARIANCE_SUFFIX = "running_var"
 COUNTER_SUFFIX = "num_batches_tracked"

@@ -20,16 +20,16 @@ from types import FrameType
 
 import grpc
 
-from medfed.common.accounting import epsilon, rounds_within
+from medfed.common import files
 from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
-from medfed.common.compression import ENCODINGS
 from medfed.common.config import build_config, field_default, load_toml, parse_address
 from medfed.common.data.folders import DatasetInfo
+from medfed.common.dp.accounting import epsilon, rounds_within
 from medfed.common.errors import ConfigError
+from medfed.common.limits import ENCODINGS, LR_SCHEDULES, MODEL_NAMES
 from medfed.common.pki import check_pair, load_cert
-from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
-from medfed.common.serde import StateDict
-from medfed.common.tls import server_credentials
+from medfed.common.tensors import StateDict
+from medfed.common.wire.tls import server_credentials
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.checkpoint import Checkpoint, check_settings, load_checkpoint
 from medfed.server.config import ServerConfig
@@ -246,9 +246,7 @@ def check_bindable(address: str) -> None:
 
 def _write_port_file(path: Path, port: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, path)
+    files.write_text(path, f"{port}\n")
 
 
 def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, StateDict] | None:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from medfed.common.accounting import Spend
-from medfed.common.privacy import add_gaussian_noise, apply_update, clip_update, difference, secure_generator
-from medfed.common.serde import StateDict, is_float
+from medfed.common.dp.accounting import Spend
+from medfed.common.dp.mechanisms import add_gaussian_noise, apply_update, clip_update, difference, secure_generator
+from medfed.common.tensors import StateDict, is_float
 from medfed.server.strategy import AggregationError, SumAccumulator, check_update
 
 COUNT_SHARE = 0.05

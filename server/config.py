@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from medfed.common.accounting import default_delta
-from medfed.common.compression import Encoding
 from medfed.common.config import TlsFiles, check_address
-from medfed.common.privacy import DpSettings
+from medfed.common.dp.accounting import default_delta
+from medfed.common.dp.mechanisms import DpSettings
+from medfed.common.limits import Encoding, LrSchedule, ModelName
 
 TRAINING_SETTINGS = (
     "model", "seed", "local_epochs", "lr", "batch_size", "dp_central", "dp_local", "dp_clip", "dp_noise_multiplier",
@@ -30,7 +30,7 @@ class ServerConfig(TlsFiles):
     min_fit: int | None = Field(None, ge=1)
     round_timeout: float = Field(600.0, gt=0)
     join_timeout: float = Field(3600.0, gt=0)
-    model: Literal["cnn", "cnn_gn", "resnet18", "resnet18_gn"] = "cnn"
+    model: ModelName = "cnn"
     local_epochs: int = Field(1, ge=0, le=10_000)
     lr: float = Field(1e-3, gt=0, le=10)
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -39,7 +39,7 @@ class ServerConfig(TlsFiles):
     image_size: int | None = Field(None, ge=4, le=1024)
     pretrained: Path | None = None
     augment: bool = False
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: LrSchedule = "constant"
     update_encoding: Encoding = "lossless"
     out: Path = Path("fed-out")
     force: bool = False

@@ -33,11 +33,11 @@ from types import TracebackType
 import numpy as np
 
 from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form
-from medfed.common.config import HOSPITAL_NAME
 from medfed.common.data.folders import DatasetInfo
+from medfed.common.limits import HOSPITAL_NAME
+from medfed.common.messages import ModelSpec, PrivacyReport, TrainSettings
 from medfed.common.peer_text import listed, quoted
-from medfed.common.serde import ALIGNMENT, EncodedModel, Layout, layout_of
-from medfed.common.wire import ModelSpec, PrivacyReport, TrainSettings
+from medfed.common.tensors import ALIGNMENT, EncodedModel, Layout, layout_of
 from medfed.server.admission import refusal
 from medfed.server.errors import (
     CoordinatorError,

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 from medfed.common import __version__
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import UnusableModel
+from medfed.common.messages import ModelSpec, TrainSettings
 from medfed.common.peer_text import quoted
-from medfed.common.recipe import NORMALIZATION, lr_factor
-from medfed.common.serde import EncodedModel, StateDict, encode
-from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.common.tensors import EncodedModel, StateDict, encode
+from medfed.common.training_plan import NORMALIZATION, lr_factor
 from medfed.server.admission import first_unusable
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint

@@ -20,14 +20,13 @@ import sys
 from typing import IO, Any
 
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.errors import USER_ERRORS, UnknownModelError
-from medfed.common.recipe import MODEL_NAMES
-from medfed.common.serde import EncodedModel, WireFormatError, layout_from_proto, layout_to_proto
-from medfed.proto.v1 import federation_pb2 as pb
+from medfed.common.errors import USER_ERRORS, UnknownModelError, WireFormatError
+from medfed.common.limits import MAX_MODEL_BYTES, MODEL_NAMES
+from medfed.common.tensors import EncodedModel
+from medfed.common.wire.convert import layout_from_bytes, layout_to_bytes
 
 log = logging.getLogger("medfed.server")
 
-MAX_MODEL_BYTES = 1 << 40
 CLOSE_TIMEOUT_S = 5.0
 """an idle helper exits at once when its input closes; a busy one (the run was aborted) is killed"""
 
@@ -37,7 +36,7 @@ class ModelHostError(RuntimeError):
 
 
 def send(stream: IO[bytes], message: dict[str, Any], model: EncodedModel | None = None) -> None:
-    header = layout_to_proto(model.layout).SerializeToString() if model is not None else b""
+    header = layout_to_bytes(model.layout) if model is not None else b""
     if model is not None:
         message = {**message, "header_bytes": len(header), "model_bytes": len(model.buffer)}
     stream.write(json.dumps(message).encode() + b"\n")
@@ -55,8 +54,7 @@ def receive(stream: IO[bytes]) -> tuple[dict[str, Any], EncodedModel | None] | N
     message: dict[str, Any] = json.loads(line)
     if "model_bytes" not in message:
         return message, None
-    header = pb.ModelHeader.FromString(_read_exactly(stream, int(message["header_bytes"])))
-    layout = layout_from_proto(header, max_total_bytes=MAX_MODEL_BYTES)
+    layout = layout_from_bytes(_read_exactly(stream, int(message["header_bytes"])), max_total_bytes=MAX_MODEL_BYTES)
     if layout.total_bytes != message["model_bytes"]:
         raise WireFormatError(f"model of {message['model_bytes']} bytes, its header says {layout.total_bytes}")
     buffer = bytearray(layout.total_bytes)

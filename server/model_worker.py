@@ -25,11 +25,11 @@ from medfed.common.cli import setup_logging
 from medfed.common.data.folders import DatasetInfo, Split
 from medfed.common.data.image_folder import load_hospital
 from medfed.common.errors import USER_ERRORS, ConfigError
-from medfed.common.models import build_model, dp_model_problem
-from medfed.common.pretrained import load_pretrained
-from medfed.common.serde import EncodedModel, encode
-from medfed.common.torch_state import to_numpy, to_torch
-from medfed.common.training import evaluate, pick_device
+from medfed.common.ml.models import build_model, dp_model_problem
+from medfed.common.ml.pretrained import load_pretrained
+from medfed.common.ml.torch_state import to_numpy, to_torch
+from medfed.common.ml.training import evaluate, pick_device
+from medfed.common.tensors import EncodedModel, encode
 from medfed.server.memory import peak_rss_mb
 from medfed.server.model_host import receive, send
 

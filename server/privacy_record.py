@@ -10,8 +10,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from medfed.common.accounting import epsilon, finite_or_none
-from medfed.common.wire import PrivacyReport, report_from_json, report_to_json
+from medfed.common.dp.accounting import epsilon, finite_or_none
+from medfed.common.messages import PrivacyReport, report_from_json, report_to_json
 from medfed.server.central_dp import DpAccumulator, DpFedAvg
 from medfed.server.coordinator import Contribution
 

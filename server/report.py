@@ -9,11 +9,11 @@ validation images (federated evaluation).
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medfed.common import files
 from medfed.common.data.folders import DatasetInfo
 
 REPORT_FILE = "report.md"
@@ -54,13 +54,11 @@ def _hospital_series(
 
 
 def _write_confusion_csv(path: Path, matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with files.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, matrix, strict=True):
             writer.writerow([name, *row])
-    os.replace(tmp, path)
 
 
 def write_report(
@@ -104,9 +102,7 @@ def write_report(
         _write_confusion_csv(directory / CONFUSION_CSV, last["confusion_matrix"], names)
         written += [directory / PER_CLASS_FILE, directory / CONFUSION_PNG, directory / CONFUSION_CSV]
     path = directory / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_markdown(history, info, hospital_classes, title=title, tested=tested))
-    os.replace(tmp, path)
+    files.write_text(path, _markdown(history, info, hospital_classes, title=title, tested=tested))
     return [path, *written]
 
 

@@ -14,27 +14,22 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
+from medfed.common.errors import WireFormatError, WireTooLarge
+from medfed.common.limits import MAX_MODEL_BYTES, MAX_TEXT
 from medfed.common.peer_text import STATUS_LIMIT, cleaned, quoted
-from medfed.common.serde import (
-    Chunk,
-    WireFormatError,
-    WireTooLarge,
-    from_chunks,
-    layout_from_proto,
-    layout_to_proto,
-)
-from medfed.common.transport import server_options
-from medfed.common.wire import (
-    MAX_TEXT,
+from medfed.common.tensors import Chunk, from_chunks
+from medfed.common.wire.convert import (
     check_text,
     info_from_proto,
+    layout_from_proto,
+    layout_to_proto,
     metrics_from_proto,
     model_spec_to_proto,
     report_from_proto,
     settings_to_proto,
 )
-from medfed.proto.v1 import federation_pb2 as pb
-from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.common.wire.options import server_options
+from medfed.common.wire.proto import pb, pb_grpc
 from medfed.server.auth import AuthContext, PeerAuthenticator
 from medfed.server.coordinator import Coordinator, Finished, Task
 from medfed.server.errors import (
@@ -53,7 +48,6 @@ from medfed.server.transfers import SendSlots, Ticket, TransferWatch
 
 log = logging.getLogger("medfed.server")
 
-MAX_MODEL_BYTES = 16 << 30
 
 _STATUS: dict[type[Exception], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

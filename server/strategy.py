@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from medfed.common.peer_text import listed, quoted
-from medfed.common.serde import StateDict, is_float
+from medfed.common.tensors import StateDict, is_float
 
 
 class AggregationError(ValueError):

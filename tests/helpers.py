@@ -13,9 +13,9 @@ import torch
 
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.data.sources import SourceDataset
-from medfed.common.models import build_model
-from medfed.common.serde import EncodedModel, encode
-from medfed.common.torch_state import to_numpy
+from medfed.common.ml.models import build_model
+from medfed.common.ml.torch_state import to_numpy
+from medfed.common.tensors import EncodedModel, encode
 from medfed.tools.local_run import ProcessGroup
 
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.common import pki
 from medfed.common.cli import Parser, run_command, setup_logging
-from medfed.common.config import HOSPITAL_NAME
 from medfed.common.errors import ConfigError
+from medfed.common.limits import HOSPITAL_NAME
 
 EXAMPLES = """
 examples:

@@ -14,14 +14,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medfed.common.cli import CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
-from medfed.common.data.partition import SCHEMES, TEST_FOLDER, format_counts, partition_to_folders
-from medfed.common.data.sources import MEDMNIST_SIZES, load_source
+from medfed.common.data.partition import TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.data.sources import load_source
+from medfed.common.limits import MEDMNIST_SIZES, MODEL_NAMES, SCHEMES, MedmnistSize, ModelName, Scheme
 from medfed.tools.local_run import exit_on_sigterm, run_locally
 
 EXAMPLES = """
@@ -36,13 +36,13 @@ class DemoConfig(BaseModel):
 
     dataset: str = "digits"
     data_root: Path | None = None
-    size: Literal[28, 64, 128, 224] = 28
+    size: MedmnistSize = 28
     clients: int = Field(3, ge=1, le=26)
-    scheme: Literal["iid", "dirichlet", "exclude-classes"] = "exclude-classes"
+    scheme: Scheme = "exclude-classes"
     alpha: float = Field(0.5, gt=0)
     rounds: int = Field(5, ge=1)
     local_epochs: int = Field(1, ge=0)
-    model: Literal["cnn", "resnet18"] = "cnn"
+    model: ModelName = "cnn"
     seed: int = Field(0, ge=0)
     out: Path | None = None
     verbose: bool = False
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help=f"Dirichlet concentration (default {d('alpha')})")
     p.add_argument("--rounds", type=int, help=f"federated rounds (default {d('rounds')})")
     p.add_argument("--local-epochs", type=int, help=f"epochs per round at each hospital (default {d('local_epochs')})")
-    p.add_argument("--model", choices=("cnn", "resnet18"), help=f"architecture (default {d('model')})")
+    p.add_argument("--model", choices=MODEL_NAMES, help=f"architecture (default {d('model')})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
     p.add_argument(
         "--out",

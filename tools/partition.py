@@ -6,14 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medfed.common.cli import Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
-from medfed.common.data.partition import SCHEMES, format_counts, partition_to_folders
-from medfed.common.data.sources import MEDMNIST_SIZES, load_source
+from medfed.common.data.partition import format_counts, partition_to_folders
+from medfed.common.data.sources import load_source
+from medfed.common.limits import MEDMNIST_SIZES, SCHEMES, MedmnistSize, Scheme
 
 EXAMPLES = """
 examples:
@@ -30,11 +30,11 @@ class PartitionConfig(BaseModel):
     source: str
     out: Path
     clients: int = Field(3, ge=1, le=1000)
-    scheme: Literal["iid", "dirichlet", "exclude-classes"] = "iid"
+    scheme: Scheme = "iid"
     alpha: float = Field(0.5, gt=0)
     seed: int = Field(0, ge=0)
     data_root: Path | None = None
-    size: Literal[28, 64, 128, 224] = 28
+    size: MedmnistSize = 28
     image_size: int | None = Field(None, ge=4, le=1024)
     force: bool = False
     verbose: bool = False

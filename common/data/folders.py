@@ -10,7 +10,6 @@ naming the file and the problem, not in the middle of a round. Arrays load with 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medfed.common import files
 from medfed.common.errors import DataError
 from medfed.common.peer_text import listed
 
@@ -152,13 +152,9 @@ def save_folder(
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64).reshape(-1, 1)
     counts = {split: label_counts(labels, info.num_classes) for split, (_, labels) in splits.items()}
     manifest = Manifest(name=name, data=info, counts=counts, source=source, scheme=scheme)
-    tmp_npz = path / f".{DATA_FILE}.tmp"
-    with open(tmp_npz, "wb") as f:
+    with files.replacing(path / DATA_FILE) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp_npz, path / DATA_FILE)
-    tmp_manifest = path / f".{MANIFEST}.tmp"
-    tmp_manifest.write_text(manifest.model_dump_json(indent=2) + "\n")
-    os.replace(tmp_manifest, path / MANIFEST)
+    files.write_text(path / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
 

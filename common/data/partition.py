@@ -21,8 +21,8 @@ import numpy as np
 from medfed.common.data.folders import MANIFEST, Manifest, save_folder
 from medfed.common.data.sources import SourceDataset
 from medfed.common.errors import ConfigError, PartitionError
+from medfed.common.limits import SCHEMES
 
-SCHEMES = ("iid", "dirichlet", "exclude-classes")
 TEST_FOLDER = "test"
 """the coordinator's held-out test folder beside the hospitals' folders"""
 

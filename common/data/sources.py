@@ -16,8 +16,8 @@ import numpy as np
 
 from medfed.common.data.folders import SPLITS, DatasetInfo
 from medfed.common.errors import DataError
+from medfed.common.limits import MEDMNIST_SIZES
 
-MEDMNIST_SIZES = (28, 64, 128, 224)
 DEFAULT_MEDMNIST_ROOT = Path.home() / ".medmnist"
 Arrays = tuple[np.ndarray, np.ndarray]
 

@@ -17,9 +17,9 @@ from medfed.common.checkpoint import load_model
 from medfed.common.compression import encode_update
 from medfed.common.data.folders import DatasetInfo, load_folder
 from medfed.common.data.partition import partition_to_folders
-from medfed.common.serde import encode, from_chunks, is_float, layout_from_proto, layout_to_proto
-from medfed.common.transport import channel_options
-from medfed.common.wire import info_to_proto
+from medfed.common.tensors import encode, from_chunks, is_float
+from medfed.common.wire.convert import info_to_proto, layout_from_proto, layout_to_proto
+from medfed.common.wire.options import channel_options
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from medfed.server.config import ServerConfig

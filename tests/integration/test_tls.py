@@ -18,9 +18,9 @@ from medfed.client.probe import Probe
 from medfed.client.trainer import Trainer
 from medfed.common import pki
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
-from medfed.common.tls import channel_credentials, server_credentials
-from medfed.common.transport import channel_options
-from medfed.common.wire import info_to_proto
+from medfed.common.wire.convert import info_to_proto
+from medfed.common.wire.options import channel_options
+from medfed.common.wire.tls import channel_credentials, server_credentials
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from medfed.server.auth import PeerAuthenticator

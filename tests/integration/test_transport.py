@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.serde import encode, from_chunks, layout_from_proto, layout_to_proto
-from medfed.common.transport import channel_options
-from medfed.common.wire import ModelSpec, TrainSettings, info_to_proto
+from medfed.common.messages import ModelSpec, TrainSettings
+from medfed.common.tensors import encode, from_chunks
+from medfed.common.wire.convert import info_to_proto, layout_from_proto, layout_to_proto
+from medfed.common.wire.options import channel_options
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from medfed.server.coordinator import Coordinator, Task

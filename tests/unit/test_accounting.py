@@ -1,4 +1,4 @@
-"""Privacy accounting (medfed.common.accounting) against Google's dp-accounting, and the hospital ledger."""
+"""Privacy accounting (medfed.common.dp.accounting) against Google's dp-accounting, and the hospital ledger."""
 
 import itertools
 import json
@@ -11,10 +11,10 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from medfed.client.privacy import BudgetExhausted, HospitalPrivacy
-from medfed.common.accounting import Spend, default_delta, epsilon, rounds_within
+from medfed.common.dp.accounting import Spend, default_delta, epsilon, rounds_within
+from medfed.common.dp.mechanisms import DpSettings
 from medfed.common.errors import ConfigError
-from medfed.common.privacy import DpSettings
-from medfed.common.wire import TrainSettings
+from medfed.common.messages import TrainSettings
 
 
 def library_epsilon(event: dpa.DpEvent, delta: float) -> float:

@@ -8,8 +8,8 @@ import pytest
 
 from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form, encode_update
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.serde import encode, from_chunks, layout_of
-from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.common.messages import ModelSpec, TrainSettings
+from medfed.common.tensors import encode, from_chunks, layout_of
 from medfed.server.admission import first_unusable, refusal
 from medfed.server.coordinator import Coordinator, InvalidUpdate, Task
 from medfed.server.strategy import FedAvg

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from medfed.common.privacy import l2_norm
-from medfed.common.serde import StateDict
+from medfed.common.dp.mechanisms import l2_norm
+from medfed.common.tensors import StateDict
 from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.strategy import AggregationError
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfed.common.compression import (
-    FP16_MAX,
-    DecodedUpdate,
-    IncompatibleUpdate,
-    check_form,
-    encode_update,
-)
-from medfed.common.serde import StateDict, encode, from_chunks, is_float, layout_from_proto, layout_to_proto
+from medfed.common.compression import FP16_MAX, DecodedUpdate, IncompatibleUpdate, check_form, encode_update
+from medfed.common.tensors import StateDict, encode, from_chunks, is_float
+from medfed.common.wire.convert import layout_from_proto, layout_to_proto
 
 GLOBAL = {
     "conv.weight": np.random.default_rng(0).standard_normal((16, 3, 3, 3), dtype=np.float32),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.serde import encode, layout_of
-from medfed.common.wire import ModelSpec, TrainSettings
+from medfed.common.messages import ModelSpec, TrainSettings
+from medfed.common.tensors import encode, layout_of
 from medfed.server.coordinator import (
     Coordinator,
     DuplicateUpdate,

@@ -10,8 +10,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medfed.common.serde import Chunk, WireFormatError, encode, from_chunks, layout_from_proto
-from medfed.common.wire import info_from_proto, metrics_from_proto
+from medfed.common.errors import WireFormatError
+from medfed.common.tensors import Chunk, encode, from_chunks
+from medfed.common.wire.convert import info_from_proto, layout_from_proto, metrics_from_proto
 from medfed.proto.v1 import federation_pb2 as pb
 
 MODEL = {

@@ -12,7 +12,7 @@ import pytest
 
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import UnusableModel
-from medfed.common.serde import EncodedModel, from_chunks
+from medfed.common.tensors import EncodedModel, from_chunks
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator, Finished, Task
 from medfed.server.federation import FederationAborted, choose, run_federation

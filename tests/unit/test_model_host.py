@@ -15,10 +15,10 @@ import torch
 from medfed.common.data.folders import DatasetInfo, Split
 from medfed.common.data.partition import partition_to_folders
 from medfed.common.errors import ConfigError, DataError, DeviceError, UnknownModelError
-from medfed.common.models import build_model
-from medfed.common.serde import encode
-from medfed.common.torch_state import to_numpy
-from medfed.common.training import evaluate
+from medfed.common.ml.models import build_model
+from medfed.common.ml.torch_state import to_numpy
+from medfed.common.ml.training import evaluate
+from medfed.common.tensors import encode
 from medfed.server.model_host import ModelHost, ModelHostError, receive, send
 from tests.helpers import InProcessModels, synthetic_dataset
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medfed.common.models import build_model, group_norm
+from medfed.common.ml.models import build_model, group_norm
 
 tv_models = pytest.importorskip("torchvision.models")
 
@@ -43,7 +43,7 @@ def test_building_resnet18_does_not_import_torchvision() -> None:
     import subprocess
     import sys
 
-    code = "import sys; from medfed.common.models import build_model; build_model('resnet18', 1, 2); " \
+    code = "import sys; from medfed.common.ml.models import build_model; build_model('resnet18', 1, 2); " \
            "print('torchvision' in sys.modules)"  # fmt: skip
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

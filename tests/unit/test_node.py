@@ -12,8 +12,9 @@ import torch
 from medfed.client.node import HospitalNode, NodeError
 from medfed.client.trainer import Trainer
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
-from medfed.common.serde import encode, layout_to_proto
-from medfed.common.wire import ModelSpec, TrainSettings, model_spec_to_proto, settings_to_proto
+from medfed.common.messages import ModelSpec, TrainSettings
+from medfed.common.tensors import encode
+from medfed.common.wire.convert import layout_to_proto, model_spec_to_proto, settings_to_proto
 from medfed.proto.v1 import federation_pb2 as pb
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(4, 4))

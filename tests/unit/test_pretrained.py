@@ -7,8 +7,8 @@ from safetensors.torch import save_file
 from torchvision.models import resnet18 as tv_resnet18
 
 from medfed.common.errors import ConfigError
-from medfed.common.models import build_model
-from medfed.common.pretrained import load_pretrained
+from medfed.common.ml.models import build_model
+from medfed.common.ml.pretrained import load_pretrained
 
 
 def test_an_imagenet_resnet18_file_starts_a_grey_four_class_model(tmp_path: Path) -> None:

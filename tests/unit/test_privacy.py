@@ -1,4 +1,4 @@
-"""Clipping, noise and the model checks of differential privacy (medfed.common.privacy, dp_sgd)."""
+"""Clipping, noise and the model checks of differential privacy (common/dp/mechanisms.py, common/ml/dp_sgd.py)."""
 
 import math
 from dataclasses import asdict
@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from medfed.common.data.folders import Split
-from medfed.common.dp_sgd import plan_dp_sgd, train_dp_sgd, wrap_problem
-from medfed.common.models import build_model, dp_model_problem
-from medfed.common.privacy import DpSettings, add_gaussian_noise, clip_update, l2_norm, privatize_update
-from medfed.common.serde import StateDict, WireFormatError
-from medfed.common.wire import PrivacyReport, report_from_proto, report_to_json, report_to_proto
+from medfed.common.dp.mechanisms import DpSettings, add_gaussian_noise, clip_update, l2_norm, privatize_update
+from medfed.common.errors import WireFormatError
+from medfed.common.messages import PrivacyReport, report_to_json
+from medfed.common.ml.dp_sgd import plan_dp_sgd, train_dp_sgd, wrap_problem
+from medfed.common.ml.models import build_model, dp_model_problem
+from medfed.common.tensors import StateDict
+from medfed.common.wire.convert import report_from_proto, report_to_proto
 from medfed.proto.v1 import federation_pb2 as pb
 
 

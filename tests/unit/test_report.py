@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.training import macro_auc
+from medfed.common.ml.training import macro_auc
 from medfed.server.report import REPORT_FILES, class_subset_accuracy, write_report
 
 INFO = DatasetInfo(dataset="toy", channels=1, class_names=("normal", "cnv", "drusen"), image_size=(8, 8))

@@ -3,19 +3,11 @@ import math
 import numpy as np
 import pytest
 
-from medfed.common import serde
-from medfed.common.serde import (
-    BFLOAT16,
-    CHUNK_SIZE,
-    StateDict,
-    WireFormatError,
-    WireTooLarge,
-    from_chunks,
-    is_float,
-    layout_from_proto,
-    layout_to_proto,
-    to_chunks,
-)
+from medfed.common import tensors as serde
+from medfed.common.errors import WireFormatError, WireTooLarge
+from medfed.common.limits import CHUNK_SIZE
+from medfed.common.tensors import BFLOAT16, StateDict, from_chunks, is_float, to_chunks
+from medfed.common.wire.convert import layout_from_proto, layout_to_proto
 from medfed.proto.v1 import federation_pb2 as pb
 
 

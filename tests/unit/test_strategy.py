@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from medfed.common.serde import StateDict
+from medfed.common.tensors import StateDict
 from medfed.server.strategy import AggregationError, FedAvg, fedavg
 
 

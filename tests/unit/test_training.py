@@ -8,10 +8,12 @@ from torch import nn
 
 from medfed.common.data.folders import Split
 from medfed.common.errors import DeviceError, UnknownModelError
-from medfed.common.models import build_model
-from medfed.common.recipe import MODEL_NAMES, lr_factor
-from medfed.common.training import evaluate, pick_device, random_affine, train_local
-from medfed.common.wire import TrainSettings, settings_from_proto, settings_to_proto
+from medfed.common.limits import MODEL_NAMES
+from medfed.common.messages import TrainSettings
+from medfed.common.ml.models import build_model
+from medfed.common.ml.training import evaluate, pick_device, random_affine, train_local
+from medfed.common.training_plan import lr_factor
+from medfed.common.wire.convert import settings_from_proto, settings_to_proto
 
 
 def split(n: int = 64, seed: int = 0) -> Split:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from medfed.common.data.folders import DatasetInfo, Split
-from medfed.common.models import build_model
-from medfed.common.pretrained import load_pretrained
-from medfed.common.training import evaluate, train_local
+from medfed.common.ml.models import build_model
+from medfed.common.ml.pretrained import load_pretrained
+from medfed.common.ml.training import evaluate, train_local
 
 log = logging.getLogger("medfed.study")
 

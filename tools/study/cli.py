@@ -16,17 +16,25 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medfed.common.cli import CliError, Parser, run_command, setup_logging
 from medfed.common.config import build_config, field_default
 from medfed.common.data.image_folder import load_hospital
-from medfed.common.data.partition import SCHEMES, TEST_FOLDER, format_counts, partition_to_folders
-from medfed.common.data.sources import MEDMNIST_SIZES, load_source
+from medfed.common.data.partition import TEST_FOLDER, format_counts, partition_to_folders
+from medfed.common.data.sources import load_source
 from medfed.common.errors import DataError
-from medfed.common.recipe import LR_SCHEDULES, MODEL_NAMES
+from medfed.common.limits import (
+    LR_SCHEDULES,
+    MEDMNIST_SIZES,
+    MODEL_NAMES,
+    SCHEMES,
+    LrSchedule,
+    MedmnistSize,
+    ModelName,
+    Scheme,
+)
 from medfed.tools.local_run import exit_on_sigterm, run_locally
 
 EXAMPLES = """
@@ -45,22 +53,22 @@ class StudyConfig(BaseModel):
     """None: a new folder in the current directory, named for the dataset and the time"""
     dataset: str = "digits"
     data_root: Path | None = None
-    size: Literal[28, 64, 128, 224] = 28
+    size: MedmnistSize = 28
     image_size: int | None = Field(None, ge=4, le=1024)
     hospitals: list[Path] | None = None
     test: Path | None = None
     clients: int = Field(3, ge=1, le=26)
-    scheme: Literal["iid", "dirichlet", "exclude-classes"] = "exclude-classes"
+    scheme: Scheme = "exclude-classes"
     alpha: float = Field(0.5, gt=0)
     rounds: int = Field(5, ge=1)
     local_epochs: int = Field(1, ge=1)
-    model: Literal["cnn", "cnn_gn", "resnet18", "resnet18_gn"] = "cnn"
+    model: ModelName = "cnn"
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     batch_size: int = Field(64, ge=2)
     seed: int = Field(0, ge=0)
     pretrained: Path | None = None
     augment: bool = False
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: LrSchedule = "constant"
     device: str = "auto"
     progress: bool | None = None
     """None: progress bars only when standard error is a terminal"""
@@ -144,7 +152,7 @@ def _run(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     setup_logging(cfg.verbose)
     # PyTorch (seconds to import) and matplotlib only once the flags are known to be good: --help stays fast.
-    from medfed.common.training import pick_device
+    from medfed.common.ml.training import pick_device
     from medfed.tools.study.baselines import Outcome, pooled, train_and_test
     from medfed.tools.study.report import write_study
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medfed.common import plots
+from medfed.common import files, plots
 from medfed.common.data.folders import DatasetInfo
 from medfed.tools.study.baselines import Outcome
 
@@ -20,21 +19,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv(path: Path, outcomes: Sequence[Outcome], classes: Sequence[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with files.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "train_images", "accuracy", "macro_auc", *(f"accuracy_{c}" for c in classes)])
         for o in outcomes:
             writer.writerow([o.name, o.train_images, _fmt(o.accuracy), _fmt(o.auc),
                              *(_fmt(o.per_class_accuracy.get(c)) for c in classes)])  # fmt: skip
-    os.replace(tmp, path)
 
 
 def _markdown(
@@ -87,10 +78,10 @@ def write_study(
     payload = {"dataset": info.dataset, "class_names": classes, "settings": dict(settings),
                "train_classes": {k: list(v) for k, v in train_classes.items()},
                "models": [o.as_dict() for o in outcomes]}  # fmt: skip
-    _atomic_text(out / STUDY_JSON, json.dumps(payload, indent=2) + "\n")
+    files.write_text(out / STUDY_JSON, json.dumps(payload, indent=2) + "\n")
     _csv(out / STUDY_CSV, outcomes, classes)
     groups = ["accuracy", "macro AUC", *(f"acc. {c}" for c in classes)]
     bars = {o.name: [o.accuracy, o.auc, *(o.per_class_accuracy.get(c) for c in classes)] for o in outcomes}
     plots.grouped_bars(out / CHART, f"{info.dataset}: alone, federated, pooled", groups, bars, "on the test set")
-    _atomic_text(out / REPORT, _markdown(outcomes, info, train_classes, settings))
+    files.write_text(out / REPORT, _markdown(outcomes, info, train_classes, settings))
     return [out / REPORT, out / STUDY_JSON, out / STUDY_CSV, out / CHART]

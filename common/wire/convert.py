@@ -1,62 +1,29 @@
-"""Plain Python values to and from the protocol's small messages, as pairs (tensors live in serde).
+"""Plain values to and from the protocol's messages, as pairs: the tensor table of a model, the data
+description, training settings, privacy reports, model specs and metrics. Everything a peer sends is
+checked here against common/limits.py before it becomes a plain value.
 
-Only protobuf here, never grpc: the coordinator and the hospital's loop use these types without a
-network, and the servicer and the node's transport call these pairs at the edge.
+Only protobuf here, never grpc: the coordinator and the hospital's loop use the plain values without a
+network, and the servicer and the client's connection call these pairs at the edge.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
 
+import numpy as np
 from pydantic import ValidationError
 
-from medfed.common.compression import Encoding
 from medfed.common.data.folders import DatasetInfo
+from medfed.common.dp.mechanisms import DpSettings, HospitalMechanism
+from medfed.common.errors import WireFormatError, WireTooLarge
+from medfed.common.limits import MAX_CLASSES, MAX_METRICS, MAX_NDIM, MAX_TENSORS, MAX_TEXT, Encoding
+from medfed.common.messages import ModelSpec, PrivacyReport, TrainSettings
 from medfed.common.peer_text import quoted
-from medfed.common.privacy import DpSettings
-from medfed.common.serde import WireFormatError, WireTooLarge
-from medfed.proto.v1 import federation_pb2 as pb
-
-MAX_TEXT = 128
-"""Longest dataset name, task, class name or version string accepted from the other side."""
-MAX_CLASSES = 1000
-MAX_METRICS = 64
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    local_epochs: int
-    lr: float
-    batch_size: int
-    seed: int
-    optimizer: str = "adam"
-    local_dp: DpSettings | None = None
-    """the coordinator's request for local differential privacy"""
-    augment: bool = False
-    update_encoding: Encoding = "lossless"
-    """how the hospital may compress its update (common/compression.py)"""
-
-
-@dataclass(frozen=True)
-class PrivacyReport:
-    mechanism: Literal["local", "dp_sgd"]
-    clip: float
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
-    releases: int
-    epsilon: float
-    delta: float
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    in_channels: int
-    num_classes: int
+from medfed.common.tensors import DTYPES, Layout, TensorSpec
+from medfed.common.wire.proto import pb
 
 
 def info_to_proto(info: DatasetInfo) -> pb.DatasetInfo:
@@ -153,7 +120,7 @@ def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
 
 
 def report_to_proto(report: PrivacyReport) -> pb.PrivacyReport:
-    return pb.PrivacyReport(**asdict(report))
+    return pb.PrivacyReport(**dataclasses.asdict(report))
 
 
 def report_from_proto(msg: pb.PrivacyReport) -> PrivacyReport:
@@ -167,17 +134,10 @@ def report_from_proto(msg: pb.PrivacyReport) -> PrivacyReport:
         raise WireFormatError("the privacy report holds an out-of-range clip, noise multiplier, rate or delta")
     if msg.steps < 1 or msg.releases < 1 or msg.epsilon < 0:
         raise WireFormatError("the privacy report holds a negative or zero count or a negative epsilon")
-    mechanism: Literal["local", "dp_sgd"] = "local" if msg.mechanism == "local" else "dp_sgd"
+    mechanism: HospitalMechanism = "local" if msg.mechanism == "local" else "dp_sgd"
     return PrivacyReport(
         mechanism, msg.clip, msg.noise_multiplier, msg.sampling_rate, msg.steps, msg.releases, msg.epsilon, msg.delta
     )
-
-
-def report_to_json(report: PrivacyReport) -> dict[str, Any]:
-    """For history.jsonl and model.json (JSON has no infinity: ε without noise is null)."""
-    out = asdict(report)
-    out["epsilon"] = report.epsilon if math.isfinite(report.epsilon) else None
-    return out
 
 
 def model_spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:
@@ -188,8 +148,71 @@ def model_spec_from_proto(msg: pb.ModelSpec) -> ModelSpec:
     return ModelSpec(msg.name, msg.in_channels, msg.num_classes)
 
 
-def report_from_json(data: Mapping[str, Any]) -> PrivacyReport:
-    """The inverse of ``report_to_json`` (for the coordinator's own checkpoint, not for network input)."""
-    fields = dict(data)
-    fields["epsilon"] = math.inf if fields.get("epsilon") is None else float(fields["epsilon"])
-    return PrivacyReport(**fields)
+_DTYPE_TO_WIRE: dict[np.dtype, pb.DType.ValueType] = dict(
+    zip(DTYPES, (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16, pb.DTYPE_BFLOAT16, pb.DTYPE_FLOAT64, pb.DTYPE_INT64,
+                 pb.DTYPE_INT32, pb.DTYPE_INT16, pb.DTYPE_INT8, pb.DTYPE_UINT8, pb.DTYPE_BOOL), strict=True)
+)  # fmt: skip
+_DTYPE_FROM_WIRE: dict[pb.DType.ValueType, np.dtype] = {v: k for k, v in _DTYPE_TO_WIRE.items()}
+
+
+def layout_to_proto(layout: Layout) -> pb.ModelHeader:
+    return pb.ModelHeader(
+        tensors=[
+            pb.TensorSpec(
+                name=t.name,
+                dtype=_DTYPE_TO_WIRE[t.dtype],
+                shape=t.shape,
+                offset=t.offset,
+                nbytes=t.nbytes,
+                delta_scale=t.delta_scale,
+            )
+            for t in layout.tensors
+        ],
+        total_bytes=layout.total_bytes,
+    )
+
+
+def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout:
+    """Validate a received header completely before a single byte of the model is accepted."""
+    total = header.total_bytes
+    if total < 0:
+        raise WireFormatError(f"negative model size {total}")
+    if total > max_total_bytes:
+        raise WireTooLarge(f"model of {total} bytes exceeds the allowed {max_total_bytes}")
+    if len(header.tensors) > MAX_TENSORS:
+        raise WireTooLarge(f"{len(header.tensors)} tensors exceed the limit of {MAX_TENSORS}")
+    specs: list[TensorSpec] = []
+    names: set[str] = set()
+    for t in header.tensors:
+        if not t.name or t.name in names:
+            raise WireFormatError(f"tensor name {quoted(t.name)} is empty or repeated")
+        names.add(t.name)
+        dtype = _DTYPE_FROM_WIRE.get(t.dtype)
+        if dtype is None:
+            raise WireFormatError(f"tensor {quoted(t.name)} has unknown dtype code {t.dtype}")
+        shape = tuple(int(d) for d in t.shape)
+        if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
+            raise WireFormatError(f"tensor {quoted(t.name)} has invalid shape {shape[: MAX_NDIM + 1]}")
+        itemsize = dtype.itemsize
+        if t.nbytes != math.prod(shape) * itemsize:
+            raise WireFormatError(f"tensor {quoted(t.name)}: {t.nbytes} bytes do not match shape {shape} of {dtype}")
+        if t.offset < 0 or t.offset % itemsize or t.offset + t.nbytes > total:
+            raise WireFormatError(f"tensor {quoted(t.name)} has an invalid offset {t.offset}")
+        scale = t.delta_scale
+        if not (math.isfinite(scale) and scale >= 0) or (scale > 0 and dtype != np.int8):
+            raise WireFormatError(f"tensor {quoted(t.name)} has an invalid delta scale {scale} for {dtype}")
+        specs.append(TensorSpec(t.name, dtype, shape, t.offset, t.nbytes, scale))
+    ordered = sorted((s for s in specs if s.nbytes), key=lambda s: s.offset)
+    for before, after in itertools.pairwise(ordered):
+        if before.offset + before.nbytes > after.offset:
+            raise WireFormatError(f"tensors {quoted(before.name)} and {quoted(after.name)} overlap")
+    return Layout(tuple(specs), total)
+
+
+def layout_to_bytes(layout: Layout) -> bytes:
+    """A tensor table as bytes (for the model helper's pipe), read back by ``layout_from_bytes``."""
+    return layout_to_proto(layout).SerializeToString()
+
+
+def layout_from_bytes(data: bytes, *, max_total_bytes: int) -> Layout:
+    return layout_from_proto(pb.ModelHeader.FromString(data), max_total_bytes=max_total_bytes)

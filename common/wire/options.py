@@ -7,7 +7,6 @@ server accepts pings as often as the client sends them, so neither side ever see
 
 from __future__ import annotations
 
-MESSAGE_LIMIT = 4 << 20
 RECEIVE_WINDOW = 256 << 10
 """The coordinator's fixed HTTP/2 receive window per stream. gRPC's default lets bandwidth probing grow
 it to many MB per stream, and every upload waiting for a receive slot then piles that much into the

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medfed.common.data.folders import Split
-from medfed.common.training import TrainResult, normalize, tensors
+from medfed.common.ml.training import TrainResult, normalize, tensors
 
 
 @dataclass(frozen=True)

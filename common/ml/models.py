@@ -15,8 +15,8 @@ from collections.abc import Callable
 from torch import nn
 
 from medfed.common.errors import UnknownModelError
-from medfed.common.recipe import MODEL_NAMES
-from medfed.common.resnet import ResNet18
+from medfed.common.limits import MODEL_NAMES
+from medfed.common.ml.resnet import ResNet18
 
 Norm = Callable[[int], nn.Module]
 

@@ -1,18 +1,15 @@
-"""The parts of the training recipe the coordinator needs without PyTorch: model names, the input
-normalisation written into the final model's metadata, and the learning-rate schedule over rounds.
+"""What the coordinator and the hospitals agree on about training without PyTorch: the input
+normalisation (written into the final model's metadata) and the learning-rate schedule over rounds.
 
-The coordinator process never imports PyTorch (its libraries alone would cost ~500 MB resident);
-models are built and evaluated in a helper process (medfed.server.model_host), so anything both
-sides read lives here.
+The coordinator process never imports PyTorch (its libraries alone would cost ~500 MB resident), so
+these live outside common/ml/, which both the hospitals' training and the coordinator's helper use.
 """
 
 from __future__ import annotations
 
 import math
 
-MODEL_NAMES = ("cnn", "cnn_gn", "resnet18", "resnet18_gn")
 NORMALIZATION = {"mean": 0.5, "std": 0.5}
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from medfed.common.serde import BFLOAT16, StateDict
+from medfed.common.tensors import BFLOAT16, StateDict
 
 
 def to_numpy(state: Mapping[str, torch.Tensor]) -> StateDict:

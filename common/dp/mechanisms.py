@@ -1,7 +1,7 @@
 """Differential privacy as plain functions over state_dicts: difference, clip, noise.
 
 Used by hospitals (local DP on their update) and by the coordinator (central DP on each update and
-the aggregate); no transport and no accounting here (that is medfed.common.accounting).
+the aggregate); no transport and no accounting here (that is medfed.common.dp.accounting).
 
 Noise is drawn from a generator seeded with fresh operating-system entropy: a noise stream that
 could be replayed from a known seed (such as the run's ``--seed``) could be subtracted again, so DP
@@ -18,9 +18,11 @@ from typing import Literal
 
 import numpy as np
 
-from medfed.common.serde import StateDict, is_float
+from medfed.common.tensors import StateDict, is_float
 
 Mechanism = Literal["local", "dp_sgd", "central"]
+HospitalMechanism = Literal["local", "dp_sgd"]
+"""what a hospital runs itself (central DP is the coordinator's)"""
 
 MECHANISM_TEXT: dict[str, str] = {
     "local": "local DP (clipped, noised update)",

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from medfed.common.data.folders import Split
 from medfed.common.errors import DeviceError, UnusableModel
-from medfed.common.recipe import NORMALIZATION, lr_factor
+from medfed.common.training_plan import NORMALIZATION, lr_factor
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -1,16 +1,15 @@
-"""State dicts to and from the wire: a tensor table (the header) plus one byte stream sent in chunks.
+"""Models as numpy state dicts and their byte layout: a tensor table plus one byte stream, cut into
+chunks to travel (``to_chunks``/``from_chunks``, a pair so the two directions cannot drift apart; the
+tensor table's messages are in common/wire/convert.py).
 
-Every conversion lives here as a pair (``to_chunks``/``from_chunks``, ``layout_to_proto``/
-``layout_from_proto``) so the two directions cannot drift apart. Tensors are laid out back to back in
-one buffer, each starting at a 64-byte aligned offset: the receiver preallocates that buffer, copies
-chunks straight into it and then views each tensor in place, which needs aligned offsets. No pickle:
-the bytes are the tensors' raw little-endian elements and nothing else.
+Tensors are laid out back to back in one buffer, each starting at a 64-byte aligned offset: the
+receiver preallocates that buffer, copies chunks straight into it and then views each tensor in
+place, which needs aligned offsets. No pickle: the bytes are the tensors' raw little-endian elements
+and nothing else.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,49 +17,29 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from medfed.common.errors import WireFormatError, WireTooLarge
+from medfed.common.limits import CHUNK_SIZE
 from medfed.common.peer_text import quoted
-from medfed.proto.v1 import federation_pb2 as pb
-
-CHUNK_SIZE = 1 << 20
-"""About 1 MiB per message: far below gRPC's 4 MiB default limit, large enough to keep per-message cost low."""
 
 ALIGNMENT = 64
-MAX_TENSORS = 20_000
-MAX_NDIM = 16
 
 StateDict = dict[str, np.ndarray]
 """A model as numpy arrays: the coordinator never imports PyTorch (hospitals convert at the edge, see
-medfed.common.torch_state), which keeps its memory at a few model sizes over its libraries' floor."""
+medfed.common.ml.torch_state), which keeps its memory at a few model sizes over its libraries' floor."""
 Chunk = tuple[int, bytes]
 """(offset, data): a piece of a model's byte stream."""
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-_TO_WIRE: dict[np.dtype, pb.DType.ValueType] = {
-    np.dtype(np.float32): pb.DTYPE_FLOAT32,
-    np.dtype(np.float16): pb.DTYPE_FLOAT16,
-    BFLOAT16: pb.DTYPE_BFLOAT16,
-    np.dtype(np.float64): pb.DTYPE_FLOAT64,
-    np.dtype(np.int64): pb.DTYPE_INT64,
-    np.dtype(np.int32): pb.DTYPE_INT32,
-    np.dtype(np.int16): pb.DTYPE_INT16,
-    np.dtype(np.int8): pb.DTYPE_INT8,
-    np.dtype(np.uint8): pb.DTYPE_UINT8,
-    np.dtype(np.bool_): pb.DTYPE_BOOL,
-}
-_FROM_WIRE: dict[pb.DType.ValueType, np.dtype] = {v: k for k, v in _TO_WIRE.items()}
+DTYPES: tuple[np.dtype, ...] = (
+    np.dtype(np.float32), np.dtype(np.float16), BFLOAT16, np.dtype(np.float64), np.dtype(np.int64),
+    np.dtype(np.int32), np.dtype(np.int16), np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.bool_),
+)  # fmt: skip
+"""the element types a model may hold (each has a code on the wire)"""
 
 
 def is_float(dtype: np.dtype) -> bool:
     """Floating point, bfloat16 included (numpy files ml_dtypes' bfloat16 under kind 'V')."""
     return dtype.kind == "f" or dtype == BFLOAT16
-
-
-class WireFormatError(ValueError):
-    """A header or byte stream that does not describe a valid model."""
-
-
-class WireTooLarge(WireFormatError):
-    """More data than allowed (too many tensors, too many bytes): the sender is refused, nothing is kept."""
 
 
 def _require_little_endian() -> None:
@@ -97,7 +76,7 @@ def layout_of(state: Mapping[str, np.ndarray], delta_scales: Mapping[str, float]
     offset = 0
     for name, value in state.items():
         array = np.asarray(value)  # numpy hands back 0-d results as scalars
-        if array.dtype not in _TO_WIRE:
+        if array.dtype not in DTYPES:
             raise WireFormatError(f"tensor {quoted(name)} has unsupported dtype {array.dtype}")
         offset = _align(offset)
         specs.append(TensorSpec(name, array.dtype, tuple(array.shape), offset, array.nbytes, scales.get(name, 0.0)))
@@ -162,57 +141,3 @@ def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
     if received != layout.total_bytes:
         raise WireFormatError(f"stream ended after {received} of {layout.total_bytes} bytes")
     return _views(buffer, layout)
-
-
-def layout_to_proto(layout: Layout) -> pb.ModelHeader:
-    return pb.ModelHeader(
-        tensors=[
-            pb.TensorSpec(
-                name=t.name,
-                dtype=_TO_WIRE[t.dtype],
-                shape=t.shape,
-                offset=t.offset,
-                nbytes=t.nbytes,
-                delta_scale=t.delta_scale,
-            )
-            for t in layout.tensors
-        ],
-        total_bytes=layout.total_bytes,
-    )
-
-
-def layout_from_proto(header: pb.ModelHeader, *, max_total_bytes: int) -> Layout:
-    """Validate a received header completely before a single byte of the model is accepted."""
-    total = header.total_bytes
-    if total < 0:
-        raise WireFormatError(f"negative model size {total}")
-    if total > max_total_bytes:
-        raise WireTooLarge(f"model of {total} bytes exceeds the allowed {max_total_bytes}")
-    if len(header.tensors) > MAX_TENSORS:
-        raise WireTooLarge(f"{len(header.tensors)} tensors exceed the limit of {MAX_TENSORS}")
-    specs: list[TensorSpec] = []
-    names: set[str] = set()
-    for t in header.tensors:
-        if not t.name or t.name in names:
-            raise WireFormatError(f"tensor name {quoted(t.name)} is empty or repeated")
-        names.add(t.name)
-        dtype = _FROM_WIRE.get(t.dtype)
-        if dtype is None:
-            raise WireFormatError(f"tensor {quoted(t.name)} has unknown dtype code {t.dtype}")
-        shape = tuple(int(d) for d in t.shape)
-        if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
-            raise WireFormatError(f"tensor {quoted(t.name)} has invalid shape {shape[: MAX_NDIM + 1]}")
-        itemsize = dtype.itemsize
-        if t.nbytes != math.prod(shape) * itemsize:
-            raise WireFormatError(f"tensor {quoted(t.name)}: {t.nbytes} bytes do not match shape {shape} of {dtype}")
-        if t.offset < 0 or t.offset % itemsize or t.offset + t.nbytes > total:
-            raise WireFormatError(f"tensor {quoted(t.name)} has an invalid offset {t.offset}")
-        scale = t.delta_scale
-        if not (math.isfinite(scale) and scale >= 0) or (scale > 0 and dtype != np.int8):
-            raise WireFormatError(f"tensor {quoted(t.name)} has an invalid delta scale {scale} for {dtype}")
-        specs.append(TensorSpec(t.name, dtype, shape, t.offset, t.nbytes, scale))
-    ordered = sorted((s for s in specs if s.nbytes), key=lambda s: s.offset)
-    for before, after in itertools.pairwise(ordered):
-        if before.offset + before.nbytes > after.offset:
-            raise WireFormatError(f"tensors {quoted(before.name)} and {quoted(after.name)} overlap")
-    return Layout(tuple(specs), total)

@@ -1,0 +1,59 @@
+"""The plain values that travel between coordinator and hospitals (and into history.jsonl and model.json):
+frozen data classes, with no protobuf in them; common/wire/convert.py turns them into messages and back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medfed.common.dp.mechanisms import DpSettings, HospitalMechanism
+from medfed.common.limits import Encoding
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    local_epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    optimizer: str = "adam"
+    local_dp: DpSettings | None = None
+    """the coordinator's request for local differential privacy"""
+    augment: bool = False
+    update_encoding: Encoding = "lossless"
+    """how the hospital may compress its update (common/compression.py)"""
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    mechanism: HospitalMechanism
+    clip: float
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    releases: int
+    epsilon: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    in_channels: int
+    num_classes: int
+
+
+def report_to_json(report: PrivacyReport) -> dict[str, Any]:
+    """For history.jsonl and model.json (JSON has no infinity: ε without noise is null)."""
+    out = asdict(report)
+    out["epsilon"] = report.epsilon if math.isfinite(report.epsilon) else None
+    return out
+
+
+def report_from_json(data: Mapping[str, Any]) -> PrivacyReport:
+    """The inverse of ``report_to_json`` (for the coordinator's own checkpoint, not for network input)."""
+    fields = dict(data)
+    fields["epsilon"] = math.inf if fields.get("epsilon") is None else float(fields["epsilon"])
+    return PrivacyReport(**fields)
