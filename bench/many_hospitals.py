@@ -89,6 +89,7 @@ def worker(server: str, data: Path, names: list[str]) -> int:
     import grpc
     import torch
 
+    from medfed.client.connection import GrpcConnection
     from medfed.client.node import HospitalNode
     from medfed.client.trainer import Trainer
     from medfed.common.cli import setup_logging
@@ -104,9 +105,8 @@ def worker(server: str, data: Path, names: list[str]) -> int:
         folder = load_folder(data / name, require=("train",))
         with grpc.insecure_channel(server, options=channel_options()) as channel:
             trainer = Trainer(folder, torch.device("cpu"), name=name, progress=False)
-            node = HospitalNode(
-                pb_grpc.FederationStub(channel), folder, trainer, name=name, server=server, max_wait=300
-            )
+            connection = GrpcConnection(pb_grpc.FederationStub(channel), server=server, max_wait=300)
+            node = HospitalNode(connection, folder, trainer, name=name, max_wait=300)
             try:
                 node.run()
             except Exception as exc:

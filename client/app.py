@@ -168,9 +168,11 @@ def _run(argv: Sequence[str] | None) -> int:
     # PyTorch (seconds to import) only once the flags are known to be good: --help and typos stay fast.
     import torch
 
-    from medfed.client.node import HospitalNode, NodeError
+    from medfed.client.connection import GrpcConnection
+    from medfed.client.node import HospitalNode
     from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
     from medfed.client.probe import Probe
+    from medfed.client.protocol import NodeError
     from medfed.client.trainer import TaskError, Trainer
     from medfed.common.ml.training import pick_device
 
@@ -206,18 +208,17 @@ def _run(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     with _channel(cfg) as channel:
-        node = HospitalNode(
+        connection = GrpcConnection(
             pb_grpc.FederationStub(channel),
-            data,
-            Trainer(data, device, name=name, progress=progress),
-            name=name,
             server=cfg.server,
             max_wait=cfg.max_wait,
             tls=cfg.tls,
             server_name=cfg.server_name,
             diagnose=Probe(cfg.server, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.server_name).diagnose,
-            privacy=privacy,
         )
+        log.info("connecting to the coordinator at %s", cfg.server)
+        trainer = Trainer(data, device, name=name, progress=progress)
+        node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy)
         try:
             node.run()
         except BudgetExhausted as exc:

@@ -1,5 +1,6 @@
 """The plain values that travel between coordinator and hospitals (and into history.jsonl and model.json):
-frozen data classes, with no protobuf in them; common/wire/convert.py turns them into messages and back."""
+frozen data classes, with no protobuf in them; common/wire/convert.py and stream.py turn them into
+messages and back."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from medfed.common.dp.mechanisms import DpSettings, HospitalMechanism
 from medfed.common.limits import Encoding
+from medfed.common.tensors import Layout, StateDict
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,38 @@ def report_from_json(data: Mapping[str, Any]) -> PrivacyReport:
     fields = dict(data)
     fields["epsilon"] = math.inf if fields.get("epsilon") is None else float(fields["epsilon"])
     return PrivacyReport(**fields)
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    round: int
+    total_rounds: int
+    settings: TrainSettings
+    model: ModelSpec
+
+
+@dataclass(frozen=True)
+class ReceivedTask:
+    header: TaskHeader
+    state: StateDict
+
+
+@dataclass(frozen=True)
+class FinishedNotice:
+    """The federation is over, or (``resumable``) the coordinator stops and a resumed one may follow."""
+
+    reason: str
+    rounds_completed: int
+    resumable: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    session_id: str
+    round: int
+    num_examples: int
+    metrics: dict[str, float]
+    layout: Layout
+    privacy: PrivacyReport | None = None
+    delta: bool = False
+    """the float tensors are int8 differences from the round's global model (common/compression.py)"""

@@ -6,7 +6,7 @@ refusal_log.py (a few lines per peer at a time) and its status message is cut an
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, cast
 
@@ -15,21 +15,22 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
 from medfed.common.errors import WireFormatError, WireTooLarge
-from medfed.common.limits import MAX_MODEL_BYTES, MAX_TEXT
+from medfed.common.limits import MAX_TEXT
+from medfed.common.messages import FinishedNotice, TaskHeader, UpdateHeader
 from medfed.common.peer_text import STATUS_LIMIT, cleaned, quoted
-from medfed.common.tensors import Chunk, from_chunks
 from medfed.common.wire.convert import (
     check_text,
     info_from_proto,
-    layout_from_proto,
-    layout_to_proto,
-    metrics_from_proto,
-    model_spec_to_proto,
-    report_from_proto,
-    settings_to_proto,
 )
 from medfed.common.wire.options import server_options
 from medfed.common.wire.proto import pb, pb_grpc
+from medfed.common.wire.stream import (
+    finished_message,
+    read_update_header,
+    read_update_model,
+    task_messages,
+    wait_message,
+)
 from medfed.server.auth import AuthContext, PeerAuthenticator
 from medfed.server.coordinator import Coordinator, Finished, Task
 from medfed.server.errors import (
@@ -85,27 +86,6 @@ def _peer(context: grpc.ServicerContext, caller: str | None) -> str:
         names = cast(AuthContext, context.auth_context()).get("x509_common_name") or []
         caller = names[0].decode(errors="replace") if names else None
     return caller or context.peer().rsplit(":", 1)[0]
-
-
-def _chunks(messages: Iterable[pb.UpdateMessage], progress: Callable[[], None]) -> Iterator[Chunk]:
-    for message in messages:
-        if message.WhichOneof("kind") != "chunk":
-            raise WireFormatError("expected only chunks after the update header")
-        progress()
-        yield message.chunk.offset, message.chunk.data
-
-
-def task_messages(task: Task) -> Iterator[pb.TaskMessage]:
-    header = pb.TaskHeader(
-        round=task.round,
-        total_rounds=task.total_rounds,
-        config=settings_to_proto(task.settings),
-        model=model_spec_to_proto(task.model),
-        tensors=layout_to_proto(task.payload.layout),
-    )
-    yield pb.TaskMessage(task=header)
-    for offset, data in task.payload.chunks():
-        yield pb.TaskMessage(chunk=pb.Chunk(offset=offset, data=data))
 
 
 class FederationServicer(pb_grpc.FederationServicer):
@@ -168,14 +148,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         if isinstance(instruction, Task):
             yield from self._send(request.session_id, instruction, context)
         elif isinstance(instruction, Finished):
-            finished = pb.Finished(
-                reason=instruction.reason,
-                rounds_completed=instruction.rounds_completed,
-                resumable=instruction.resumable,
+            yield finished_message(
+                FinishedNotice(instruction.reason, instruction.rounds_completed, instruction.resumable)
             )
-            yield pb.TaskMessage(finished=finished)
         else:
-            yield pb.TaskMessage(wait=pb.Wait(reason=instruction.reason))
+            yield wait_message(instruction.reason)
 
     def _send(self, session_id: str, task: Task, context: grpc.ServicerContext) -> Iterator[pb.TaskMessage]:
         """Stream the model within a send slot of this hospital's own, under the stall watch; a session
@@ -189,7 +166,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             return  # the hospital hung up, asked again, or the run ended while it waited for a slot
         what = f"the download of round {task.round}'s model to {name}"
         with slot, self.watch.watch(what, context.cancel, timeout=self._upload_timeout) as ticket:
-            for message in task_messages(task):  # gRPC closes this generator when the stream ends
+            header = TaskHeader(task.round, task.total_rounds, task.settings, task.model)
+            for message in task_messages(header, task.payload):  # gRPC closes this generator when the stream ends
                 if (closed := coordinator.session_error(session_id)) is not None:
                     self._refuse(context, "download", closed, name)
                 ticket.progress()
@@ -206,32 +184,24 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def _receive(
         self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext, ticket: Ticket
-    ) -> tuple[pb.UpdateHeader, str]:
+    ) -> tuple[UpdateHeader, str]:
         caller = None
         try:
             caller = self._caller(context)
-            first = next(request_iterator, None)
-            if first is None or first.WhichOneof("kind") != "header":
-                raise WireFormatError("an update must start with its header")
-            header = first.header
-            if header.kind not in (pb.UPDATE_KIND_UNSPECIFIED, pb.UPDATE_KIND_WEIGHTS, pb.UPDATE_KIND_DELTA):
-                raise WireFormatError(f"unknown update kind {header.kind}")
-            layout = layout_from_proto(header.tensors, max_total_bytes=MAX_MODEL_BYTES)
-            metrics = metrics_from_proto(header.metrics)
-            privacy = report_from_proto(header.privacy) if header.HasField("privacy") else None
+            header = read_update_header(request_iterator)
             with self._coordinator.begin_update(
                 header.session_id,
                 header.round,
                 header.num_examples,
-                metrics,
-                layout,
+                header.metrics,
+                header.layout,
                 caller=caller,
-                privacy=privacy,
-                delta=header.kind == pb.UPDATE_KIND_DELTA,
+                privacy=header.privacy,
+                delta=header.delta,
             ) as pending:
                 ticket.describe(f"the upload of {pending.name}'s update for round {header.round}")
                 ticket.progress()  # it holds a receive slot from here on: a stall now counts
-                pending.commit(from_chunks(layout, _chunks(request_iterator, ticket.progress)))
+                pending.commit(read_update_model(header, request_iterator, ticket.progress))
         except Refusal as exc:
             self._refuse(context, "update", exc, caller)
         except grpc.RpcError:

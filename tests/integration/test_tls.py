@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from medfed.client.node import HospitalNode, NodeError, tls_failure
+from medfed.client.connection import GrpcConnection, tls_failure
+from medfed.client.node import HospitalNode
 from medfed.client.probe import Probe
+from medfed.client.protocol import NodeError
 from medfed.client.trainer import Trainer
 from medfed.common import pki
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
@@ -147,11 +149,13 @@ def test_a_hospital_the_coordinator_refuses_stops_within_30_seconds_with_a_reaso
     data = HospitalData(Path("h"), "hospital_a", INFO, {"train": train})
     cert, key = certs.cert("foreign")  # issued by another CA; this hospital trusts the federation's CA
     server = f"localhost:{live.port}"
-    node = HospitalNode(
-        stub(certs, live.port, "foreign"), data, Trainer(data, torch.device("cpu"), name="hospital_a"),
-        name="hospital_a", server=server, max_wait=120, tls=True,
+    connection = GrpcConnection(
+        stub(certs, live.port, "foreign"), server=server, max_wait=120, tls=True,
         diagnose=Probe(server, cert, key, certs.ca).diagnose,
     )  # fmt: skip
+    node = HospitalNode(
+        connection, data, Trainer(data, torch.device("cpu"), name="hospital_a"), name="hospital_a", max_wait=120
+    )
     started = time.monotonic()
 
     with pytest.raises(NodeError, match="refused this hospital's certificate"):

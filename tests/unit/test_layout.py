@@ -60,3 +60,35 @@ def test_pyprojects_packages_are_the_packages_on_disk() -> None:
     assert set(setuptools["packages"]) == on_disk
     assert set(setuptools["package-dir"]) == on_disk
     assert all((ROOT / where / "__init__.py").exists() for where in setuptools["package-dir"].values())
+
+
+TRANSPORT_EDGES = {"server/servicer.py", "server/app.py", "server/health.py", "client/connection.py", "client/app.py"}
+"""the only modules outside common/wire/ that touch gRPC or the generated protos (through common/wire/proto)"""
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_transport_edges_touch_grpc_and_only_common_wire_imports_the_generated_protos() -> None:
+    transport = {"grpc", "grpc_health.v1", "medfed.common.wire.proto", "medfed.common.wire.stream"}
+    offenders = []
+    for layer in ("common", "server", "client", "tools"):
+        for path in sorted(FOLDERS[layer].rglob("*.py")):
+            where = path.relative_to(ROOT).as_posix()
+            modules = imported_modules(path)
+            if any(m == "medfed.proto" or m.startswith("medfed.proto.") for m in modules) and not where.startswith(
+                "common/wire/"
+            ):
+                offenders.append(f"{where} imports the generated protos")
+            touches = {m for m in modules if m in transport or m.startswith("grpc.") or m.startswith("grpc_health")}
+            if touches and where not in TRANSPORT_EDGES and not where.startswith("common/wire/"):
+                offenders.append(f"{where} imports {sorted(touches)}")
+
+    assert offenders == []

@@ -9,11 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from medfed.client.node import HospitalNode, NodeError
+from medfed.client.connection import GrpcConnection
+from medfed.client.node import HospitalNode
+from medfed.client.protocol import (
+    CoordinatorAway,
+    JoinInfo,
+    NodeError,
+    Session,
+    SessionLost,
+    SubmitOutcome,
+    Submitted,
+)
 from medfed.client.trainer import Trainer
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
-from medfed.common.messages import ModelSpec, TrainSettings
-from medfed.common.tensors import encode
+from medfed.common.messages import FinishedNotice, ModelSpec, ReceivedTask, TaskHeader, TrainSettings, UpdateHeader
+from medfed.common.tensors import EncodedModel, encode
 from medfed.common.wire.convert import layout_to_proto, model_spec_to_proto, settings_to_proto
 from medfed.proto.v1 import federation_pb2 as pb
 
@@ -105,11 +115,14 @@ class FakeTime:
 
 
 def node(stub: FakeStub, clock: FakeTime, max_wait: float = 60.0) -> HospitalNode:
+    """The hospital's loop over the real gRPC connection, with the stub scripted."""
     trainer = Trainer(DATA, torch.device("cpu"), name="hospital_a", progress=False)
-    return HospitalNode(
-        stub, DATA, trainer, name="hospital_a", server="coord:8443", max_wait=max_wait,  # type: ignore[arg-type]
-        sleep=clock.sleep, clock=lambda: clock.now,
+    connection = GrpcConnection(
+        stub, server="coord:8443", max_wait=max_wait, sleep=clock.sleep, clock=lambda: clock.now,  # type: ignore[arg-type]
     )  # fmt: skip
+    return HospitalNode(
+        connection, DATA, trainer, name="hospital_a", max_wait=max_wait, sleep=clock.sleep, clock=lambda: clock.now
+    )
 
 
 def test_an_unreachable_coordinator_is_retried_with_growing_backoff() -> None:
@@ -171,3 +184,58 @@ def test_incompatible_data_and_replaced_sessions_end_the_node() -> None:
         node(FakeStub([refused], [], []), FakeTime()).run()
     with pytest.raises(NodeError, match="joined again from another process"):
         node(FakeStub([joined()], [replaced], []), FakeTime()).run()
+
+
+class ScriptedConnection:
+    """A Connection with no gRPC at all: each call takes its next scripted outcome."""
+
+    def __init__(self, joins: list[Any], tasks: list[Any]) -> None:
+        self.joins, self.tasks = joins, tasks
+        self.calls: list[str] = []
+        self.updates: list[UpdateHeader] = []
+
+    def _next(self, name: str, script: list[Any]) -> Any:
+        self.calls.append(name)
+        outcome = script.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def join(self, hospital: JoinInfo, *, retry: bool = True) -> Session:
+        return self._next("join" if retry else "join once", self.joins)
+
+    def next_task(self, session: Session) -> ReceivedTask | FinishedNotice | None:
+        return self._next("next_task", self.tasks)
+
+    def submit(self, header: UpdateHeader, model: EncodedModel) -> SubmitOutcome:
+        self.calls.append("submit")
+        self.updates.append(header)
+        return SubmitOutcome(Submitted.ACCEPTED)
+
+    def heartbeat(self, session: Session) -> None: ...
+
+    def leave(self, session: Session, reason: str) -> None: ...
+
+
+def received(round_number: int) -> ReceivedTask:
+    header = TaskHeader(round_number, 2, TrainSettings(0, 1e-3, 4, 0), ModelSpec("cnn", 1, 2))
+    return ReceivedTask(header, dict(MODEL))
+
+
+def test_the_loop_rejoins_a_lost_session_and_waits_out_a_stopped_coordinator_over_any_connection() -> None:
+    connection = ScriptedConnection(
+        joins=[Session("s1", "f"), Session("s2", "f"), CoordinatorAway("down"), Session("s3", "f")],
+        tasks=[SessionLost("unknown session"), received(1), FinishedNotice("stopping", 0, resumable=True),
+               received(1), received(2), FinishedNotice("all rounds completed", 2)],
+    )  # fmt: skip
+    clock = FakeTime()
+    trainer = Trainer(DATA, torch.device("cpu"), name="hospital_a", progress=False)
+    hospital = HospitalNode(connection, DATA, trainer, name="hospital_a", max_wait=60, sleep=clock.sleep,
+                            clock=lambda: clock.now)  # fmt: skip
+
+    rounds = hospital.run()
+
+    assert rounds == 2  # round 1 was trained twice (the coordinator restarted): it counts once
+    assert connection.calls[:3] == ["join", "next_task", "join"]  # the lost session is joined again
+    assert connection.calls.count("join once") == 2 and len(clock.sleeps) == 1  # away once, then back
+    assert [u.session_id for u in connection.updates] == ["s2", "s3", "s3"]

@@ -1,0 +1,82 @@
+"""What a hospital's loop and its connection to the coordinator exchange, with no gRPC in it: the
+``Connection`` interface the loop runs over (client/connection.py implements it over gRPC; tests
+script it), and the outcomes a call can have, as plain values and exceptions.
+
+A connection retries what is worth retrying (an unreachable coordinator, for up to --max-wait) and
+turns everything else into one of these: a final ``NodeError``, a ``SessionLost`` the loop answers by
+joining again, a ``CoordinatorAway`` while a stopped coordinator is awaited, or a ``SubmitOutcome``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from medfed.common.data.folders import DatasetInfo
+from medfed.common.errors import MedfedError
+from medfed.common.messages import FinishedNotice, ReceivedTask, UpdateHeader
+from medfed.common.tensors import EncodedModel
+
+
+class NodeError(MedfedError):
+    """Why this hospital has to stop; the message says what to fix."""
+
+
+class SessionLost(MedfedError):
+    """The coordinator no longer knows this session (it restarted without a checkpoint): join again."""
+
+
+class CoordinatorAway(MedfedError):
+    """One attempt found the coordinator down or still stopping: worth trying again shortly."""
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    name: str
+    num_examples: int
+    data: DatasetInfo
+    classes: tuple[int, ...]
+    """the classes of its training data, or () when the hospital says nothing about its data (own DP)"""
+    version: str
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    federation: str
+
+
+class Submitted(Enum):
+    ACCEPTED = "accepted"
+    ALREADY_HAD = "already had"
+    """a retried upload the coordinator had already counted: counted once"""
+    DISCARDED = "discarded"
+    """too late, or no longer chosen: the update is dropped and the hospital goes on"""
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    kind: Submitted
+    detail: str = ""
+
+
+class Connection(Protocol):
+    def join(self, hospital: JoinInfo, *, retry: bool = True) -> Session:
+        """Join (again). ``retry``: keep retrying an unreachable coordinator for --max-wait; without it,
+        one attempt that raises CoordinatorAway when the coordinator is down or stopping."""
+        ...
+
+    def next_task(self, session: Session) -> ReceivedTask | FinishedNotice | None:
+        """The next task with its model, the end, or None (nothing yet: poll again)."""
+        ...
+
+    def submit(self, header: UpdateHeader, model: EncodedModel) -> SubmitOutcome: ...
+
+    def heartbeat(self, session: Session) -> None:
+        """A sign of life; never raises (a missed beat is not fatal: the next call tells what is wrong)."""
+        ...
+
+    def leave(self, session: Session, reason: str) -> None:
+        """Tell the coordinator this hospital is going; never raises."""
+        ...
