@@ -30,6 +30,7 @@ from medfed.common import __version__
 from medfed.common.data.partition import TEST_FOLDER, partition_to_folders
 from medfed.common.data.sources import load_source
 from medfed.common.limits import ENCODINGS
+from medfed.server.run_dir import RunDir
 from medfed.tools.local_run import run_locally
 
 
@@ -42,13 +43,15 @@ def run(encoding: str, seed: int, rounds: int, model: str, work: Path) -> dict[s
                    "--update-encoding", encoding]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         run_locally(out, hospitals, out / "data" / TEST_FOLDER, out / "run", server_args)
-    history = [json.loads(line) for line in (out / "run" / "history.jsonl").read_text().splitlines()]
-    if any(r["num_clients"] != 3 for r in history):
+    history = RunDir(out / "run").history()
+    if any(r.num_clients != 3 for r in history):
         raise SystemExit(f"{encoding}, seed {seed}: a round went without a hospital; see {out}")
-    last = history[-1]
-    return {"encoding": encoding, "seed": seed, "accuracy": last["accuracy"], "auc": last["auc"],
-            "bytes_up_per_round": statistics.median(r["bytes_up"] for r in history),
-            "bytes_down_per_round": statistics.median(r["bytes_down"] for r in history)}  # fmt: skip
+    last = history[-1].test
+    if last is None:
+        raise SystemExit(f"{encoding}, seed {seed}: the last round's model was not adopted; see {out}")
+    return {"encoding": encoding, "seed": seed, "accuracy": last.accuracy, "auc": last.auc,
+            "bytes_up_per_round": statistics.median(r.bytes_up for r in history),
+            "bytes_down_per_round": statistics.median(r.bytes_down for r in history)}  # fmt: skip
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import torch
 from medfed.common import __version__
 from medfed.common.data.partition import partition_to_folders
 from medfed.common.data.sources import load_source
+from medfed.server.run_dir import RunDir
 from medfed.tools.local_run import ProcessGroup
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
@@ -93,15 +94,17 @@ def run(setting: Setting, data: Path, work: Path, rounds: int, epochs: int, thre
         procs.stop_all()
     if any(codes.values()):
         raise SystemExit(f"{setting}: a process failed: {codes}; logs in {procs.log_dir}")
-    last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
-    eps = last.get("epsilon") if "privacy" in last else 0.0
+    last = RunDir(out).history()[-1]
+    if last.test is None:
+        raise SystemExit(f"{setting}: the last round's model was not adopted; logs in {procs.log_dir}")
+    eps = last.epsilon if last.privacy is not None else 0.0
     return {
         "mode": setting.mode,
         "setting": setting.label,
         "epsilon_protects": setting.unit,
-        "accuracy": last["accuracy"],
+        "accuracy": last.test.accuracy,
         "epsilon": math.inf if eps is None else eps,
-        "delta": 1e-5 if "privacy" in last else None,
+        "delta": 1e-5 if last.privacy is not None else None,
     }
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.data.partition import hospital_names, partition_to_folders
 from medfed.common.data.sources import SourceDataset
+from medfed.server.run_dir import RunDir
 from medfed.tools.local_run import ProcessGroup
 
 PER_PROCESS = 25
@@ -74,14 +75,14 @@ def measure(hospitals: int, rounds: int, work: Path, model: str, local_epochs: i
         procs.stop_all()
     if any(codes.values()):
         raise SystemExit(f"{hospitals} hospitals: a process failed: {codes}; logs in {procs.log_dir}")
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    complete = all(r["num_clients"] == hospitals and not r["missing"] for r in history)
+    history = RunDir(out).history()
+    complete = all(r.num_clients == hospitals and not r.missing for r in history)
     if not complete or len(history) != rounds:
         raise SystemExit(f"{hospitals} hospitals: not every round aggregated every hospital; see {out}")
-    measured = [r["duration_s"] for r in history[1:]]
+    measured = [r.duration_s for r in history[1:]]
     return {"hospitals": hospitals, "median_s": statistics.median(measured), "max_s": max(measured),
-            "coordinator_peak_rss_mb": history[-1]["server_peak_rss_mb"],
-            "model_bytes": history[-1]["bytes_down"] // hospitals}  # fmt: skip
+            "coordinator_peak_rss_mb": history[-1].server_peak_rss_mb,
+            "model_bytes": history[-1].bytes_down // hospitals}  # fmt: skip
 
 
 def worker(server: str, data: Path, names: list[str]) -> int:
@@ -130,7 +131,7 @@ def import_floor_mb() -> float:
 
 
 def plot(results: list[dict[str, float]], floor: float, path: Path, workload: str) -> None:
-    from medfed.common import plots
+    from medfed.server.report import plots
 
     ns = [r["hospitals"] for r in results]
     budget = [300 + 4 * r["model_bytes"] / 1e6 for r in results]

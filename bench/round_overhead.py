@@ -42,6 +42,7 @@ from medfed.common.ml.models import build_model
 from medfed.common.ml.torch_state import to_numpy
 from medfed.common.tensors import encode, from_chunks
 from medfed.server.memory import peak_rss_mb
+from medfed.server.run_dir import RunDir
 from medfed.tools.local_run import ProcessGroup
 
 MIB = 1 << 20
@@ -80,20 +81,20 @@ def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str
         procs.stop_all()
     if any(codes.values()):
         raise SystemExit(f"a process failed: {codes}; logs in {procs.log_dir}")
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    if any(r["num_clients"] != hospitals for r in history):
+    history = RunDir(out).history()
+    if any(r.num_clients != hospitals for r in history):
         raise SystemExit(f"{hospitals} hospitals: a round went without some of them; see {out}")
     measured = history[1:]
     return {
         "hospitals": hospitals,
-        "median_s": statistics.median(r["duration_s"] for r in measured),
-        "min_s": min(r["duration_s"] for r in measured),
-        "max_s": max(r["duration_s"] for r in measured),
+        "median_s": statistics.median(r.duration_s for r in measured),
+        "min_s": min(r.duration_s for r in measured),
+        "max_s": max(r.duration_s for r in measured),
         "rounds_measured": len(measured),
-        "bytes_per_round": statistics.median(r["bytes_down"] + r["bytes_up"] for r in measured),
-        "bytes_up_per_round": statistics.median(r["bytes_up"] for r in measured),
-        "coordinator_peak_rss_mb": history[-1]["server_peak_rss_mb"],
-        "model_helper_peak_rss_mb": history[-1]["model_helper_peak_rss_mb"],
+        "bytes_per_round": statistics.median(r.bytes_down + r.bytes_up for r in measured),
+        "bytes_up_per_round": statistics.median(r.bytes_up for r in measured),
+        "coordinator_peak_rss_mb": history[-1].server_peak_rss_mb,
+        "model_helper_peak_rss_mb": history[-1].model_helper_peak_rss_mb,
         "hospital_peak_rss_mb": round(hospital_peak, 1),
     }
 

@@ -19,8 +19,8 @@ from types import FrameType
 import grpc
 
 from medfed.client.config import ClientConfig
-from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
-from medfed.common.config import build_config, field_default, load_toml, parse_address
+from medfed.common.cli import EXIT_USAGE, CliError, command_parser, run_command, setup_logging
+from medfed.common.config import build_config, load_toml, parse_address
 from medfed.common.data.image_folder import load_hospital
 from medfed.common.dp.accounting import default_delta
 from medfed.common.limits import MAX_TEXT
@@ -48,15 +48,11 @@ class _Stop(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def d(name: str) -> object:
-        return field_default(ClientConfig, name)
-
-    p = Parser(
-        prog="fed-client",
-        description="Join a federation as a hospital: train on local images, send only model updates.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+    p, d = command_parser(
+        "fed-client",
+        "Join a federation as a hospital: train on local images, send only model updates.",
+        EXAMPLES,
+        ClientConfig,
     )
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
     p.add_argument(

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from medfed.common import files
 from medfed.common.dp.accounting import Spend, epsilon
 from medfed.common.dp.mechanisms import DpSettings
-from medfed.common.errors import ConfigError
+from medfed.common.errors import ConfigError, MedfedError
 from medfed.common.messages import PrivacyReport, TrainSettings
 from medfed.common.ml.dp_sgd import plan_dp_sgd
 
@@ -29,7 +29,7 @@ LEDGER_FORMAT = "medfed-privacy-ledger/1"
 LEDGER_FILE = "privacy-ledger.json"
 
 
-class BudgetExhausted(Exception):
+class BudgetExhausted(MedfedError):
     """Taking part in the next round would spend more than --dp-target-epsilon."""
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from medfed.client.privacy import RoundPrivacy
 from medfed.common.data.folders import HospitalData
 from medfed.common.dp.mechanisms import privatize_update, secure_generator
-from medfed.common.errors import UnusableModel
+from medfed.common.errors import MedfedError, UnusableModel
 from medfed.common.messages import ModelSpec, PrivacyReport, TrainSettings
 from medfed.common.ml.dp_sgd import DpSgdPlan, train_dp_sgd, wrap_problem
 from medfed.common.ml.models import build_model, dp_model_problem
@@ -26,7 +26,7 @@ from medfed.common.tensors import StateDict
 log = logging.getLogger("medfed.client")
 
 
-class TaskError(ValueError):
+class TaskError(MedfedError, ValueError):
     """A task this hospital cannot carry out (a model that does not fit its data)."""
 
 

@@ -12,8 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from medfed.common.config import did_you_mean
-from medfed.common.errors import USER_ERRORS
+from pydantic import BaseModel
+
+from medfed.common.config import did_you_mean, field_default
+from medfed.common.errors import USER_ERRORS, MedfedError
 
 log = logging.getLogger("medfed")
 
@@ -35,7 +37,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-class CliError(Exception):
+def command_parser(
+    prog: str, description: str, examples: str, settings: type[BaseModel]
+) -> tuple[Parser, Callable[[str], object]]:
+    """The parser every command starts from: one-line errors, the examples as its epilog, and flags that
+    stay absent unless given (so a TOML file, then the settings' defaults, fill the rest); with it a
+    function giving a setting's default, for help texts."""
+    parser = Parser(
+        prog=prog,
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    return parser, lambda name: field_default(settings, name)
+
+
+class CliError(MedfedError):
     """A failure to report as one line; ``exit_code`` says which kind."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:

@@ -5,7 +5,7 @@ they are, and a tensor that an encoding cannot hold (float16 overflows beyond 65
 losslessly. The receiver learns each tensor's form from the tensor table alone (its dtype, and for
 int8 deltas a positive ``delta_scale``), so a hospital may always fall back to lossless.
 
-Error bounds per element x (tested in tests/unit/test_compression.py):
+Error bounds per element x (tested in tests/unit/common/test_compression.py):
 - fp16: |x' - x| <= 2**-11 |x| where |x| >= 2**-14 (float16's normal range), <= 2**-25 below it.
 - bf16: |x' - x| <= 2**-8 |x| (float32's range, 8 bits of precision).
 - int8: |x' - x| <= s / 2 with s = max|x - g| / 127 per tensor, g the round's global model; the
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from medfed.common.errors import MedfedError
 from medfed.common.limits import Encoding
 from medfed.common.peer_text import listed, quoted
 from medfed.common.tensors import BFLOAT16, EncodedModel, Layout, encode, is_float
@@ -28,7 +29,7 @@ INT8_LEVELS = 127
 _CAST: dict[str, np.dtype] = {"fp16": np.dtype(np.float16), "bf16": BFLOAT16}
 
 
-class IncompatibleUpdate(ValueError):
+class IncompatibleUpdate(MedfedError, ValueError):
     """An update whose tensors are not the model's, or not in a form this round allows."""
 
 

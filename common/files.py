@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def temporary_name(path: Path) -> Path:
@@ -61,3 +61,9 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(f: IO[Any]) -> None:
+    """Make what was written to the open file ``f`` survive a power cut (an appended history line)."""
+    f.flush()
+    os.fsync(f.fileno())

@@ -1,9 +1,10 @@
-"""What makes an update acceptable beyond its form.
+"""What makes an update acceptable: its header before a byte is read, its values once it arrived.
 
-The form (tensor names, shapes, dtypes, the encoding the round asked for, the sample count) is checked
-from the header before a byte is read. Its values can only be checked once it has arrived, and they
-must be, because an accepted update is folded into the round's sums at once and cannot be taken out:
-one bad update would make the whole average unusable. An update is refused when
+The form (tensor names, shapes, dtypes, the encoding the round asked for, the size, the sample count)
+is checked from the header (``check_header``) before a byte is read. Its values can only be checked
+once it has arrived, and they must be, because an accepted update is folded into the round's sums at
+once and cannot be taken out: one bad update would make the whole average unusable. An update is
+refused when
 
 - a floating-point value is NaN or infinite, as sent;
 - an int8 delta, rebuilt as global + q x scale, leaves the finite range of the model's dtype (a
@@ -15,7 +16,7 @@ one bad update would make the whole average unusable. An update is refused when
 Each property survives FedAvg's weighted mean (a mean of finite values lies between them; a mean of
 non-negative values is non-negative), so the average of acceptable updates has them too. A global
 model that is unusable anyway (non-finite after a strategy's own arithmetic, or failing evaluation) is
-never adopted: see ``server/federation.py``.
+never adopted: see ``server/driver.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,27 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from medfed.common.compression import IncompatibleUpdate, check_form
+from medfed.common.limits import Encoding
 from medfed.common.peer_text import quoted
-from medfed.common.tensors import is_float
+from medfed.common.tensors import ALIGNMENT, Layout, is_float
+from medfed.server.errors import InvalidUpdate, TooLarge
+
+
+def check_header(
+    name: str, layout: Layout, expected: Layout, encoding: Encoding, *, delta: bool, num_examples: int, joined_with: int
+) -> None:
+    """Refuse an upload from its header: the tensors the round's model and encoding need, no more bytes
+    than those, and no more examples than the hospital joined with."""
+    try:
+        check_form(layout, expected, encoding, delta=delta)
+    except IncompatibleUpdate as exc:
+        raise InvalidUpdate(str(exc)) from None
+    if layout.total_bytes > expected.total_bytes + ALIGNMENT * len(expected.tensors):
+        raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
+    if not 1 <= num_examples <= joined_with:
+        raise InvalidUpdate(f"num_examples {num_examples} is outside 1..{joined_with} (the count {name} joined with)")
+
 
 VARIANCE_SUFFIX = "running_var"
 COUNTER_SUFFIX = "num_batches_tracked"

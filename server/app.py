@@ -21,8 +21,8 @@ from types import FrameType
 import grpc
 
 from medfed.common import files
-from medfed.common.cli import EXIT_USAGE, CliError, Parser, run_command, setup_logging
-from medfed.common.config import build_config, field_default, load_toml, parse_address
+from medfed.common.cli import EXIT_USAGE, CliError, command_parser, run_command, setup_logging
+from medfed.common.config import build_config, load_toml, parse_address
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.dp.accounting import epsilon, rounds_within
 from medfed.common.errors import ConfigError
@@ -31,14 +31,13 @@ from medfed.common.pki import check_pair, load_cert
 from medfed.common.tensors import StateDict
 from medfed.common.wire.tls import server_credentials
 from medfed.server.auth import PeerAuthenticator
-from medfed.server.checkpoint import Checkpoint, check_settings, load_checkpoint
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
-from medfed.server.federation import FederationAborted, central_strategy, run_federation
+from medfed.server.driver import FederationAborted, central_strategy, run_federation
 from medfed.server.health import health_only_server, make_health
 from medfed.server.memory import share_one_malloc_arena
-from medfed.server.model_host import ModelHost
-from medfed.server.output import CHECKPOINT_FILE, RunOutput
+from medfed.server.model_helper.host import ModelHost
+from medfed.server.run_dir import CHECKPOINT_FILE, Checkpoint, RunDir, check_settings
 from medfed.server.servicer import create_server
 
 log = logging.getLogger("medfed.server")
@@ -54,16 +53,12 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def d(name: str) -> object:
-        return field_default(ServerConfig, name)
-
-    p = Parser(
-        prog="fed-server",
-        description="Coordinate federated training: hospitals join, train locally, and send back updates "
+    p, d = command_parser(
+        "fed-server",
+        "Coordinate federated training: hospitals join, train locally, and send back updates "
         "that are averaged by sample count (FedAvg).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+        EXAMPLES,
+        ServerConfig,
     )
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
     p.add_argument("--address", help=f"HOST:PORT to listen on (default {d('address')}; port 0 picks a free one)")
@@ -249,18 +244,18 @@ def _write_port_file(path: Path, port: int) -> None:
     files.write_text(path, f"{port}\n")
 
 
-def _resume(cfg: ServerConfig, output: RunOutput) -> tuple[Checkpoint, StateDict] | None:
-    if output.nothing_completed():
+def _resume(cfg: ServerConfig, run_dir: RunDir) -> tuple[Checkpoint, StateDict] | None:
+    if run_dir.nothing_completed():
         log.warning("--resume: %s holds no completed round yet; starting at round 1", cfg.out)
         return None
-    checkpoint, state = load_checkpoint(cfg.out)
+    checkpoint, state = run_dir.load_checkpoint()
     check_settings(checkpoint.settings, cfg.resume_settings())
     if checkpoint.round >= cfg.rounds:
         raise ConfigError(
             f"--resume: the run in {cfg.out} has already completed {checkpoint.round} of --rounds {cfg.rounds}; "
             "give a larger --rounds to train further"
         )
-    output.truncate_history(checkpoint.round)
+    run_dir.truncate_history(checkpoint.round)
     return checkpoint, state
 
 
@@ -313,8 +308,8 @@ def _serve(
     credentials: grpc.ServerCredentials | None,
     authenticator: PeerAuthenticator | None,
 ) -> int:
-    output = RunOutput(cfg.out)
-    fresh = not cfg.resume or output.nothing_completed()
+    run_dir = RunDir(cfg.out)
+    fresh = not cfg.resume or run_dir.nothing_completed()
     info = models.check(
         model=cfg.model,
         dp=cfg.dp_central or cfg.dp_local,
@@ -324,9 +319,9 @@ def _serve(
         pretrained=str(cfg.pretrained) if cfg.pretrained else None,
         check_pretrained=fresh,  # refuse a wrong file now, not when hospitals have joined
     )
-    resume = _resume(cfg, output) if cfg.resume else None
+    resume = _resume(cfg, run_dir) if cfg.resume else None
     if resume is None:
-        output.prepare(force=cfg.force or cfg.resume)
+        run_dir.prepare(force=cfg.force or cfg.resume)
     else:
         if info is None:
             models.close()  # the checkpoint has the model and there is no test set: PyTorch is not needed
@@ -377,18 +372,18 @@ def _serve(
     received: list[int] = []
     _install_signal_handlers(coordinator, received)
     try:
-        run_federation(cfg, coordinator, output, models, resume)
+        run_federation(cfg, coordinator, run_dir, models, resume)
         untold = coordinator.wait_until_told(cfg.finish_grace)
         if untold:
             log.warning("did not hear from %s after the last round", ", ".join(untold))
-        log.info("federation complete: %d rounds; history in %s", cfg.rounds, output.history_path)
+        log.info("federation complete: %d rounds; history in %s", cfg.rounds, run_dir.history_path)
         return 0
     except FederationAborted as exc:
         coordinator.finish(str(exc), 0)
         coordinator.wait_until_told(min(cfg.finish_grace, 5.0))
         code = 128 + received[0] if received else 1
         hint = ""
-        if (output.directory / CHECKPOINT_FILE).exists():
+        if (run_dir.directory / CHECKPOINT_FILE).exists():
             hint = "; the last completed round is checkpointed: continue with the same command and --resume"
         raise CliError(f"stopped before the last round: {exc}{hint}", code) from None
     finally:

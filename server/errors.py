@@ -3,8 +3,10 @@ message always says what was wrong, so a hospital's operator can act on it."""
 
 from __future__ import annotations
 
+from medfed.common.errors import MedfedError
 
-class CoordinatorError(Exception):
+
+class CoordinatorError(MedfedError):
     """A refused call; nothing in the federation's state changed."""
 
 

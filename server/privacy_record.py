@@ -12,8 +12,10 @@ from typing import Any
 
 from medfed.common.dp.accounting import epsilon, finite_or_none
 from medfed.common.messages import PrivacyReport, report_from_json, report_to_json
-from medfed.server.central_dp import DpAccumulator, DpFedAvg
-from medfed.server.coordinator import Contribution
+from medfed.server.history import RoundRecord
+from medfed.server.rounds import Contribution
+from medfed.server.strategy import CentralRound
+from medfed.server.strategy.central_dp import DpFedAvg
 
 
 class PrivacyRecorder:
@@ -25,25 +27,26 @@ class PrivacyRecorder:
         self._hospital_rounds: dict[str, int] = {}
         self._central_record: dict[str, Any] | None = None
 
-    def round(self, accumulator: object, contributions: Iterable[Contribution]) -> dict[str, Any]:
-        """Keys for this round's history record: ``privacy`` and ``epsilon`` (the largest ε in use)."""
+    def round(
+        self, central: CentralRound | None, contributions: Iterable[Contribution]
+    ) -> tuple[dict[str, Any] | None, float | None]:
+        """This round's ``privacy`` for the history and the largest ε in use (None, None without DP).
+        ``central``: what central DP released this round (its accumulator's ``central``)."""
         out: dict[str, Any] = {}
         worst: float | None = None
-        if self._central is not None and isinstance(accumulator, DpAccumulator):
+        if self._central is not None and central is not None:
             self._rounds += 1
-            info = accumulator.round_info
             spent = epsilon([self._central.spend().model_copy(update={"steps": self._rounds})], self.delta)
             record: dict[str, Any] = {
-                **self._central.describe(),
-                "clip": info.clip if info else self._central.clip,
+                **self._central.describe(central.clip),
                 "rounds": self._rounds,
                 "sampling_rate": 1.0,
                 "epsilon": finite_or_none(spent),
                 "delta": self.delta,
             }
-            if info is not None and info.unclipped_fraction is not None:
-                record["unclipped_fraction"] = info.unclipped_fraction
-                record["next_clip"] = info.next_clip
+            if central.unclipped_fraction is not None:
+                record["unclipped_fraction"] = central.unclipped_fraction
+                record["next_clip"] = central.next_clip
             self._central_record = record
             out["central"] = record
             worst = spent
@@ -56,8 +59,8 @@ class PrivacyRecorder:
             highest = max(r.epsilon for r in reports.values())
             worst = highest if worst is None else max(worst, highest)
         if not out:
-            return {}
-        return {"privacy": out, "epsilon": finite_or_none(worst) if worst is not None else None}
+            return None, None
+        return out, finite_or_none(worst) if worst is not None else None
 
     def state(self) -> dict[str, Any]:
         """For the coordinator's checkpoint: what a resumed run needs to keep accounting."""
@@ -89,9 +92,9 @@ class PrivacyRecorder:
         return out
 
     @staticmethod
-    def describe(record: Mapping[str, Any]) -> str:
+    def describe(record: RoundRecord) -> str:
         """The round's log line addition."""
-        value = record.get("epsilon")
-        if "privacy" not in record:
+        if record.privacy is None:
             return ""
-        return f", ε = {value:.3g}" if isinstance(value, float) and math.isfinite(value) else ", ε = ∞ (no noise)"
+        value = record.epsilon
+        return f", ε = {value:.3g}" if value is not None and math.isfinite(value) else ", ε = ∞ (no noise)"

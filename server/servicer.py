@@ -32,7 +32,7 @@ from medfed.common.wire.stream import (
     wait_message,
 )
 from medfed.server.auth import AuthContext, PeerAuthenticator
-from medfed.server.coordinator import Coordinator, Finished, Task
+from medfed.server.coordinator import Coordinator
 from medfed.server.errors import (
     CoordinatorError,
     DuplicateUpdate,
@@ -45,6 +45,7 @@ from medfed.server.errors import (
     UploadInProgress,
 )
 from medfed.server.refusal_log import RefusalLog
+from medfed.server.rounds import Finished, Task
 from medfed.server.transfers import SendSlots, Ticket, TransferWatch
 
 log = logging.getLogger("medfed.server")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,11 +15,12 @@ from medfed.common.data.sources import SourceDataset
 from medfed.common.ml.models import build_model
 from medfed.common.ml.torch_state import to_numpy
 from medfed.common.tensors import EncodedModel, encode
+from medfed.server.history import TestResult
 from medfed.tools.local_run import ProcessGroup
 
 
 class InProcessModels:
-    """The driver's Models without a helper process (what medfed.server.model_worker does), no test set."""
+    """The driver's Models without a helper process (what medfed.server.model_helper.worker does), no test set."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -30,7 +30,7 @@ class InProcessModels:
         torch.manual_seed(seed)
         return encode(to_numpy(build_model(self.model, info.channels, info.num_classes).state_dict()))
 
-    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
+    def evaluate(self, model: EncodedModel) -> TestResult | None:
         return None
 
 

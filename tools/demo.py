@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medfed.common.cli import CliError, Parser, run_command, setup_logging
-from medfed.common.config import build_config, field_default
+from medfed.common.cli import CliError, command_parser, run_command, setup_logging
+from medfed.common.config import build_config
 from medfed.common.data.partition import TEST_FOLDER, format_counts, partition_to_folders
 from medfed.common.data.sources import load_source
 from medfed.common.limits import MEDMNIST_SIZES, MODEL_NAMES, SCHEMES, MedmnistSize, ModelName, Scheme
@@ -49,16 +49,12 @@ class DemoConfig(BaseModel):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def d(name: str) -> object:
-        return field_default(DemoConfig, name)
-
-    p = Parser(
-        prog="fed-demo",
-        description="Run a complete federation on this machine: one coordinator and several hospitals, "
+    p, d = command_parser(
+        "fed-demo",
+        "Run a complete federation on this machine: one coordinator and several hospitals, "
         "each a separate process talking gRPC over loopback.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+        EXAMPLES,
+        DemoConfig,
     )
     p.add_argument("--dataset", help=f"'digits' (offline), a MedMNIST 2D name or an .npz path (default {d('dataset')})")
     p.add_argument("--data-root", type=Path, help="folder holding MedMNIST .npz files")
@@ -123,8 +119,8 @@ def _run(argv: Sequence[str] | None) -> int:
         "--seed", str(cfg.seed),
     ]  # fmt: skip
     last = run_locally(out, hospitals, data_dir / TEST_FOLDER, run_dir, server_args)
-    if "per_class_accuracy" in last:
-        _print_summary(last["per_class_accuracy"], {n: m.counts.get("train", []) for n, m in manifests.items()})
+    if last is not None and last.test is not None:
+        _print_summary(last.test.per_class_accuracy, {n: m.counts.get("train", []) for n, m in manifests.items()})
     print(f"done: model, history and report (report.md, plots) in {run_dir}, logs in {logs}")
     return 0
 

@@ -15,9 +15,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 from medfed.common.cli import CliError
+from medfed.common.errors import MedfedError
+from medfed.server.history import RoundRecord
+from medfed.server.run_dir import HISTORY_FILE
 from medfed.tools.certs import init_ca, issue_client, issue_server
 
 POLL_INTERVAL_S = 0.05
@@ -25,7 +28,7 @@ STARTUP_TIMEOUT_S = 120.0
 FOLLOW_INTERVAL_S = 0.2
 
 
-class ProcessError(RuntimeError):
+class ProcessError(MedfedError, RuntimeError):
     """A child process that failed or did not get where it should in time."""
 
 
@@ -96,30 +99,28 @@ class ProcessGroup:
             log.close()
 
 
-def _print_round(record: dict[str, Any], rounds: int) -> None:
-    if "failed" in record:
-        print(
-            f"round {record['round']:>3}/{rounds}  FAILED: {record['failed']} (the previous model is kept)", flush=True
-        )
+def _print_round(record: RoundRecord, rounds: int) -> None:
+    if record.failed is not None:
+        print(f"round {record.round:>3}/{rounds}  FAILED: {record.failed} (the previous model is kept)", flush=True)
         return
+    accuracy, loss = (record.test.accuracy, record.test.loss) if record.test else (float("nan"), float("nan"))
     print(
-        f"round {record['round']:>3}/{rounds}  test accuracy {record.get('accuracy', float('nan')):.4f}  "
-        f"loss {record.get('loss', float('nan')):.4f}  ({record['num_clients']} hospitals, "
-        f"{record['num_examples']} images, {record['duration_s']:.1f} s)",
+        f"round {record.round:>3}/{rounds}  test accuracy {accuracy:.4f}  loss {loss:.4f}  "
+        f"({record.num_clients} hospitals, {record.num_examples} images, {record.duration_s:.1f} s)",
         flush=True,
     )
 
 
-def _follow(procs: ProcessGroup, history: Path, rounds: int) -> dict[str, Any]:
+def _follow(procs: ProcessGroup, history: Path, rounds: int) -> RoundRecord | None:
     """Print rounds as the coordinator records them, until it exits; stop early if anything fails."""
     seen = 0
-    last: dict[str, Any] = {}
+    last: RoundRecord | None = None
     server = procs.procs["server"]
     while True:
         finished = server.poll() is not None
         lines = history.read_text().split("\n")[:-1] if history.exists() else []  # complete lines only
         for line in lines[seen:]:
-            last = json.loads(line)
+            last = RoundRecord.from_json(json.loads(line))
             _print_round(last, rounds)
         seen = len(lines)
         failure = procs.failed()
@@ -146,9 +147,10 @@ def run_locally(
     run_dir: Path,
     server_args: Sequence[str],
     client_args: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> RoundRecord | None:
     """One fed-server and one fed-client per hospital as processes over loopback with mutual TLS (a
-    throwaway PKI in OUT/pki); prints each round as it is recorded and returns the last record."""
+    throwaway PKI in OUT/pki); prints each round as it is recorded and returns the last record (None
+    when the coordinator recorded none)."""
     logs, pki_dir, port_file = out / "logs", out / "pki", out / "server.port"
     threads = max(1, (os.cpu_count() or 1) // len(hospitals))
     _make_pki(pki_dir, list(hospitals))
@@ -176,7 +178,7 @@ def run_locally(
                 "--tls-ca", str(pki_dir / "ca.crt"), "--no-progress", "--threads", str(threads), "--max-wait", "60",
                 *client_args,
             )  # fmt: skip
-        last = _follow(procs, run_dir / "history.jsonl", rounds)
+        last = _follow(procs, run_dir / HISTORY_FILE, rounds)
         codes = procs.wait_all(timeout=60)
     except ProcessError as exc:
         raise CliError(str(exc)) from None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medfed.common.cli import Parser, run_command, setup_logging
-from medfed.common.config import build_config, field_default
+from medfed.common.cli import command_parser, run_command, setup_logging
+from medfed.common.config import build_config
 from medfed.common.data.partition import format_counts, partition_to_folders
 from medfed.common.data.sources import load_source
 from medfed.common.limits import MEDMNIST_SIZES, SCHEMES, MedmnistSize, Scheme
@@ -41,16 +41,12 @@ class PartitionConfig(BaseModel):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def d(name: str) -> object:
-        return field_default(PartitionConfig, name)
-
-    p = Parser(
-        prog="fed-partition",
-        description="Split a dataset into hospital folders (train + validation each) and a test folder "
+    p, d = command_parser(
+        "fed-partition",
+        "Split a dataset into hospital folders (train + validation each) and a test folder "
         "for the coordinator, and print each hospital's label counts.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+        EXAMPLES,
+        PartitionConfig,
     )
     p.add_argument(
         "--source",

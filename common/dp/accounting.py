@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from medfed.common.dp.mechanisms import Mechanism
 
 if TYPE_CHECKING:
     import dp_accounting as dpa
@@ -46,7 +48,7 @@ class Spend(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mechanism: Literal["local", "dp_sgd", "central"]
+    mechanism: Mechanism
     noise_multiplier: float = Field(ge=0, allow_inf_nan=False)
     """σ as configured (noise std = σC)"""
     sampling_rate: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)

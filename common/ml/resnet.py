@@ -4,7 +4,7 @@ Importing torchvision costs about 160 MB of memory and a second of start-up in e
 compiled operators must match the installed torch exactly (a CPU-only torch next to PyPI's
 torchvision does not even import). The layers, their names and their initialisation follow
 torchvision's ``resnet18``, so state dicts, checkpoints and torchvision's published weights load into
-either; tests/unit/test_models.py checks both against torchvision.
+either; tests/unit/common/test_models.py checks both against torchvision.
 """
 
 from __future__ import annotations

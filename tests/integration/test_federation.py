@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from medfed.common.checkpoint import load_model
 from medfed.common.data.folders import load_folder
 from medfed.common.data.partition import partition_to_folders
 from medfed.common.ml.models import build_model
 from medfed.common.ml.torch_state import to_torch
 from medfed.common.ml.training import evaluate
 from medfed.common.tensors import is_float
+from medfed.server.run_dir import load_model
 from medfed.tools.local_run import ProcessGroup
 from tests.helpers import InProcessModels, run_cli, start_server, synthetic_dataset, write_image_folder
 

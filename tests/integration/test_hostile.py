@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 import pytest
 
-from medfed.common.checkpoint import load_model
 from medfed.common.compression import encode_update
 from medfed.common.data.folders import DatasetInfo, load_folder
 from medfed.common.data.partition import partition_to_folders
@@ -24,10 +23,10 @@ from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
-from medfed.server.federation import run_federation
-from medfed.server.output import RunOutput
+from medfed.server.driver import run_federation
+from medfed.server.run_dir import RunDir, load_model
 from medfed.server.servicer import create_server
-from medfed.server.strategy import fedavg
+from medfed.server.strategy.fedavg import fedavg
 from medfed.tools.local_run import ProcessGroup
 from tests.helpers import InProcessModels, start_server, synthetic_dataset
 
@@ -99,7 +98,7 @@ def start_driver(federation: Federation, **settings: object) -> threading.Thread
     """The round loop in a thread, over the fixture's coordinator, with the models built in-process."""
     cfg = ServerConfig.model_validate({"rounds": 1, "local_epochs": 0, "out": federation.out, "insecure": True,
                                        **settings})  # fmt: skip
-    output = RunOutput(cfg.out)
+    output = RunDir(cfg.out)
     output.prepare(force=False)
     driver = threading.Thread(
         target=run_federation, args=(cfg, federation.coordinator, output, InProcessModels(cfg.model))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from medfed.common.checkpoint import load_model
 from medfed.common.data.partition import partition_to_folders
+from medfed.server.run_dir import load_model
 from medfed.tools.local_run import ProcessGroup
 from tests.helpers import run_cli, start_server, synthetic_dataset, wait_for_log
 

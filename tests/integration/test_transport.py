@@ -14,9 +14,10 @@ from medfed.common.wire.convert import info_to_proto, layout_from_proto, layout_
 from medfed.common.wire.options import channel_options
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
-from medfed.server.coordinator import Coordinator, Task
+from medfed.server.coordinator import Coordinator
+from medfed.server.rounds import Task
 from medfed.server.servicer import create_server
-from medfed.server.strategy import FedAvg
+from medfed.server.strategy.fedavg import FedAvg
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 GLOBAL = {

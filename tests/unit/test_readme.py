@@ -1,5 +1,6 @@
 """The README's promises that code can check: its refusal table names every status the coordinator
-refuses with, and the install section gives the exact command for PyTorch's CPU-only build."""
+refuses with, the install section gives the exact command for PyTorch's CPU-only build, and the map of
+the tree names every module."""
 
 import re
 from pathlib import Path
@@ -32,3 +33,17 @@ def test_the_install_section_gives_the_command_for_pytorchs_cpu_build() -> None:
     install = README[README.index("## Install") : README.index("## Run the demo")]
 
     assert re.search(r"pip install torch torchvision --index-url https://download\.pytorch\.org/whl/cpu\n", install)
+
+
+def test_the_map_of_the_tree_lists_every_module_in_its_folders_row() -> None:
+    root = Path(__file__).resolve().parents[2]
+    rows = {row[0].strip("`"): row[-1] for row in table_after("## How the tree maps to imports")}
+    missing = []
+    for folder in ("common", "server", "client", "tools"):
+        for package in sorted({p.parent for p in (root / folder).rglob("__init__.py")}):
+            where = package.relative_to(root).as_posix() + "/"
+            for module in sorted(package.glob("*.py")):
+                if module.stem not in ("__init__", "__main__") and f"`{module.stem}`" not in rows.get(where, ""):
+                    missing.append(f"{where}{module.name}")
+
+    assert missing == []

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medfed.common.cli import CliError, Parser, run_command, setup_logging
-from medfed.common.config import build_config, field_default
+from medfed.common.cli import CliError, command_parser, run_command, setup_logging
+from medfed.common.config import build_config
 from medfed.common.data.image_folder import load_hospital
 from medfed.common.data.partition import TEST_FOLDER, format_counts, partition_to_folders
 from medfed.common.data.sources import load_source
@@ -84,16 +84,12 @@ class StudyConfig(BaseModel):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def d(name: str) -> object:
-        return field_default(StudyConfig, name)
-
-    p = Parser(
-        prog="fed-study",
-        description="Compare each hospital alone, the federation and all data pooled: same model, same total "
+    p, d = command_parser(
+        "fed-study",
+        "Compare each hospital alone, the federation and all data pooled: same model, same total "
         "epochs, same test set. Writes a table, plots and report.md.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+        EXAMPLES,
+        StudyConfig,
     )
     p.add_argument(
         "--out",
@@ -187,8 +183,11 @@ def _run(argv: Sequence[str] | None) -> int:
         server_args += ["--pretrained", str(cfg.pretrained)]
     print(f"federated: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}", flush=True)
     last = run_locally(out, folders, test_folder, out / "federated", server_args, ["--device", cfg.device])
-    federated = Outcome("federated", last["accuracy"], last.get("auc"), last["per_class_accuracy"],
-                        last["num_examples"])  # fmt: skip
+    if last is None or last.test is None:
+        reason = "recorded no round" if last is None else f"did not adopt its last round's model ({last.failed})"
+        raise CliError(f"the federated run {reason}; see {out / 'logs'}")
+    tested = last.test
+    federated = Outcome("federated", tested.accuracy, tested.auc, tested.per_class_accuracy, last.num_examples)
     baseline = partial(
         train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
         device=device, pretrained=cfg.pretrained, progress=progress, augment=cfg.augment,

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medfed.common import files, plots
+from medfed.common import files
 from medfed.common.data.folders import DatasetInfo
+from medfed.server.report import plots
 from medfed.tools.study.baselines import Outcome
 
 STUDY_JSON, STUDY_CSV, CHART, REPORT = "study.json", "study.csv", "comparison.png", "report.md"

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from medfed.common.errors import ConfigError
-from medfed.server import checkpoint as ckpt
-from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, check_settings, load_checkpoint, save_checkpoint
-from medfed.server.output import RunOutput
+from medfed.server.run_dir import CHECKPOINT_FILE, CHECKPOINT_MODEL, Checkpoint, RunDir, check_settings
 
 
 def make(round_number: int) -> tuple[Checkpoint, dict[str, np.ndarray]]:
     checkpoint = Checkpoint(
         round=round_number,
-        model_file=MODEL_PATTERN.format(round_number),
+        model_file=CHECKPOINT_MODEL.format(round_number),
         federation_id="f",
         data={},
         settings={"model": "cnn"},
@@ -31,8 +29,8 @@ def make(round_number: int) -> tuple[Checkpoint, dict[str, np.ndarray]]:
 def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
     checkpoint, state = make(4)
 
-    save_checkpoint(tmp_path, checkpoint, state)
-    loaded, loaded_state = load_checkpoint(tmp_path)
+    RunDir(tmp_path).save_checkpoint(checkpoint, state)
+    loaded, loaded_state = RunDir(tmp_path).load_checkpoint()
 
     assert loaded == checkpoint
     assert np.array_equal(loaded_state["w"], state["w"]) and loaded_state["w"].dtype == np.float32
@@ -43,7 +41,7 @@ def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
 def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_loadable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: str
 ) -> None:
-    save_checkpoint(tmp_path, *make(1))
+    RunDir(tmp_path).save_checkpoint(*make(1))
     renames = {"model rename": 1, "checkpoint rename": 2}[crash_at]
     real_replace = os.replace
     calls = []
@@ -56,31 +54,31 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_loadable(
 
     monkeypatch.setattr(os, "replace", crashing_replace)
     with pytest.raises(OSError, match="power cut"):
-        save_checkpoint(tmp_path, *make(2))
+        RunDir(tmp_path).save_checkpoint(*make(2))
     monkeypatch.setattr(os, "replace", real_replace)
 
-    loaded, state = load_checkpoint(tmp_path)
+    loaded, state = RunDir(tmp_path).load_checkpoint()
     assert loaded.round == 1
     assert np.array_equal(state["w"], np.full(3, 1.0))
 
 
 def test_older_model_files_are_removed_only_after_the_new_checkpoint_is_in_place(tmp_path: Path) -> None:
     for round_number in (1, 2, 3):
-        save_checkpoint(tmp_path, *make(round_number))
+        RunDir(tmp_path).save_checkpoint(*make(round_number))
 
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-round-*")) == [MODEL_PATTERN.format(3)]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-round-*")) == [CHECKPOINT_MODEL.format(3)]
 
 
 def test_missing_or_damaged_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--resume: .* holds no checkpoint"):
-        load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, *make(1))
-    (tmp_path / MODEL_PATTERN.format(1)).write_bytes(b"not safetensors")
+        RunDir(tmp_path).load_checkpoint()
+    RunDir(tmp_path).save_checkpoint(*make(1))
+    (tmp_path / CHECKPOINT_MODEL.format(1)).write_bytes(b"not safetensors")
     with pytest.raises(ConfigError, match="--resume: cannot read the checkpoint"):
-        load_checkpoint(tmp_path)
-    (tmp_path / ckpt.CHECKPOINT_FILE).write_text("{")
+        RunDir(tmp_path).load_checkpoint()
+    (tmp_path / CHECKPOINT_FILE).write_text("{")
     with pytest.raises(ConfigError, match="--resume: cannot read the checkpoint"):
-        load_checkpoint(tmp_path)
+        RunDir(tmp_path).load_checkpoint()
 
 
 def test_resumed_settings_must_match_except_rounds() -> None:
@@ -90,17 +88,17 @@ def test_resumed_settings_must_match_except_rounds() -> None:
         check_settings({"model": "cnn"}, {"model": "resnet18"})
 
 
-def write_history(out: RunOutput, lines: list[str]) -> None:
+def write_history(out: RunDir, lines: list[str]) -> None:
     out.directory.mkdir(parents=True, exist_ok=True)
     out.history_path.write_text("".join(line + "\n" for line in lines))
 
 
-def rounds_in(out: RunOutput) -> list[int]:
+def rounds_in(out: RunDir) -> list[int]:
     return [json.loads(line)["round"] for line in out.history_path.read_text().splitlines()]
 
 
 def test_history_keeps_each_checkpointed_round_once(tmp_path: Path) -> None:
-    out = RunOutput(tmp_path)
+    out = RunDir(tmp_path)
     # round 2 was written twice (a crash after its line, then a resumed run that crashed again) and round 3
     # was written but never checkpointed; the last line was torn by the crash
     lines = [json.dumps({"round": r, "n": i}) for i, r in enumerate((1, 2, 2, 3))] + ['{"round": 4, "acc']
@@ -113,7 +111,7 @@ def test_history_keeps_each_checkpointed_round_once(tmp_path: Path) -> None:
 
 
 def test_history_with_a_gap_is_refused(tmp_path: Path) -> None:
-    out = RunOutput(tmp_path)
+    out = RunDir(tmp_path)
     write_history(out, [json.dumps({"round": 1}), json.dumps({"round": 3})])
 
     with pytest.raises(ConfigError, match=r"lacks rounds the checkpoint says are done \(\[2\]\)"):

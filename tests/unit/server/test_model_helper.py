@@ -1,4 +1,4 @@
-"""The coordinator's PyTorch helper (medfed.server.model_host / model_worker) and the coordinator's
+"""The coordinator's PyTorch helper (medfed.server.model_helper.host / model_worker) and the coordinator's
 promise that it never imports PyTorch itself."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from medfed.common.ml.models import build_model
 from medfed.common.ml.torch_state import to_numpy
 from medfed.common.ml.training import evaluate
 from medfed.common.tensors import encode
-from medfed.server.model_host import ModelHost, ModelHostError, receive, send
+from medfed.server.model_helper.host import ModelHost, ModelHostError
+from medfed.server.model_helper.protocol import receive, send
 from tests.helpers import InProcessModels, synthetic_dataset
 
 INFO = DatasetInfo(dataset="t", channels=1, class_names=("a", "b", "c", "d"), image_size=(12, 12))
@@ -91,9 +92,9 @@ def test_the_helper_evaluates_like_training_evaluate(test_folder: Path) -> None:
     images, labels = test
     expected = evaluate(network, Split(np.ascontiguousarray(images[:, None]), labels), 4, torch.device("cpu"))
     assert info == dataset.info
-    assert metrics is not None and metrics["test_examples"] == len(labels)
-    assert metrics["accuracy"] == pytest.approx(expected.accuracy)
-    assert metrics["confusion_matrix"] == expected.confusion
+    assert metrics is not None and metrics.test_examples == len(labels)
+    assert metrics.accuracy == pytest.approx(expected.accuracy)
+    assert metrics.confusion_matrix == expected.confusion
     assert host.peak_rss_mb is not None and host.peak_rss_mb > 0
 
 
@@ -142,7 +143,7 @@ def test_a_helper_that_dies_is_reported_not_waited_for_and_the_next_call_starts_
             host.initial_model(INFO, seed=0)
         metrics = host.evaluate(InProcessModels("cnn").initial_model(INFO, seed=0))  # a new helper, checked again
 
-    assert metrics is not None and metrics["test_examples"] == len(DATASET.splits["test"][1])
+    assert metrics is not None and metrics.test_examples == len(DATASET.splits["test"][1])
 
 
 def test_a_check_that_needs_no_pytorch_starts_no_helper_until_the_first_model() -> None:
@@ -160,7 +161,7 @@ def test_a_check_that_needs_no_pytorch_starts_no_helper_until_the_first_model() 
 
 def test_the_coordinator_process_never_imports_pytorch() -> None:
     code = (
-        "import sys, medfed.server.app, medfed.server.federation, medfed.server.model_host\n"
+        "import sys, medfed.server.app, medfed.server.driver, medfed.server.model_helper.host\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision', 'opacus'})\n"
         "print(heavy)"
     )

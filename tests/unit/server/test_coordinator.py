@@ -8,19 +8,17 @@ import pytest
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.messages import ModelSpec, TrainSettings
 from medfed.common.tensors import encode, layout_of
-from medfed.server.coordinator import (
-    Coordinator,
+from medfed.server.coordinator import Coordinator
+from medfed.server.errors import (
     DuplicateUpdate,
-    Finished,
     InvalidUpdate,
     PermissionDenied,
     Rejected,
     SessionReplaced,
-    Task,
     UnknownSession,
-    Wait,
 )
-from medfed.server.strategy import FedAvg
+from medfed.server.rounds import Finished, Task, Wait
+from medfed.server.strategy.fedavg import FedAvg
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 GLOBAL = {"w": np.zeros(3, dtype=np.float32), "n": np.array(0)}
@@ -341,7 +339,7 @@ def test_a_newer_poll_of_the_same_hospital_ends_its_older_one(coordinator: Coord
     first = threading.Thread(target=lambda: older.append(coordinator.next_instruction(a, timeout=30)))
     first.start()
     with coordinator._cond:
-        assert coordinator._cond.wait_for(lambda: coordinator._hospitals["hospital_a"].polls == 1, timeout=30)
+        assert coordinator._cond.wait_for(lambda: coordinator._members.hospitals["hospital_a"].polls == 1, timeout=30)
 
     newer = coordinator.next_instruction(a, timeout=0)
     first.join(timeout=30)

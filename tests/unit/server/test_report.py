@@ -6,24 +6,34 @@ from sklearn.metrics import roc_auc_score
 
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.ml.training import macro_auc
-from medfed.server.report import REPORT_FILES, class_subset_accuracy, write_report
+from medfed.server.history import RoundRecord, TestResult
+from medfed.server.report import write_report
+from medfed.server.run_dir import REPORT_FILES
 
 INFO = DatasetInfo(dataset="toy", channels=1, class_names=("normal", "cnv", "drusen"), image_size=(8, 8))
 
 
-def record(round_number: int, confusion: list[list[int]]) -> dict[str, object]:
+def record(round_number: int, confusion: list[list[int]]) -> RoundRecord:
     total = sum(map(sum, confusion))
-    return {
-        "round": round_number,
-        "clients": ["hospital_a", "hospital_b"],
-        "accuracy": sum(confusion[c][c] for c in range(3)) / total,
-        "auc": 0.9,
-        "loss": 1.0 / round_number,
-        "test_examples": total,
-        "per_class_accuracy": {n: confusion[c][c] / sum(confusion[c]) for c, n in enumerate(INFO.class_names)},
-        "confusion_matrix": confusion,
-        "client_metrics": {"hospital_a": {"global_val_accuracy": 0.5}, "hospital_b": {}},
-    }
+    return RoundRecord.from_json(
+        {
+            "round": round_number,
+            "clients": ["hospital_a", "hospital_b"],
+            "accuracy": sum(confusion[c][c] for c in range(3)) / total,
+            "auc": 0.9,
+            "loss": 1.0 / round_number,
+            "test_examples": total,
+            "per_class_accuracy": {n: confusion[c][c] / sum(confusion[c]) for c, n in enumerate(INFO.class_names)},
+            "confusion_matrix": confusion,
+            "client_metrics": {"hospital_a": {"global_val_accuracy": 0.5}, "hospital_b": {}},
+        }
+    )
+
+
+def class_subset_accuracy(confusion: list[list[int]], classes: list[int]) -> float | None:
+    tested = TestResult(loss=0.0, accuracy=0.0, auc=None, per_class_accuracy={}, test_examples=0,
+                        confusion_matrix=confusion)  # fmt: skip
+    return tested.class_subset_accuracy(classes)
 
 
 def test_class_subset_accuracy_counts_only_the_rows_of_those_classes() -> None:
@@ -62,7 +72,8 @@ def test_the_report_names_each_hospitals_classes_and_writes_every_file(tmp_path:
 
 
 def test_without_a_test_set_the_report_still_shows_the_hospitals(tmp_path: Path) -> None:
-    history = [{"round": 1, "clients": ["hospital_a"], "client_metrics": {"hospital_a": {"global_val_accuracy": 0.4}}}]
+    metrics = {"hospital_a": {"global_val_accuracy": 0.4}}
+    history = [RoundRecord.from_json({"round": 1, "clients": ["hospital_a"], "client_metrics": metrics})]
 
     written = write_report(tmp_path, history, INFO, {}, title="untested")
 

@@ -1,29 +1,21 @@
-"""The coordinator's side of its PyTorch helper process (medfed.server.model_worker).
-
-Why a second process: importing PyTorch costs a process about 250 MB (CPU-only build) to 520 MB
-(PyPI's CUDA build) resident before a single weight exists, more than the whole memory budget of a
-coordinator that aggregates ResNet-18 updates. So the coordinator works on numpy only, and the two
-things that need PyTorch (building the first model, evaluating on the test set) happen in the helper.
-
-The pipe carries one JSON line per message; a message with ``model_bytes`` is followed by the model's
-tensor table (the wire format's ModelHeader, ``header_bytes`` long) and its raw byte stream, so a
-model crosses without pickle, without temporary files and without an extra copy on either side.
+"""The coordinator's side of its PyTorch helper process (``worker``): starts it when needed, starts it
+again after a crash, and turns its replies into results or errors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import subprocess
 import sys
-from typing import IO, Any
+from typing import Any
 
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.errors import USER_ERRORS, UnknownModelError, WireFormatError
-from medfed.common.limits import MAX_MODEL_BYTES, MODEL_NAMES
+from medfed.common.errors import USER_ERRORS, MedfedError, UnknownModelError
+from medfed.common.limits import MODEL_NAMES
 from medfed.common.tensors import EncodedModel
-from medfed.common.wire.convert import layout_from_bytes, layout_to_bytes
+from medfed.server.history import TestResult
+from medfed.server.model_helper.protocol import receive, send
 
 log = logging.getLogger("medfed.server")
 
@@ -31,47 +23,8 @@ CLOSE_TIMEOUT_S = 5.0
 """an idle helper exits at once when its input closes; a busy one (the run was aborted) is killed"""
 
 
-class ModelHostError(RuntimeError):
+class ModelHostError(MedfedError, RuntimeError):
     """The helper process failed (it died, or a bug in it); its log lines are in the coordinator's log."""
-
-
-def send(stream: IO[bytes], message: dict[str, Any], model: EncodedModel | None = None) -> None:
-    header = layout_to_bytes(model.layout) if model is not None else b""
-    if model is not None:
-        message = {**message, "header_bytes": len(header), "model_bytes": len(model.buffer)}
-    stream.write(json.dumps(message).encode() + b"\n")
-    if model is not None:
-        stream.write(header)
-        stream.write(model.buffer)
-    stream.flush()
-
-
-def receive(stream: IO[bytes]) -> tuple[dict[str, Any], EncodedModel | None] | None:
-    """The next message, None at the end of the stream."""
-    line = stream.readline()
-    if not line:
-        return None
-    message: dict[str, Any] = json.loads(line)
-    if "model_bytes" not in message:
-        return message, None
-    layout = layout_from_bytes(_read_exactly(stream, int(message["header_bytes"])), max_total_bytes=MAX_MODEL_BYTES)
-    if layout.total_bytes != message["model_bytes"]:
-        raise WireFormatError(f"model of {message['model_bytes']} bytes, its header says {layout.total_bytes}")
-    buffer = bytearray(layout.total_bytes)
-    view, done = memoryview(buffer), 0
-    while done < len(buffer):
-        got = stream.readinto(view[done:])  # type: ignore[attr-defined]
-        if not got:
-            raise EOFError(f"the stream ended after {done} of {len(buffer)} model bytes")
-        done += got
-    return message, EncodedModel(layout, buffer)
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise EOFError(f"the stream ended after {len(data)} of {size} bytes")
-    return data
 
 
 class ModelHost:
@@ -80,7 +33,7 @@ class ModelHost:
     take hours), and not at all during the rounds; with one it stays to evaluate every round."""
 
     def __init__(self, *, verbose: bool = False) -> None:
-        self._command = [sys.executable, "-m", "medfed.server.model_worker", *(["--verbose"] if verbose else [])]
+        self._command = [sys.executable, "-m", "medfed.server.model_helper.worker", *(["--verbose"] if verbose else [])]
         self._proc: subprocess.Popen[bytes] | None = None
         self._checked: dict[str, Any] | None = None
         """the check request, replayed to a helper started again"""
@@ -170,12 +123,12 @@ class ModelHost:
             self.close()
         return model
 
-    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
-        """The test set's metrics for ``model``; None when the run has no test set."""
+    def evaluate(self, model: EncodedModel) -> TestResult | None:
+        """``model`` on the test set; None when the run has no test set."""
         if not self._has_test_set:
             return None
         result, _ = self._call({"op": "evaluate"}, model)
-        return dict(result)
+        return TestResult.from_json(result)
 
     def close(self) -> None:
         """End the helper for good; idempotent."""

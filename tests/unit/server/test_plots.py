@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from medfed.common import plots
+from medfed.server.report import plots
 
 ROUNDS = list(range(1, 21))
 

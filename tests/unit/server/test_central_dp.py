@@ -1,4 +1,4 @@
-"""DP-FedAvg on the coordinator (medfed.server.central_dp): clipping, noise, adaptive clipping."""
+"""DP-FedAvg on the coordinator (medfed.server.strategy.central_dp): clipping, noise, adaptive clipping."""
 
 import math
 
@@ -7,8 +7,8 @@ import pytest
 
 from medfed.common.dp.mechanisms import l2_norm
 from medfed.common.tensors import StateDict
-from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.strategy import AggregationError
+from medfed.server.strategy.central_dp import AdaptiveClipping, DpFedAvg
 
 
 def seeded() -> np.random.Generator:
@@ -74,14 +74,31 @@ def test_adaptive_clipping_shrinks_c_when_updates_are_small_and_grows_it_when_la
     small = DpFedAvg(clip=1.0, noise_multiplier=0.0, adaptive=adaptive, generator=seeded)
     large = DpFedAvg(clip=1.0, noise_multiplier=0.0, adaptive=adaptive, generator=seeded)
 
+    next_clip = {}
     for strategy, amount in ((small, 0.01), (large, 10.0)):
         accumulator = strategy.begin(GLOBAL)
         accumulator.add(shifted(amount), 1)
         accumulator.add(shifted(amount), 1)
         accumulator.result()
+        next_clip[amount] = accumulator.next_state["clip"]
 
-    assert small.clip == pytest.approx(math.exp(-0.2 * (1.0 - 0.5)))  # every update unclipped
-    assert large.clip == pytest.approx(math.exp(-0.2 * (0.0 - 0.5)))  # every update clipped
+    assert next_clip[0.01] == pytest.approx(math.exp(-0.2 * (1.0 - 0.5)))  # every update unclipped
+    assert next_clip[10.0] == pytest.approx(math.exp(-0.2 * (0.0 - 0.5)))  # every update clipped
+    assert small.initial_clip == large.initial_clip == 1.0  # the strategy itself is unchanged
+
+
+def test_a_round_begins_with_the_clipping_bound_the_round_before_gave() -> None:
+    strategy = DpFedAvg(clip=1.0, noise_multiplier=0.0, adaptive=AdaptiveClipping(), generator=seeded)
+    first = strategy.begin(GLOBAL)
+    first.add(shifted(10.0), 1)
+    first.result()
+
+    second = strategy.begin(GLOBAL, first.next_state)
+    second.add(shifted(10.0), 1)
+    second.result()
+
+    assert second.central is not None and first.central is not None
+    assert second.central.clip == first.central.next_clip == first.next_state["clip"] > 1.0
 
 
 def test_adaptive_clipping_splits_the_noise_so_the_total_is_one_release_of_sigma() -> None:

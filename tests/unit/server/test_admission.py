@@ -11,8 +11,10 @@ from medfed.common.data.folders import DatasetInfo
 from medfed.common.messages import ModelSpec, TrainSettings
 from medfed.common.tensors import encode, from_chunks, layout_of
 from medfed.server.admission import first_unusable, refusal
-from medfed.server.coordinator import Coordinator, InvalidUpdate, Task
-from medfed.server.strategy import FedAvg
+from medfed.server.coordinator import Coordinator
+from medfed.server.errors import InvalidUpdate
+from medfed.server.rounds import Task
+from medfed.server.strategy.fedavg import FedAvg
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 MODEL = {

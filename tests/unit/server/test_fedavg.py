@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from medfed.common.tensors import StateDict
-from medfed.server.strategy import AggregationError, FedAvg, fedavg
+from medfed.server.strategy import AggregationError
+from medfed.server.strategy.fedavg import FedAvg, fedavg
 
 
 def model(seed: int) -> StateDict:

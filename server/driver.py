@@ -14,35 +14,36 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Protocol
 
 from medfed.common import __version__
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.errors import UnusableModel
+from medfed.common.errors import MedfedError, UnusableModel
 from medfed.common.messages import ModelSpec, TrainSettings
 from medfed.common.peer_text import quoted
 from medfed.common.tensors import EncodedModel, StateDict, encode
 from medfed.common.training_plan import NORMALIZATION, lr_factor
 from medfed.server.admission import first_unusable
-from medfed.server.central_dp import AdaptiveClipping, DpFedAvg
-from medfed.server.checkpoint import MODEL_PATTERN, Checkpoint, save_checkpoint
 from medfed.server.config import ServerConfig
-from medfed.server.coordinator import Coordinator, RoundOutcome, Task
+from medfed.server.coordinator import Coordinator
+from medfed.server.history import RoundRecord, TestResult
 from medfed.server.memory import peak_rss_mb
-from medfed.server.model_host import ModelHostError
-from medfed.server.output import RunOutput
+from medfed.server.model_helper.host import ModelHostError
 from medfed.server.privacy_record import PrivacyRecorder
-from medfed.server.report import class_subset_accuracy, write_report
-from medfed.server.strategy import AggregationError, FedAvg, Strategy
+from medfed.server.report import write_report
+from medfed.server.rounds import RoundOutcome, Task
+from medfed.server.run_dir import CHECKPOINT_MODEL, Checkpoint, RunDir
+from medfed.server.strategy import AggregationError, Strategy, StrategyState
+from medfed.server.strategy.central_dp import AdaptiveClipping, DpFedAvg
+from medfed.server.strategy.fedavg import FedAvg
 
 log = logging.getLogger("medfed.server")
 
 
 class Models(Protocol):
-    """Where PyTorch lives for the driver (medfed.server.model_host runs it in a helper process)."""
+    """Where PyTorch lives for the driver (medfed.server.model_helper.host runs it in a helper process)."""
 
     peak_rss_mb: float | None
     """the helper process's peak memory as last reported (None in-process)"""
@@ -51,15 +52,15 @@ class Models(Protocol):
         """The first global model, for hospitals whose data ``info`` describes."""
         ...
 
-    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
-        """Test-set metrics of ``model``; None when the run has no test set."""
+    def evaluate(self, model: EncodedModel) -> TestResult | None:
+        """``model`` on the test set; None when the run has no test set."""
         ...
 
 
 JOIN_LOG_INTERVAL = 30.0
 
 
-class FederationAborted(Exception):
+class FederationAborted(MedfedError):
     """The run was stopped (signal, or no hospitals in time) before its last round."""
 
 
@@ -93,12 +94,13 @@ def _run_round(
     coordinator: Coordinator,
     task: Task,
     strategy: Strategy,
-    global_state: StateDict,
+    run: _Run,
     selected: list[str],
 ) -> RoundOutcome:
     min_fit = cfg.effective_min_fit
     enough = cfg.clients_per_round if cfg.over_select else None
-    coordinator.open_round(task, selected, strategy.begin(global_state), min_fit, enough)
+    accumulator = strategy.begin(run.global_state, run.strategy_state or None)
+    coordinator.open_round(task, selected, accumulator, min_fit, enough)
     outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     while len(outcome.contributions) < min_fit and coordinator.finished is None:
         late = ", ".join(outcome.missing) or "none"
@@ -123,7 +125,7 @@ def _run_round(
     return outcome
 
 
-def _adopt(outcome: RoundOutcome, models: Models) -> tuple[EncodedModel, dict[str, Any] | None] | str:
+def _adopt(outcome: RoundOutcome, models: Models) -> tuple[EncodedModel, TestResult | None] | str:
     """The round's new global model and its test metrics, or why the model cannot be adopted."""
     try:
         state = outcome.accumulator.result()
@@ -136,20 +138,20 @@ def _adopt(outcome: RoundOutcome, models: Models) -> tuple[EncodedModel, dict[st
         metrics = models.evaluate(candidate)
     except (ModelHostError, UnusableModel) as exc:
         return f"evaluating the aggregated model on the test set failed: {exc}"
-    if metrics is not None and not math.isfinite(metrics["loss"]):
+    if metrics is not None and not math.isfinite(metrics.loss):
         return "the aggregated model's test loss is not finite"
     return candidate, metrics
 
 
-def _describe(record: Mapping[str, Any], rounds: int) -> str:
+def _describe(record: RoundRecord, rounds: int) -> str:
     line = (
-        f"round {record['round']}/{rounds}: {record['num_clients']} hospitals, {record['num_examples']} examples, "
-        f"{record['duration_s']:.2f} s"
+        f"round {record.round}/{rounds}: {record.num_clients} hospitals, {record.num_examples} examples, "
+        f"{record.duration_s:.2f} s"
     )
-    if "failed" in record:
-        return f"{line}, FAILED: {record['failed']}; the previous global model is kept and the federation goes on"
-    if "accuracy" in record:
-        line += f", test accuracy {record['accuracy']:.4f}, loss {record['loss']:.4f}"
+    if record.failed is not None:
+        return f"{line}, FAILED: {record.failed}; the previous global model is kept and the federation goes on"
+    if record.test is not None:
+        line += f", test accuracy {record.test.accuracy:.4f}, loss {record.test.loss:.4f}"
     return line + PrivacyRecorder.describe(record)
 
 
@@ -168,9 +170,10 @@ class _Run:
     payload: EncodedModel
     """the global model, serialised once per round for every hospital"""
     rng: random.Random
-    central: DpFedAvg | None
+    strategy_state: StrategyState
+    """the strategy's ``next_state`` after the last round (central DP's clipping bound)"""
     privacy: PrivacyRecorder
-    last_eval: dict[str, Any]
+    last_eval: TestResult | None
 
     @property
     def global_state(self) -> StateDict:
@@ -178,42 +181,105 @@ class _Run:
         return self.payload.tensors()
 
 
-def _start(cfg: ServerConfig, info: DatasetInfo, models: Models, resume: tuple[Checkpoint, StateDict] | None) -> _Run:
-    central = central_strategy(cfg) if cfg.dp_central else None
+def _start(
+    cfg: ServerConfig,
+    info: DatasetInfo,
+    models: Models,
+    central: DpFedAvg | None,
+    resume: tuple[Checkpoint, StateDict] | None,
+) -> _Run:
     privacy = PrivacyRecorder(central, cfg.central_delta)
     if resume is None:
-        return _Run(0, models.initial_model(info, cfg.seed), random.Random(cfg.seed), central, privacy, {})
+        return _Run(0, models.initial_model(info, cfg.seed), random.Random(cfg.seed), {}, privacy, None)
     checkpoint, state = resume
     rng = random.Random()
     version, internal, gauss = checkpoint.rng_state
     rng.setstate((version, tuple(internal), gauss))
-    if central is not None:
-        central.clip = float(checkpoint.strategy["clip"])
     privacy.restore(checkpoint.privacy)
     log.info("resuming after round %d of %d", checkpoint.round, cfg.rounds)
-    return _Run(checkpoint.round, encode(state), rng, central, privacy, checkpoint.last_eval)
+    last_eval = TestResult.from_json(checkpoint.last_eval) if checkpoint.last_eval else None
+    return _Run(checkpoint.round, encode(state), rng, dict(checkpoint.strategy), privacy, last_eval)
 
 
-def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, output: RunOutput, run: _Run, info: DatasetInfo) -> None:
+def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, run_dir: RunDir, run: _Run, info: DatasetInfo) -> None:
     version, internal, gauss = run.rng.getstate()
     checkpoint = Checkpoint(
         round=run.completed,
-        model_file=MODEL_PATTERN.format(run.completed),
+        model_file=CHECKPOINT_MODEL.format(run.completed),
         federation_id=coordinator.federation_id,
         data=info.model_dump(mode="json"),
         settings=cfg.resume_settings(),
         rng_state=[version, list(internal), gauss],
-        strategy={"clip": run.central.clip} if run.central else {},
+        strategy=run.strategy_state,
         privacy=run.privacy.state(),
-        last_eval={k: v for k, v in run.last_eval.items()},
+        last_eval=run.last_eval.to_json() if run.last_eval is not None else {},
     )
-    save_checkpoint(output.directory, checkpoint, run.global_state)
+    run_dir.save_checkpoint(checkpoint, run.global_state)
+
+
+def _record(
+    cfg: ServerConfig,
+    coordinator: Coordinator,
+    run: _Run,
+    outcome: RoundOutcome,
+    duration_s: float,
+    models: Models,
+    adopted: TestResult | str | None,
+) -> RoundRecord:
+    """The round's history line; ``adopted``: the new model's test result, or why it was not adopted."""
+    contributions = outcome.contributions
+    tested = None if isinstance(adopted, str) else adopted
+    privacy, epsilon = run.privacy.round(outcome.accumulator.central, contributions)
+    class_accuracy = None
+    if tested is not None:
+        classes = sorted(coordinator.hospital_classes().items())
+        class_accuracy = {name: tested.class_subset_accuracy(mine) for name, mine in classes}
+    return RoundRecord(
+        round=outcome.round,
+        clients=[c.name for c in contributions],
+        num_examples=sum(c.num_examples for c in contributions),
+        duration_s=round(duration_s, 4),
+        bytes_down=outcome.bytes_sent,
+        bytes_up=outcome.bytes_received,
+        server_peak_rss_mb=peak_rss_mb(),
+        model_helper_peak_rss_mb=models.peak_rss_mb,
+        client_metrics={c.name: {"num_examples": c.num_examples, **c.metrics} for c in contributions},
+        missing=outcome.missing,
+        test=tested,
+        hospital_class_accuracy=class_accuracy,
+        failed=adopted if isinstance(adopted, str) else None,
+        update_encoding=cfg.update_encoding if cfg.update_encoding != "lossless" else None,
+        privacy=privacy,
+        epsilon=epsilon,
+    )
+
+
+def _metadata(cfg: ServerConfig, info: DatasetInfo, strategy: Strategy, run: _Run) -> dict[str, object]:
+    """model.json: what the final model is, how it was made, and its privacy."""
+    metrics = run.last_eval.to_json() if run.last_eval is not None else {}
+    return {
+        "format": "medfed-model/1",
+        "model": cfg.model,
+        "in_channels": info.channels,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "image_size": list(info.image_size),
+        "dataset": info.dataset,
+        "task": info.task,
+        "normalization": NORMALIZATION,
+        "round": cfg.rounds,
+        "strategy": strategy.name,
+        "privacy": run.privacy.summary(),
+        "metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "medfed_version": __version__,
+    }
 
 
 def run_federation(
     cfg: ServerConfig,
     coordinator: Coordinator,
-    output: RunOutput,
+    run_dir: RunDir,
     models: Models,
     resume: tuple[Checkpoint, StateDict] | None = None,
 ) -> int:
@@ -221,13 +287,13 @@ def run_federation(
 
     Raises FederationAborted when stopped early; the last completed round is checkpointed."""
     info = _wait_for_hospitals(cfg, coordinator)
-    run = _start(cfg, info, models, resume)
+    central = central_strategy(cfg) if cfg.dp_central else None
+    run = _start(cfg, info, models, central, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
-    strategy: Strategy = run.central or FedAvg()
-    if run.central is not None:
-        log.info(
-            "central DP: C=%g, σ=%g, δ=%.2g per hospital", run.central.clip, cfg.dp_noise_multiplier, run.privacy.delta
-        )
+    strategy: Strategy = central or FedAvg()
+    if central is not None:
+        clip = run.strategy_state.get("clip", central.initial_clip)
+        log.info("central DP: C=%g, σ=%g, δ=%.2g per hospital", clip, cfg.dp_noise_multiplier, run.privacy.delta)
     for round_number in range(run.completed + 1, cfg.rounds + 1):
         started = time.monotonic()
         wanted = cfg.clients_per_round + cfg.over_select if cfg.clients_per_round else None
@@ -242,67 +308,26 @@ def run_federation(
             update_encoding=cfg.update_encoding,
         )
         task = Task(round_number, cfg.rounds, settings, model_spec, run.payload)
-        outcome = _run_round(cfg, coordinator, task, strategy, run.global_state, selected)
+        outcome = _run_round(cfg, coordinator, task, strategy, run, selected)
         del task
         adopted = _adopt(outcome, models)
-        record: dict[str, Any] = {
-            "round": round_number,
-            "num_clients": len(outcome.contributions),
-            "clients": [c.name for c in outcome.contributions],
-            "num_examples": sum(c.num_examples for c in outcome.contributions),
-            "duration_s": round(time.monotonic() - started, 4),
-            "bytes_down": outcome.bytes_sent,
-            "bytes_up": outcome.bytes_received,
-            "server_peak_rss_mb": peak_rss_mb(),
-            "model_helper_peak_rss_mb": models.peak_rss_mb,
-        }
-        metrics = None
-        if isinstance(adopted, str):
-            record["failed"] = adopted
-        else:
-            run.payload, metrics = adopted
+        if not isinstance(adopted, str):
+            run.payload, tested = adopted
+            run.last_eval = tested or run.last_eval
+        run.strategy_state = outcome.accumulator.next_state  # moves on even when the model was not adopted
+        verdict = adopted if isinstance(adopted, str) else adopted[1]
         del adopted
-        if metrics is not None:
-            run.last_eval = metrics
-            record.update(run.last_eval)
-            record["hospital_class_accuracy"] = {
-                name: class_subset_accuracy(run.last_eval["confusion_matrix"], classes)
-                for name, classes in sorted(coordinator.hospital_classes().items())
-            }
-        record["client_metrics"] = {
-            c.name: {"num_examples": c.num_examples, **c.metrics} for c in outcome.contributions
-        }
-        record["missing"] = outcome.missing
-        if cfg.update_encoding != "lossless":
-            record["update_encoding"] = cfg.update_encoding
-        record.update(run.privacy.round(outcome.accumulator, outcome.contributions))
-        output.append_history(record)
+        record = _record(cfg, coordinator, run, outcome, time.monotonic() - started, models, verdict)
+        run_dir.append_history(record)
         run.completed = round_number
-        _checkpoint(cfg, coordinator, output, run, info)
-        (log.error if "failed" in record else log.info)("%s", _describe(record, cfg.rounds))
-        del outcome  # its accumulator holds the round's result: a second copy of the model until then
+        _checkpoint(cfg, coordinator, run_dir, run, info)
+        (log.error if record.failed else log.info)("%s", _describe(record, cfg.rounds))
+        del outcome, verdict  # the accumulator holds the round's result: a second copy of the model until then
     coordinator.finish("all rounds completed", cfg.rounds)
-    metadata = {
-        "format": "medfed-model/1",
-        "model": cfg.model,
-        "in_channels": info.channels,
-        "num_classes": info.num_classes,
-        "class_names": list(info.class_names),
-        "image_size": list(info.image_size),
-        "dataset": info.dataset,
-        "task": info.task,
-        "normalization": NORMALIZATION,
-        "round": cfg.rounds,
-        "strategy": strategy.name,
-        "privacy": run.privacy.summary(),
-        "metrics": {k: v for k, v in run.last_eval.items() if k != "confusion_matrix"},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "medfed_version": __version__,
-    }
-    path = output.save_model(run.global_state, metadata)
+    path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run))
     log.info("final model written to %s", path)
     title = f"Federated {strategy.name} of {cfg.model} on {info.dataset}"
-    written = write_report(output.directory, output.history(), info, coordinator.hospital_classes(), title=title)
+    written = write_report(run_dir.directory, run_dir.history(), info, coordinator.hospital_classes(), title=title)
     if written:
         log.info("report written to %s (with %s)", written[0], ", ".join(p.name for p in written[1:]))
     return cfg.rounds

@@ -5,7 +5,6 @@ import logging
 import random
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,10 +13,12 @@ from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import UnusableModel
 from medfed.common.tensors import EncodedModel, from_chunks
 from medfed.server.config import ServerConfig
-from medfed.server.coordinator import Coordinator, Finished, Task
-from medfed.server.federation import FederationAborted, choose, run_federation
-from medfed.server.model_host import ModelHostError
-from medfed.server.output import RunOutput
+from medfed.server.coordinator import Coordinator
+from medfed.server.driver import FederationAborted, choose, run_federation
+from medfed.server.history import TestResult
+from medfed.server.model_helper.host import ModelHostError
+from medfed.server.rounds import Finished, Task
+from medfed.server.run_dir import RunDir
 from tests.helpers import InProcessModels
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
@@ -51,7 +52,7 @@ def history(tmp_path: Path) -> list[dict]:
 
 
 def run(cfg: ServerConfig, coordinator: Coordinator) -> None:
-    output = RunOutput(cfg.out)
+    output = RunDir(cfg.out)
     output.prepare(force=False)
     run_federation(cfg, coordinator, output, InProcessModels(cfg.model))
 
@@ -205,12 +206,12 @@ class _FailingOnce(InProcessModels):
         super().__init__("cnn")
         self.calls, self.bad, self.error = 0, bad, error
 
-    def evaluate(self, model: EncodedModel) -> dict[str, Any] | None:
+    def evaluate(self, model: EncodedModel) -> TestResult | None:
         self.calls += 1
         if self.calls == self.bad:
             raise self.error
-        return {"loss": 0.5, "accuracy": 0.5, "auc": 0.5, "per_class_accuracy": {"a": 0.5, "b": 0.5},
-                "test_examples": 4, "confusion_matrix": [[1, 1], [1, 1]]}  # fmt: skip
+        return TestResult(loss=0.5, accuracy=0.5, auc=0.5, per_class_accuracy={"a": 0.5, "b": 0.5},
+                          test_examples=4, confusion_matrix=[[1, 1], [1, 1]])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -236,7 +237,7 @@ def test_a_round_whose_model_fails_evaluation_is_recorded_failed_and_the_run_goe
     thread = threading.Thread(target=shift_by_one, daemon=True)
     thread.start()
     cfg = config(tmp_path, min_clients=1, rounds=3)
-    output = RunOutput(cfg.out)
+    output = RunDir(cfg.out)
     output.prepare(force=False)
     run_federation(cfg, coordinator, output, _FailingOnce(2, error))
     thread.join(timeout=10)

@@ -1,9 +1,9 @@
 """The coordinator's PyTorch helper: builds the initial global model and evaluates each round's model.
 
-Started by medfed.server.model_host as ``python -m medfed.server.model_worker``, it is the only
-server-side process that imports PyTorch: the coordinator itself stays at its libraries' ~70 MB plus a
+Started by the coordinator (host.py) as ``python -m medfed.server.model_helper.worker``, it is
+the only server-side process that imports PyTorch: the coordinator itself stays at its libraries' ~70 MB plus a
 few model sizes, whatever the number of hospitals. Requests come on stdin and replies go to stdout in
-model_host's framing (JSON lines, models as tensor table plus raw bytes, never pickled).
+model_helper/protocol.py's framing (JSON lines, models as tensor table plus raw bytes, never pickled).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from medfed.common.ml.pretrained import load_pretrained
 from medfed.common.ml.torch_state import to_numpy, to_torch
 from medfed.common.ml.training import evaluate, pick_device
 from medfed.common.tensors import EncodedModel, encode
+from medfed.server.history import TestResult
 from medfed.server.memory import peak_rss_mb
-from medfed.server.model_host import receive, send
+from medfed.server.model_helper.protocol import receive, send
 
 log = logging.getLogger("medfed.server")
 
@@ -79,14 +80,14 @@ class Worker:
             self._network = build_model(self.model, self.info.channels, self.info.num_classes)
         self._network.load_state_dict(to_torch(model.tensors()))
         result = evaluate(self._network, self.test, self.info.num_classes, self.device)
-        return {
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-            "auc": result.auc,
-            "per_class_accuracy": dict(zip(self.info.class_names, result.per_class_accuracy, strict=True)),
-            "test_examples": result.num_examples,
-            "confusion_matrix": result.confusion,
-        }, None
+        return TestResult(
+            loss=result.loss,
+            accuracy=result.accuracy,
+            auc=result.auc,
+            per_class_accuracy=dict(zip(self.info.class_names, result.per_class_accuracy, strict=True)),
+            test_examples=result.num_examples,
+            confusion_matrix=result.confusion,
+        ).to_json(), None
 
 
 Op = Callable[[dict[str, Any], EncodedModel | None], tuple[dict[str, Any], EncodedModel | None]]
@@ -118,7 +119,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medfed.server.model_worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="medfed.server.model_helper.worker", description=__doc__)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -12,7 +12,9 @@ geometrically towards the target quantile. That count is a second release; it ta
 privacy (in 1/σ² terms), so the update's multiplier becomes σ/√0.95 and the count's σ/√0.05, and
 together they are worth exactly one Gaussian release with multiplier σ.
 
-Pure functions and state over tensors; no transport here.
+Pure functions over tensors; no transport here. The clipping bound C is the strategy's state: a round
+begins with the bound of the round before and its accumulator gives the next (``next_state``), so the
+strategy itself never changes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from medfed.common.dp.accounting import Spend
 from medfed.common.dp.mechanisms import add_gaussian_noise, apply_update, clip_update, difference, secure_generator
 from medfed.common.tensors import StateDict, is_float
-from medfed.server.strategy import AggregationError, SumAccumulator, check_update
+from medfed.server.strategy import AggregationError, CentralRound, StrategyState, SumAccumulator, check_update
 
 COUNT_SHARE = 0.05
 
@@ -36,17 +38,6 @@ COUNT_SHARE = 0.05
 class AdaptiveClipping:
     target_quantile: float = 0.5
     learning_rate: float = 0.2
-
-
-@dataclass(frozen=True)
-class CentralRound:
-    """What central DP did in one round, for the history."""
-
-    clip: float
-    next_clip: float
-    updates: int
-    unclipped_fraction: float | None
-    """noised; None without adaptive clipping"""
 
 
 class DpFedAvg:
@@ -62,7 +53,7 @@ class DpFedAvg:
     ) -> None:
         if not (clip > 0 and noise_multiplier >= 0):
             raise ValueError("central DP needs C > 0 and σ ≥ 0")
-        self.clip = clip
+        self.initial_clip = clip
         self.noise_multiplier = noise_multiplier
         self.adaptive = adaptive
         self._generator = generator
@@ -78,21 +69,24 @@ class DpFedAvg:
             count_noise_multiplier=self.count_noise_multiplier,
         )
 
-    def begin(self, global_state: Mapping[str, np.ndarray]) -> DpAccumulator:
-        return DpAccumulator(self, global_state)
+    def begin(self, global_state: Mapping[str, np.ndarray], state: StrategyState | None = None) -> DpAccumulator:
+        clip = float(state["clip"]) if state else self.initial_clip
+        return DpAccumulator(self, global_state, clip)
 
-    def settle(self, unclipped: int, updates: int, generator: np.random.Generator) -> tuple[float, float | None]:
-        """After a round: the next C and the noised fraction of updates that needed no clipping."""
+    def settle(
+        self, clip: float, unclipped: int, updates: int, generator: np.random.Generator
+    ) -> tuple[float, float | None]:
+        """After a round with bound ``clip``: the next C and the noised fraction of updates that needed no
+        clipping."""
         if self.adaptive is None:
-            return self.clip, None
+            return clip, None
         std = (self.count_noise_multiplier or 0.0) / 2  # centred counts: one hospital moves the sum by 1/2
         noise = float(generator.normal(0.0, std)) if std else 0.0
         fraction = (unclipped - updates / 2 + noise) / updates + 0.5
-        self.clip *= math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile))
-        return self.clip, fraction
+        return clip * math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile)), fraction
 
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mechanism": "central", "clip": self.clip, "noise_multiplier": self.noise_multiplier}
+    def describe(self, clip: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"mechanism": "central", "clip": clip, "noise_multiplier": self.noise_multiplier}
         if self.adaptive is not None:
             out["adaptive_clipping"] = {
                 "target_quantile": self.adaptive.target_quantile,
@@ -105,14 +99,14 @@ class DpFedAvg:
 class DpAccumulator(SumAccumulator):
     """Running sum of clipped updates; ``result`` adds the noise once and moves the clipping bound."""
 
-    def __init__(self, strategy: DpFedAvg, global_state: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, strategy: DpFedAvg, global_state: Mapping[str, np.ndarray], clip: float) -> None:
         super().__init__(global_state)
         self._strategy = strategy
-        self._clip = strategy.clip
+        self._clip = clip
         self._global = dict(global_state)
         self._unclipped = 0
         self._result: StateDict | None = None
-        self.round_info: CentralRound | None = None
+        self._round: CentralRound | None = None
 
     def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
         if self._result is not None:
@@ -135,6 +129,14 @@ class DpAccumulator(SumAccumulator):
         noised = add_gaussian_noise(floats, self._strategy.update_noise_multiplier * self._clip, generator)
         mean = {k: v / self._num_updates for k, v in noised.items()}
         self._result = apply_update(self._global, mean)
-        next_clip, fraction = self._strategy.settle(self._unclipped, self._num_updates, generator)
-        self.round_info = CentralRound(self._clip, next_clip, self._num_updates, fraction)
+        next_clip, fraction = self._strategy.settle(self._clip, self._unclipped, self._num_updates, generator)
+        self._round = CentralRound(self._clip, next_clip, self._num_updates, fraction)
         return self._result
+
+    @property
+    def next_state(self) -> StrategyState:
+        return {"clip": self._round.next_clip if self._round is not None else self._clip}
+
+    @property
+    def central(self) -> CentralRound | None:
+        return self._round

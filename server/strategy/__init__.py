@@ -1,0 +1,111 @@
+"""Aggregation strategies: pure numpy behind a small interface, one module each.
+
+A strategy hands out an accumulator per round; each hospital's update is folded into it as soon as it
+has arrived and been validated, so the coordinator never holds more than one update per upload in
+flight, whatever the number of hospitals. A strategy's state (central DP's clipping bound) is explicit:
+``begin`` takes the state of the round before, the accumulator gives the next one (``next_state``)
+instead of the strategy changing itself, and the driver checkpoints it.
+
+- ``fedavg``: weighted federated averaging (McMahan et al. 2017), the default.
+- ``central_dp``: DP-FedAvg with optional adaptive clipping (McMahan et al. 2018, Andrew et al. 2021).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from medfed.common.errors import MedfedError
+from medfed.common.peer_text import listed, quoted
+from medfed.common.tensors import StateDict
+
+StrategyState = dict[str, Any]
+"""what a strategy carries from round to round (JSON values: it goes into every checkpoint)"""
+
+
+@dataclass(frozen=True)
+class CentralRound:
+    """What central DP did in one round, for the history and the accountant."""
+
+    clip: float
+    next_clip: float
+    updates: int
+    unclipped_fraction: float | None
+    """noised; None without adaptive clipping"""
+
+
+class AggregationError(MedfedError, ValueError):
+    """An update that cannot be combined with the others (wrong tensors, no examples)."""
+
+
+class Accumulator(Protocol):
+    @property
+    def num_updates(self) -> int: ...
+
+    @property
+    def num_examples(self) -> int: ...
+
+    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None: ...
+
+    def result(self) -> StateDict:
+        """The new global model; computed once (a second call returns the same)."""
+        ...
+
+    @property
+    def next_state(self) -> StrategyState:
+        """The strategy's state for the next round (once ``result`` has been computed)."""
+        ...
+
+    @property
+    def central(self) -> CentralRound | None:
+        """What central DP did this round (after ``result``); None for strategies without it."""
+        ...
+
+
+class Strategy(Protocol):
+    name: str
+
+    def begin(self, global_state: Mapping[str, np.ndarray], state: StrategyState | None = None) -> Accumulator:
+        """Start a round whose updates will be combined against ``global_state``; ``state``: the
+        ``next_state`` of the round before (None for the first round)."""
+        ...
+
+
+def check_update(template: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], num_examples: int) -> None:
+    """Check everything about an update before any accumulator changes."""
+    if num_examples <= 0:
+        raise AggregationError(f"an update must come from at least one example, got {num_examples}")
+    if update.keys() != template.keys():
+        missing = sorted(template.keys() - update.keys())[:3]
+        extra = sorted(update.keys() - template.keys())[:3]
+        raise AggregationError(
+            f"update tensors differ from the model (missing {listed(missing)}, unexpected {listed(extra)})"
+        )
+    for name, expected in template.items():
+        if update[name].shape != expected.shape:
+            shape = tuple(update[name].shape)
+            raise AggregationError(f"tensor {quoted(name)} has shape {shape}, expected {tuple(expected.shape)}")
+
+
+class SumAccumulator:
+    """The part every accumulator shares: float64 sums shaped like the model, and what went into them."""
+
+    def __init__(self, template: Mapping[str, np.ndarray]) -> None:
+        self._sums = {k: np.zeros(v.shape, dtype=np.float64) for k, v in template.items()}
+        self._num_updates = 0
+        self._num_examples = 0
+
+    @property
+    def num_updates(self) -> int:
+        return self._num_updates
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    def _counted(self, num_examples: int) -> None:
+        self._num_updates += 1
+        self._num_examples += num_examples
