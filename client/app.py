@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop taking part (exit 0) before a round would push ε above this",
     )
     dp.add_argument("--dp-ledger", type=Path, help="privacy ledger file (default DATA/privacy-ledger.json)")
+    p.add_argument(
+        "--simulate-attack",
+        metavar="ATTACK",
+        help="research only: poison this hospital's contribution (label-flip, sign-flip, scale:K, gaussian:SIGMA) "
+        "to test a defence; logged as a simulation every round",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return p
 
@@ -213,7 +219,10 @@ def _run(argv: Sequence[str] | None) -> int:
             diagnose=Probe(cfg.server, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.server_name).diagnose,
         )
         log.info("connecting to the coordinator at %s", cfg.server)
-        trainer = Trainer(data, device, name=name, progress=progress)
+        if cfg.attack is not None:
+            log.warning("SIMULATED ATTACK: this hospital is %s in every round (--simulate-attack, for research on "
+                        "defences only)", cfg.attack.describe())  # fmt: skip
+        trainer = Trainer(data, device, name=name, progress=progress, attack=cfg.attack)
         node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy)
         try:
             node.run()

@@ -7,8 +7,10 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from medfed.client.attack import Attack, parse_attack
 from medfed.common.config import TlsFiles, check_address
 from medfed.common.dp.mechanisms import DpSettings
+from medfed.common.errors import ConfigError
 from medfed.common.limits import HOSPITAL_NAME
 
 
@@ -34,6 +36,22 @@ class ClientConfig(TlsFiles):
     classes: list[str] | None = None
     class_map: dict[str, str] | None = None
     image_size: int | None = Field(None, ge=4, le=1024)
+    simulate_attack: str | None = None
+    """research only: misbehave as a poisoning hospital would (client/attack.py)"""
+
+    @field_validator("simulate_attack")
+    @classmethod
+    def _known_attack(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_attack(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return value
+
+    @property
+    def attack(self) -> Attack | None:
+        return parse_attack(self.simulate_attack) if self.simulate_attack is not None else None
 
     @field_validator("class_map", mode="before")
     @classmethod

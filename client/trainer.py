@@ -6,12 +6,13 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from medfed.client.attack import Attack, flip_labels, poison_update
 from medfed.client.privacy import RoundPrivacy
 from medfed.common.data.folders import HospitalData
 from medfed.common.dp.mechanisms import privatize_update, secure_generator
@@ -42,8 +43,20 @@ class LocalResult:
 
 
 class Trainer:
-    def __init__(self, data: HospitalData, device: torch.device, *, name: str, progress: bool = True) -> None:
+    def __init__(
+        self,
+        data: HospitalData,
+        device: torch.device,
+        *,
+        name: str,
+        progress: bool = True,
+        attack: Attack | None = None,
+    ) -> None:
         self._data = data
+        self._attack = attack
+        self._train = data.split("train")
+        if attack is not None and attack.kind == "label-flip":
+            self._train = flip_labels(self._train, data.info.num_classes)
         self._seed_offset = zlib.crc32(name.encode())  # hospitals draw different, reproducible random streams
         self._device = device
         self._progress = progress
@@ -78,7 +91,22 @@ class Trainer:
         state: Mapping[str, np.ndarray],
         privacy: RoundPrivacy | None = None,
     ) -> LocalResult:
-        train = self._data.split("train")
+        result = self._run(round_number, settings, spec, state, privacy)
+        if self._attack is None:
+            return result
+        log.warning("SIMULATED ATTACK (--simulate-attack, research only): round %d: %s", round_number,
+                    self._attack.describe())  # fmt: skip
+        return replace(result, state=poison_update(self._attack, result.state, state))
+
+    def _run(
+        self,
+        round_number: int,
+        settings: TrainSettings,
+        spec: ModelSpec,
+        state: Mapping[str, np.ndarray],
+        privacy: RoundPrivacy | None,
+    ) -> LocalResult:
+        train = self._train
         if settings.local_epochs == 0:
             return LocalResult(dict(state), len(train), {})
         model = self._model_for(spec, privacy)

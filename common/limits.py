@@ -37,5 +37,11 @@ LR_SCHEDULES: tuple[LrSchedule, ...] = get_args(LrSchedule)
 Scheme = Literal["iid", "dirichlet", "exclude-classes"]
 """How fed-partition spreads a dataset's labels over hospitals (common/data/partition.py)."""
 SCHEMES: tuple[Scheme, ...] = get_args(Scheme)
+StrategyName = Literal[
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean", "krum", "multi-krum",
+    "norm-bound",
+]  # fmt: skip
+"""fed-server --strategy (server/strategy/: one module each)"""
+STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
 MedmnistSize = Literal[28, 64, 128, 224]
 MEDMNIST_SIZES: tuple[MedmnistSize, ...] = get_args(MedmnistSize)

@@ -26,19 +26,19 @@ from medfed.common.config import build_config, load_toml, parse_address
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.dp.accounting import epsilon, rounds_within
 from medfed.common.errors import ConfigError
-from medfed.common.limits import ENCODINGS, LR_SCHEDULES, MODEL_NAMES
+from medfed.common.limits import ENCODINGS, LR_SCHEDULES, MODEL_NAMES, STRATEGIES
 from medfed.common.pki import check_pair, load_cert
-from medfed.common.tensors import StateDict
 from medfed.common.wire.tls import server_credentials
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
-from medfed.server.driver import FederationAborted, central_strategy, run_federation
+from medfed.server.driver import FederationAborted, run_federation
 from medfed.server.health import health_only_server, make_health
 from medfed.server.memory import share_one_malloc_arena
 from medfed.server.model_helper.host import ModelHost
-from medfed.server.run_dir import CHECKPOINT_FILE, Checkpoint, RunDir, check_settings
+from medfed.server.run_dir import CHECKPOINT_FILE, Resumed, RunDir, check_settings
 from medfed.server.servicer import create_server
+from medfed.server.strategy.registry import FEDAVGM_LR, FEDOPT_LR, TRIM_FRACTION, central_strategy
 
 log = logging.getLogger("medfed.server")
 
@@ -173,6 +173,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to let hospitals hear the run is over (default {d('finish_grace')})",
     )
     p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    agg = p.add_argument_group(
+        "aggregation",
+        "How the coordinator combines the hospitals' updates (README: choosing a strategy). fedavg: the "
+        "weighted mean; fedavgm: with server momentum; fedadam, fedyogi, fedadagrad: adaptive server optimizers; "
+        "median, trimmed-mean, krum, multi-krum: robust to poisoned updates; norm-bound: FedAvg of updates "
+        "scaled to --norm-bound.",
+    )
+    agg.add_argument("--strategy", choices=STRATEGIES, help="aggregation strategy (default fedavg)")
+    agg.add_argument(
+        "--server-lr",
+        type=float,
+        help=f"η: the server's step on the mean update (default {FEDAVGM_LR:g} for fedavgm, {FEDOPT_LR:g} for the "
+        "adaptive ones)",
+    )
+    agg.add_argument("--server-momentum", type=float, help="fedavgm's momentum β (default 0.9)")
+    agg.add_argument("--server-beta1", type=float, help="the adaptive optimizers' first-moment β1 (default 0.9)")
+    agg.add_argument("--server-beta2", type=float, help="fedadam's and fedyogi's second-moment β2 (default 0.99)")
+    agg.add_argument("--server-tau", type=float, help="τ: the adaptive optimizers' step bound (default 0.001)")
+    agg.add_argument(
+        "--trim-fraction",
+        type=float,
+        help=f"trimmed-mean's β: the share dropped at each end (default {TRIM_FRACTION:g})",
+    )
+    agg.add_argument("--krum-f", type=int, help="krum's and multi-krum's f: poisoned hospitals to tolerate (default 1)")
+    agg.add_argument("--krum-m", type=int, help="multi-krum's m: updates averaged (default: n - f)")
+    agg.add_argument(
+        "--norm-bound",
+        type=float,
+        help="scale each update's difference from the global model to L2 norm at most B, in front of --strategy",
+    )
     dp = p.add_argument_group(
         "differential privacy",
         "--dp-central: clip each hospital's update to C, average with equal weights, add N(0, (σC)²) to the sum. "
@@ -244,11 +274,12 @@ def _write_port_file(path: Path, port: int) -> None:
     files.write_text(path, f"{port}\n")
 
 
-def _resume(cfg: ServerConfig, run_dir: RunDir) -> tuple[Checkpoint, StateDict] | None:
+def _resume(cfg: ServerConfig, run_dir: RunDir) -> Resumed | None:
     if run_dir.nothing_completed():
         log.warning("--resume: %s holds no completed round yet; starting at round 1", cfg.out)
         return None
-    checkpoint, state = run_dir.load_checkpoint()
+    resumed = run_dir.load_checkpoint()
+    checkpoint = resumed.checkpoint
     check_settings(checkpoint.settings, cfg.resume_settings())
     if checkpoint.round >= cfg.rounds:
         raise ConfigError(
@@ -256,7 +287,8 @@ def _resume(cfg: ServerConfig, run_dir: RunDir) -> tuple[Checkpoint, StateDict] 
             "give a larger --rounds to train further"
         )
     run_dir.truncate_history(checkpoint.round)
-    return checkpoint, state
+    run_dir.clear_update_store()
+    return resumed
 
 
 def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenticator | None]:
@@ -325,7 +357,7 @@ def _serve(
     else:
         if info is None:
             models.close()  # the checkpoint has the model and there is no test set: PyTorch is not needed
-        saved = DatasetInfo.model_validate(resume[0].data)
+        saved = DatasetInfo.model_validate(resume.checkpoint.data)
         if info is not None and (reason := saved.mismatch(info)):
             raise ConfigError(f"--test-data: its {reason} (the run being resumed used {saved.dataset})")
         info = saved
@@ -334,7 +366,7 @@ def _serve(
         data_info=info,
         allowed=allowed,
         max_examples=cfg.max_examples,
-        federation_id=resume[0].federation_id if resume else None,
+        federation_id=resume.checkpoint.federation_id if resume else None,
         heartbeat_timeout=cfg.heartbeat_timeout,
         max_receiving=cfg.max_concurrent_uploads,
     )

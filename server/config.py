@@ -10,13 +10,26 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_v
 from medfed.common.config import TlsFiles, check_address
 from medfed.common.dp.accounting import default_delta
 from medfed.common.dp.mechanisms import DpSettings
-from medfed.common.limits import Encoding, LrSchedule, ModelName
+from medfed.common.limits import Encoding, LrSchedule, ModelName, StrategyName
 
 TRAINING_SETTINGS = (
     "model", "seed", "local_epochs", "lr", "batch_size", "dp_central", "dp_local", "dp_clip", "dp_noise_multiplier",
     "dp_delta", "dp_adaptive_clip", "dp_target_quantile", "dp_clip_learning_rate", "augment", "lr_schedule",
+    "strategy", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau", "trim_fraction",
+    "krum_f", "krum_m", "norm_bound",
 )  # fmt: skip
 """what --resume keeps fixed (see ServerConfig.resume_settings)"""
+STRATEGY_SETTINGS: dict[str, tuple[StrategyName, ...]] = {
+    "server_lr": ("fedavgm", "fedadam", "fedyogi", "fedadagrad"),
+    "server_momentum": ("fedavgm",),
+    "server_beta1": ("fedadam", "fedyogi", "fedadagrad"),
+    "server_beta2": ("fedadam", "fedyogi"),
+    "server_tau": ("fedadam", "fedyogi", "fedadagrad"),
+    "trim_fraction": ("trimmed-mean",),
+    "krum_f": ("krum", "multi-krum"),
+    "krum_m": ("multi-krum",),
+}
+"""each strategy setting and the strategies that use it"""
 
 
 class ServerConfig(TlsFiles):
@@ -58,6 +71,16 @@ class ServerConfig(TlsFiles):
     finish_grace: float = Field(15.0, ge=0)
     max_workers: int = Field(256, ge=4)
     verbose: bool = False
+    strategy: StrategyName = "fedavg"
+    server_lr: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)
+    server_momentum: float | None = Field(None, ge=0, lt=1)
+    server_beta1: float | None = Field(None, ge=0, lt=1)
+    server_beta2: float | None = Field(None, ge=0, lt=1)
+    server_tau: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    trim_fraction: float | None = Field(None, ge=0, lt=0.5)
+    krum_f: int | None = Field(None, ge=0)
+    krum_m: int | None = Field(None, ge=1)
+    norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
     dp_central: bool = False
     dp_local: bool = False
     dp_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
@@ -92,7 +115,25 @@ class ServerConfig(TlsFiles):
         if self.resume and self.force:
             raise ValueError("--resume continues the run in --out and --force replaces it: choose one")
         self._check_dp()
+        self._check_strategy()
         return self
+
+    def _check_strategy(self) -> None:
+        """A strategy's own settings only with that strategy, and no strategy beside central DP."""
+        if self.dp_central and self.strategy != "fedavg":
+            raise ValueError(
+                f"--dp-central is its own strategy (DP-FedAvg: clipped, equally weighted, noised); it cannot "
+                f"be combined with --strategy {self.strategy}"
+            )
+        if self.strategy == "norm-bound" and self.norm_bound is None:
+            raise ValueError("--strategy norm-bound needs --norm-bound B (the largest L2 norm an update may move by)")
+        if self.norm_bound is not None and self.dp_central:
+            raise ValueError("--norm-bound is not needed with --dp-central, which clips every update to --dp-clip")
+        for flag, users in STRATEGY_SETTINGS.items():
+            if getattr(self, flag) is not None and self.strategy not in users:
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} is a setting of --strategy {' or '.join(users)}, not {self.strategy}"
+                )
 
     def _check_dp(self) -> None:
         if self.dp_central and self.dp_local:

@@ -34,10 +34,11 @@ from medfed.server.model_helper.host import ModelHostError
 from medfed.server.privacy_record import PrivacyRecorder
 from medfed.server.report import write_report
 from medfed.server.rounds import RoundOutcome, Task
-from medfed.server.run_dir import CHECKPOINT_MODEL, Checkpoint, RunDir
-from medfed.server.strategy import AggregationError, Strategy, StrategyState
-from medfed.server.strategy.central_dp import AdaptiveClipping, DpFedAvg
-from medfed.server.strategy.fedavg import FedAvg
+from medfed.server.run_dir import CHECKPOINT_MODEL, Checkpoint, Resumed, RunDir
+from medfed.server.strategy import NO_STATE, AggregationError, Strategy, StrategyState
+from medfed.server.strategy.central_dp import DpFedAvg
+from medfed.server.strategy.registry import build_strategy, central_strategy
+from medfed.server.strategy.registry import warnings as strategy_warnings
 
 log = logging.getLogger("medfed.server")
 
@@ -99,7 +100,7 @@ def _run_round(
 ) -> RoundOutcome:
     min_fit = cfg.effective_min_fit
     enough = cfg.clients_per_round if cfg.over_select else None
-    accumulator = strategy.begin(run.global_state, run.strategy_state or None)
+    accumulator = strategy.begin(run.global_state, None if run.strategy_state.empty else run.strategy_state)
     coordinator.open_round(task, selected, accumulator, min_fit, enough)
     outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     while len(outcome.contributions) < min_fit and coordinator.finished is None:
@@ -119,6 +120,7 @@ def _run_round(
         outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     outcome = coordinator.close_round()
     if coordinator.finished is not None:
+        accumulator.close()
         raise FederationAborted(coordinator.finished.reason)
     if outcome.missing:
         log.warning("round %d: closed without %s", task.round, ", ".join(outcome.missing))
@@ -155,13 +157,6 @@ def _describe(record: RoundRecord, rounds: int) -> str:
     return line + PrivacyRecorder.describe(record)
 
 
-def central_strategy(cfg: ServerConfig) -> DpFedAvg:
-    """DP-FedAvg from the --dp-* flags (only called with --dp-central)."""
-    assert cfg.dp_clip is not None and cfg.dp_noise_multiplier is not None
-    adaptive = AdaptiveClipping(cfg.dp_target_quantile, cfg.dp_clip_learning_rate) if cfg.dp_adaptive_clip else None
-    return DpFedAvg(cfg.dp_clip, cfg.dp_noise_multiplier, adaptive=adaptive)
-
-
 @dataclass
 class _Run:
     """The state that carries from round to round, and so goes into every checkpoint."""
@@ -186,19 +181,19 @@ def _start(
     info: DatasetInfo,
     models: Models,
     central: DpFedAvg | None,
-    resume: tuple[Checkpoint, StateDict] | None,
+    resume: Resumed | None,
 ) -> _Run:
     privacy = PrivacyRecorder(central, cfg.central_delta)
     if resume is None:
-        return _Run(0, models.initial_model(info, cfg.seed), random.Random(cfg.seed), {}, privacy, None)
-    checkpoint, state = resume
+        return _Run(0, models.initial_model(info, cfg.seed), random.Random(cfg.seed), NO_STATE, privacy, None)
+    checkpoint = resume.checkpoint
     rng = random.Random()
     version, internal, gauss = checkpoint.rng_state
     rng.setstate((version, tuple(internal), gauss))
     privacy.restore(checkpoint.privacy)
     log.info("resuming after round %d of %d", checkpoint.round, cfg.rounds)
     last_eval = TestResult.from_json(checkpoint.last_eval) if checkpoint.last_eval else None
-    return _Run(checkpoint.round, encode(state), rng, dict(checkpoint.strategy), privacy, last_eval)
+    return _Run(checkpoint.round, encode(resume.model), rng, resume.strategy, privacy, last_eval)
 
 
 def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, run_dir: RunDir, run: _Run, info: DatasetInfo) -> None:
@@ -210,16 +205,17 @@ def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, run_dir: RunDir, ru
         data=info.model_dump(mode="json"),
         settings=cfg.resume_settings(),
         rng_state=[version, list(internal), gauss],
-        strategy=run.strategy_state,
+        strategy={},
         privacy=run.privacy.state(),
         last_eval=run.last_eval.to_json() if run.last_eval is not None else {},
     )
-    run_dir.save_checkpoint(checkpoint, run.global_state)
+    run_dir.save_checkpoint(checkpoint, run.global_state, run.strategy_state)
 
 
 def _record(
     cfg: ServerConfig,
     coordinator: Coordinator,
+    strategy: Strategy,
     run: _Run,
     outcome: RoundOutcome,
     duration_s: float,
@@ -249,6 +245,7 @@ def _record(
         hospital_class_accuracy=class_accuracy,
         failed=adopted if isinstance(adopted, str) else None,
         update_encoding=cfg.update_encoding if cfg.update_encoding != "lossless" else None,
+        strategy=strategy.name,
         privacy=privacy,
         epsilon=epsilon,
     )
@@ -269,6 +266,7 @@ def _metadata(cfg: ServerConfig, info: DatasetInfo, strategy: Strategy, run: _Ru
         "normalization": NORMALIZATION,
         "round": cfg.rounds,
         "strategy": strategy.name,
+        "strategy_settings": strategy.describe(),
         "privacy": run.privacy.summary(),
         "metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -281,18 +279,20 @@ def run_federation(
     coordinator: Coordinator,
     run_dir: RunDir,
     models: Models,
-    resume: tuple[Checkpoint, StateDict] | None = None,
+    resume: Resumed | None = None,
 ) -> int:
     """Run every round (after the checkpoint's, when resuming); returns the number completed.
 
     Raises FederationAborted when stopped early; the last completed round is checkpointed."""
     info = _wait_for_hospitals(cfg, coordinator)
     central = central_strategy(cfg) if cfg.dp_central else None
+    strategy = central or build_strategy(cfg)
+    for warning in strategy_warnings(cfg):
+        log.warning("%s", warning)
     run = _start(cfg, info, models, central, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
-    strategy: Strategy = central or FedAvg()
     if central is not None:
-        clip = run.strategy_state.get("clip", central.initial_clip)
+        clip = run.strategy_state.values.get("clip", central.initial_clip)
         log.info("central DP: C=%g, σ=%g, δ=%.2g per hospital", clip, cfg.dp_noise_multiplier, run.privacy.delta)
     for round_number in range(run.completed + 1, cfg.rounds + 1):
         started = time.monotonic()
@@ -317,11 +317,12 @@ def run_federation(
         run.strategy_state = outcome.accumulator.next_state  # moves on even when the model was not adopted
         verdict = adopted if isinstance(adopted, str) else adopted[1]
         del adopted
-        record = _record(cfg, coordinator, run, outcome, time.monotonic() - started, models, verdict)
+        record = _record(cfg, coordinator, strategy, run, outcome, time.monotonic() - started, models, verdict)
         run_dir.append_history(record)
         run.completed = round_number
         _checkpoint(cfg, coordinator, run_dir, run, info)
         (log.error if record.failed else log.info)("%s", _describe(record, cfg.rounds))
+        outcome.accumulator.close()
         del outcome, verdict  # the accumulator holds the round's result: a second copy of the model until then
     coordinator.finish("all rounds completed", cfg.rounds)
     path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run))

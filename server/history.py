@@ -74,6 +74,8 @@ class RoundRecord:
     failed: str | None = None
     """why the round's model was not adopted (the previous one was kept)"""
     update_encoding: str | None = None
+    strategy: str | None = None
+    """the aggregation strategy's name"""
     privacy: dict[str, Any] | None = None
     epsilon: float | None = None
     """the largest ε in use (with ``privacy``)"""
@@ -106,6 +108,8 @@ class RoundRecord:
         out["missing"] = list(self.missing)
         if self.update_encoding is not None:
             out["update_encoding"] = self.update_encoding
+        if self.strategy is not None:
+            out["strategy"] = self.strategy
         if self.privacy is not None:
             out["privacy"] = self.privacy
             out["epsilon"] = self.epsilon
@@ -117,7 +121,7 @@ class RoundRecord:
         known = {
             "round", "num_clients", "clients", "num_examples", "duration_s", "bytes_down", "bytes_up",
             "server_peak_rss_mb", "model_helper_peak_rss_mb", "failed", "hospital_class_accuracy", "client_metrics",
-            "missing", "update_encoding", "privacy", "epsilon", *TestResult.__dataclass_fields__,
+            "missing", "update_encoding", "strategy", "privacy", "epsilon", *TestResult.__dataclass_fields__,
         }  # fmt: skip
         return cls(
             round=int(data["round"]),
@@ -134,6 +138,7 @@ class RoundRecord:
             hospital_class_accuracy=data.get("hospital_class_accuracy"),
             failed=data.get("failed"),
             update_encoding=data.get("update_encoding"),
+            strategy=data.get("strategy"),
             privacy=data.get("privacy"),
             epsilon=data.get("epsilon"),
             extra={k: v for k, v in data.items() if k not in known},

@@ -6,6 +6,8 @@
   file named for its round, then checkpoint.json (which names that file) replaces the previous one by
   an atomic rename; only then are older model files removed, so a crash at any point leaves a
   checkpoint.json that names a complete model file;
+- ``checkpoint-round-NNNNNN.strategy.safetensors``: the strategy's tensors, for strategies with any;
+- ``round-updates/``: a robust strategy's store of the open round's updates, deleted as it closes;
 - ``model.safetensors`` and ``model.json``: the final model and what it is (never pickle);
 - the report's files (server/report.py writes them under the names given here).
 
@@ -15,7 +17,9 @@ Nothing here overwrites a previous run silently: ``prepare`` refuses a folder ho
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +30,17 @@ from safetensors.numpy import load_file, save_file
 
 from medfed.common import files
 from medfed.common.errors import ConfigError, MedfedError
+from medfed.common.tensors import StateDict
 from medfed.server.history import RoundRecord
+from medfed.server.strategy import StrategyState
 
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_FILE = "checkpoint.json"
 CHECKPOINT_MODEL = "checkpoint-round-{:06d}.safetensors"
+CHECKPOINT_STRATEGY = "checkpoint-round-{:06d}.strategy.safetensors"
+"""the strategy's tensors (server momentum, Adam's moments), when it has any"""
+UPDATE_STORE = "round-updates"
+"""a robust strategy's disk-backed store of the open round's updates (deleted when the round closes)"""
 MODEL_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 REPORT_FILE = "report.md"
@@ -63,6 +73,17 @@ class Checkpoint(BaseModel):
     strategy: dict[str, Any]
     privacy: dict[str, Any]
     last_eval: dict[str, Any]
+    strategy_file: str | None = None
+    """the strategy's tensors (CHECKPOINT_STRATEGY), None when it has none"""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a resumed run starts from: the last checkpoint, its global model and the strategy's state."""
+
+    checkpoint: Checkpoint
+    model: StateDict
+    strategy: StrategyState
 
 
 def _save_tensors(path: Path, state: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -118,6 +139,7 @@ class RunDir:
                 (self.directory / name).unlink(missing_ok=True)
             for old in self.directory.glob("checkpoint-round-*.safetensors"):
                 old.unlink()
+            self.clear_update_store()
         except OSError as exc:
             raise ConfigError(f"--out: cannot use {self.directory}: {exc.strerror}") from None
 
@@ -166,14 +188,31 @@ class RunDir:
 
     # ----- checkpoints and the final model ---------------------------------------------------------
 
-    def save_checkpoint(self, checkpoint: Checkpoint, state: Mapping[str, np.ndarray]) -> None:
+    @property
+    def update_store(self) -> Path:
+        return self.directory / UPDATE_STORE
+
+    def clear_update_store(self) -> None:
+        """Remove what a robust strategy's round left on disk when the coordinator was stopped in it."""
+        shutil.rmtree(self.update_store, ignore_errors=True)
+
+    def save_checkpoint(
+        self, checkpoint: Checkpoint, state: Mapping[str, np.ndarray], strategy: StrategyState | None = None
+    ) -> None:
+        """``checkpoint.strategy`` and ``strategy_file`` are filled in from ``strategy``."""
+        values = dict(strategy.values) if strategy is not None else {}
+        strategy_file = None
+        if strategy is not None and strategy.tensors:
+            strategy_file = CHECKPOINT_STRATEGY.format(checkpoint.round)
+            _save_tensors(self.directory / strategy_file, strategy.tensors)
+        checkpoint = checkpoint.model_copy(update={"strategy": values, "strategy_file": strategy_file})
         _save_tensors(self.directory / checkpoint.model_file, state)
         files.write_json(self.directory / CHECKPOINT_FILE, checkpoint.model_dump(mode="json"), durable=True)
         for old in self.directory.glob("checkpoint-round-*.safetensors"):
-            if old.name != checkpoint.model_file:
+            if old.name not in (checkpoint.model_file, strategy_file):
                 old.unlink(missing_ok=True)
 
-    def load_checkpoint(self) -> tuple[Checkpoint, dict[str, np.ndarray]]:
+    def load_checkpoint(self) -> Resumed:
         """The last complete checkpoint; ConfigError (naming --resume) when there is none."""
         path = self.directory / CHECKPOINT_FILE
         if not path.exists():
@@ -185,11 +224,12 @@ class RunDir:
             if checkpoint.format != CHECKPOINT_FORMAT:
                 raise ConfigError(f"--resume: {path} has format {checkpoint.format!r}, expected {CHECKPOINT_FORMAT!r}")
             state = load_file(str(self.directory / checkpoint.model_file))
+            tensors = load_file(str(self.directory / checkpoint.strategy_file)) if checkpoint.strategy_file else {}
         except (OSError, ValidationError, SafetensorError, json.JSONDecodeError) as exc:
             raise ConfigError(
                 f"--resume: cannot read the checkpoint in {self.directory}: {str(exc).splitlines()[0]}"
             ) from None
-        return checkpoint, state
+        return Resumed(checkpoint, state, StrategyState(checkpoint.strategy, tensors))
 
     def save_model(self, state: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> Path:
         """The final model (``model.safetensors``) and what it is (``model.json``)."""

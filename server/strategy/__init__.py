@@ -7,13 +7,16 @@ flight, whatever the number of hospitals. A strategy's state (central DP's clipp
 instead of the strategy changing itself, and the driver checkpoints it.
 
 - ``fedavg``: weighted federated averaging (McMahan et al. 2017), the default.
+- ``fedavgm``: FedAvg with server momentum (Hsu et al. 2019).
+- ``fedopt``: FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021), over ``server_update``.
 - ``central_dp``: DP-FedAvg with optional adaptive clipping (McMahan et al. 2018, Andrew et al. 2021).
+- ``registry``: fed-server's settings -> a strategy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,8 +25,24 @@ from medfed.common.errors import MedfedError
 from medfed.common.peer_text import listed, quoted
 from medfed.common.tensors import StateDict
 
-StrategyState = dict[str, Any]
-"""what a strategy carries from round to round (JSON values: it goes into every checkpoint)"""
+
+@dataclass(frozen=True)
+class StrategyState:
+    """What a strategy carries from round to round; it goes into every checkpoint (``values`` into
+    checkpoint.json, ``tensors`` into a safetensors file beside the model), so a resumed run continues
+    bit-identically."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    """JSON values (central DP's clipping bound, a round counter)"""
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """model-shaped arrays (server momentum, Adam's moments)"""
+
+    @property
+    def empty(self) -> bool:
+        return not self.values and not self.tensors
+
+
+NO_STATE = StrategyState()
 
 
 @dataclass(frozen=True)
@@ -64,9 +83,18 @@ class Accumulator(Protocol):
         """What central DP did this round (after ``result``); None for strategies without it."""
         ...
 
+    def close(self) -> None:
+        """Free what the round holds outside memory (a disk-backed store); idempotent."""
+        ...
+
 
 class Strategy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]:
+        """The strategy and its settings, for model.json and the report."""
+        ...
 
     def begin(self, global_state: Mapping[str, np.ndarray], state: StrategyState | None = None) -> Accumulator:
         """Start a round whose updates will be combined against ``global_state``; ``state``: the
@@ -109,3 +137,6 @@ class SumAccumulator:
     def _counted(self, num_examples: int) -> None:
         self._num_updates += 1
         self._num_examples += num_examples
+
+    def close(self) -> None:
+        """Nothing outside memory to free."""

@@ -70,7 +70,7 @@ class DpFedAvg:
         )
 
     def begin(self, global_state: Mapping[str, np.ndarray], state: StrategyState | None = None) -> DpAccumulator:
-        clip = float(state["clip"]) if state else self.initial_clip
+        clip = float(state.values["clip"]) if state is not None and "clip" in state.values else self.initial_clip
         return DpAccumulator(self, global_state, clip)
 
     def settle(
@@ -85,7 +85,9 @@ class DpFedAvg:
         fraction = (unclipped - updates / 2 + noise) / updates + 0.5
         return clip * math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile)), fraction
 
-    def describe(self, clip: float) -> dict[str, Any]:
+    def describe(self, clip: float | None = None) -> dict[str, Any]:
+        """The mechanism and its settings (``clip``: this round's bound; the initial one by default)."""
+        clip = self.initial_clip if clip is None else clip
         out: dict[str, Any] = {"mechanism": "central", "clip": clip, "noise_multiplier": self.noise_multiplier}
         if self.adaptive is not None:
             out["adaptive_clipping"] = {
@@ -135,7 +137,7 @@ class DpAccumulator(SumAccumulator):
 
     @property
     def next_state(self) -> StrategyState:
-        return {"clip": self._round.next_clip if self._round is not None else self._clip}
+        return StrategyState(values={"clip": self._round.next_clip if self._round is not None else self._clip})
 
     @property
     def central(self) -> CentralRound | None:

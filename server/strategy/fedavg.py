@@ -14,7 +14,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from medfed.common.tensors import StateDict, is_float
-from medfed.server.strategy import AggregationError, CentralRound, StrategyState, SumAccumulator, check_update
+from medfed.server.strategy import (
+    NO_STATE,
+    AggregationError,
+    CentralRound,
+    StrategyState,
+    SumAccumulator,
+    check_update,
+)
 
 
 class FedAvgAccumulator(SumAccumulator):
@@ -56,7 +63,7 @@ class FedAvgAccumulator(SumAccumulator):
 
     @property
     def next_state(self) -> StrategyState:
-        return {}  # FedAvg carries nothing from round to round
+        return NO_STATE  # FedAvg carries nothing from round to round
 
     @property
     def central(self) -> CentralRound | None:
@@ -67,6 +74,9 @@ class FedAvg:
     """Weighted federated averaging (McMahan et al. 2017): global = sum(n_i * w_i) / sum(n_i)."""
 
     name = "fedavg"
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
 
     def begin(self, global_state: Mapping[str, np.ndarray], state: StrategyState | None = None) -> FedAvgAccumulator:
         return FedAvgAccumulator(global_state)

@@ -6,6 +6,7 @@ from medfed.client.config import ClientConfig
 from medfed.common.config import build_config, load_toml, parse_address
 from medfed.common.errors import ConfigError
 from medfed.server.config import ServerConfig
+from medfed.server.strategy.registry import build_strategy
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
@@ -27,6 +28,13 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
         ({"address": "[::1]:65536"}, "port 65536 is outside 0..65535"),
         ({"clients_per_round": 5, "min_clients": 3}, "cannot exceed --min-clients"),
         ({"bogus": 1}, "unknown setting 'bogus' in the config file"),
+        ({"strategy": "fedsgd"}, "--strategy"),
+        ({"server_momentum": 0.5}, "--server-momentum is a setting of --strategy fedavgm, not fedavg"),
+        ({"strategy": "fedavgm", "server_tau": 0.1}, "--server-tau is a setting of --strategy fedadam or fedyogi"),
+        (
+            {"strategy": "fedadam", "dp_central": True, "dp_clip": 1.0, "dp_noise_multiplier": 1.0},
+            "--dp-central is its own strategy",
+        ),
         (
             {"address": "https://127.0.0.1:8443"},
             "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:8443",
@@ -137,3 +145,14 @@ def test_client_privacy_flags_make_the_hospitals_own_settings() -> None:
 
     assert cfg.own_dp is not None
     assert (cfg.own_dp.mechanism, cfg.own_dp.clip, cfg.own_dp.noise_multiplier) == ("dp_sgd", 1.0, 1.1)
+
+
+def test_a_strategy_and_its_settings_come_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text('strategy = "fedyogi"\nserver_lr = 0.03\nserver_beta2 = 0.9\n')
+
+    cfg = build_config(ServerConfig, load_toml(path), {})
+
+    strategy = build_strategy(cfg)
+    assert strategy.describe() == {"name": "fedyogi", "server_lr": 0.03, "server_beta1": 0.9, "server_beta2": 0.9,
+                                   "server_tau": 0.001}  # fmt: skip

@@ -80,7 +80,7 @@ def test_adaptive_clipping_shrinks_c_when_updates_are_small_and_grows_it_when_la
         accumulator.add(shifted(amount), 1)
         accumulator.add(shifted(amount), 1)
         accumulator.result()
-        next_clip[amount] = accumulator.next_state["clip"]
+        next_clip[amount] = accumulator.next_state.values["clip"]
 
     assert next_clip[0.01] == pytest.approx(math.exp(-0.2 * (1.0 - 0.5)))  # every update unclipped
     assert next_clip[10.0] == pytest.approx(math.exp(-0.2 * (0.0 - 0.5)))  # every update clipped
@@ -98,7 +98,7 @@ def test_a_round_begins_with_the_clipping_bound_the_round_before_gave() -> None:
     second.result()
 
     assert second.central is not None and first.central is not None
-    assert second.central.clip == first.central.next_clip == first.next_state["clip"] > 1.0
+    assert second.central.clip == first.central.next_clip == first.next_state.values["clip"] > 1.0
 
 
 def test_adaptive_clipping_splits_the_noise_so_the_total_is_one_release_of_sigma() -> None:

@@ -1,4 +1,4 @@
-"""The round loop (server/federation.py) with hospitals simulated as threads: no network, no processes."""
+"""The round loop (server/driver.py) with hospitals simulated as threads: no network, no processes."""
 
 import json
 import logging
@@ -249,3 +249,52 @@ def test_a_round_whose_model_fails_evaluation_is_recorded_failed_and_the_run_goe
     assert np.allclose(received[1][first], received[0][first] + 1)  # round 1's model was adopted
     assert np.allclose(received[2][first], received[1][first])  # round 2's was not: round 3 got round 1's again
     assert "1 round(s) failed" in (tmp_path / "report.md").read_text()
+
+
+def shifting_hospital(coordinator: Coordinator, name: str, shift: float) -> threading.Thread:
+    """Joins, then answers every task with the received model moved by ``shift`` times the round."""
+    session = coordinator.join(name, 10, INFO)
+
+    def loop() -> None:
+        while True:
+            instruction = coordinator.next_instruction(session, timeout=5)
+            if isinstance(instruction, Finished):
+                return
+            if isinstance(instruction, Task):
+                state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                moved = {k: (v + shift * instruction.round).astype(v.dtype) if v.dtype.kind == "f" else v
+                         for k, v in state.items()}  # fmt: skip
+                coordinator.submit_update(session, instruction.round, 10, {"loss": 0.1}, moved)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_a_resumed_run_with_server_optimizer_state_ends_with_the_same_model_bit_for_bit(
+    tmp_path: Path, strategy: str
+) -> None:
+    def federate(out: Path, rounds: int, resume: bool) -> None:
+        cfg = config(out, rounds=rounds, strategy=strategy, resume=resume)
+        coordinator = Coordinator(data_info=INFO)
+        run_dir = RunDir(out)
+        threads = [shifting_hospital(coordinator, n, s) for n, s in (("a", 0.01), ("b", -0.02), ("c", 0.03))]
+        if resume:
+            resumed = run_dir.load_checkpoint()
+            run_dir.truncate_history(resumed.checkpoint.round)
+            run_federation(cfg, coordinator, run_dir, InProcessModels(cfg.model), resumed)
+        else:
+            run_dir.prepare(force=False)
+            run_federation(cfg, coordinator, run_dir, InProcessModels(cfg.model))
+        for thread in threads:
+            thread.join(timeout=30)
+
+    federate(tmp_path / "straight", 4, resume=False)
+    federate(tmp_path / "stopped", 2, resume=False)
+    federate(tmp_path / "stopped", 4, resume=True)
+
+    straight = (tmp_path / "straight" / "model.safetensors").read_bytes()
+    assert (tmp_path / "stopped" / "model.safetensors").read_bytes() == straight
+    assert json.loads((tmp_path / "stopped" / "checkpoint.json").read_text())["strategy_file"]
+    assert [r["strategy"] for r in history(tmp_path / "stopped")] == [strategy] * 4

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from medfed.common.errors import ConfigError
-from medfed.server.run_dir import CHECKPOINT_FILE, CHECKPOINT_MODEL, Checkpoint, RunDir, check_settings
+from medfed.server.run_dir import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_MODEL,
+    CHECKPOINT_STRATEGY,
+    Checkpoint,
+    RunDir,
+    check_settings,
+)
+from medfed.server.strategy import StrategyState
 
 
 def make(round_number: int) -> tuple[Checkpoint, dict[str, np.ndarray]]:
@@ -30,7 +38,8 @@ def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
     checkpoint, state = make(4)
 
     RunDir(tmp_path).save_checkpoint(checkpoint, state)
-    loaded, loaded_state = RunDir(tmp_path).load_checkpoint()
+    resumed = RunDir(tmp_path).load_checkpoint()
+    loaded, loaded_state = resumed.checkpoint, resumed.model
 
     assert loaded == checkpoint
     assert np.array_equal(loaded_state["w"], state["w"]) and loaded_state["w"].dtype == np.float32
@@ -57,7 +66,8 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_loadable(
         RunDir(tmp_path).save_checkpoint(*make(2))
     monkeypatch.setattr(os, "replace", real_replace)
 
-    loaded, state = RunDir(tmp_path).load_checkpoint()
+    resumed = RunDir(tmp_path).load_checkpoint()
+    loaded, state = resumed.checkpoint, resumed.model
     assert loaded.round == 1
     assert np.array_equal(state["w"], np.full(3, 1.0))
 
@@ -117,3 +127,19 @@ def test_history_with_a_gap_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"lacks rounds the checkpoint says are done \(\[2\]\)"):
         out.truncate_history(3)
     assert rounds_in(out) == [1, 3]  # nothing was rewritten
+
+
+def test_the_strategys_tensors_are_checkpointed_beside_the_model_and_come_back_bit_identical(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    momentum = {"w": np.random.default_rng(0).standard_normal(5).astype(np.float32)}
+    for round_number in (1, 2):
+        checkpoint, state = make(round_number)
+        run_dir.save_checkpoint(checkpoint, state, StrategyState({"steps": round_number}, momentum))
+
+    resumed = run_dir.load_checkpoint()
+
+    assert resumed.strategy.values == {"steps": 2}
+    assert resumed.strategy.tensors["w"].tobytes() == momentum["w"].tobytes()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-round-*")) == [
+        CHECKPOINT_MODEL.format(2), CHECKPOINT_STRATEGY.format(2)
+    ]  # fmt: skip
