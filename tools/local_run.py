@@ -147,11 +147,13 @@ def run_locally(
     run_dir: Path,
     server_args: Sequence[str],
     client_args: Sequence[str] = (),
+    hospital_args: Mapping[str, Sequence[str]] | None = None,
 ) -> RoundRecord | None:
     """One fed-server and one fed-client per hospital as processes over loopback with mutual TLS (a
     throwaway PKI in OUT/pki); prints each round as it is recorded and returns the last record (None
-    when the coordinator recorded none)."""
+    when the coordinator recorded none). ``hospital_args``: more fed-client arguments for some."""
     logs, pki_dir, port_file = out / "logs", out / "pki", out / "server.port"
+    port_file.unlink(missing_ok=True)  # a port file of an earlier run here would point at nothing
     threads = max(1, (os.cpu_count() or 1) // len(hospitals))
     _make_pki(pki_dir, list(hospitals))
     rounds = int(server_args[list(server_args).index("--rounds") + 1])
@@ -176,7 +178,7 @@ def run_locally(
                 name, "medfed.client", "--data", str(folder), "--server", f"127.0.0.1:{port}",
                 "--tls-cert", str(pki_dir / f"{name}.crt"), "--tls-key", str(pki_dir / f"{name}.key"),
                 "--tls-ca", str(pki_dir / "ca.crt"), "--no-progress", "--threads", str(threads), "--max-wait", "60",
-                *client_args,
+                *client_args, *(hospital_args or {}).get(name, ()),
             )  # fmt: skip
         last = _follow(procs, run_dir / HISTORY_FILE, rounds)
         codes = procs.wait_all(timeout=60)

@@ -2,9 +2,11 @@
 
 It partitions a dataset into hospital folders (or takes existing ones with --hospitals and --test),
 runs the federation for real (fed-server and one fed-client per hospital as processes over loopback
-with mutual TLS, exactly as fed-demo does), then trains the two baselines in this process with the
-same model and the same total epochs, and writes the comparison: study.json, study.csv,
-comparison.png and report.md, beside the federated run's own report in OUT/federated.
+with mutual TLS, exactly as fed-demo does), once per --strategies entry (same data, seed and rounds;
+with --attackers K the last K hospitals simulate --attack in every one), then trains the two
+baselines in this process with the same model and the same total epochs, and writes the comparison:
+study.json, study.csv, comparison.png and report.md, beside each federated run's own report in
+OUT/federated (one strategy) or OUT/federated-STRATEGY.
 """
 
 from __future__ import annotations
@@ -17,23 +19,26 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medfed.client.attack import parse_attack
 from medfed.common.cli import CliError, command_parser, run_command, setup_logging
 from medfed.common.config import build_config
 from medfed.common.data.image_folder import load_hospital
 from medfed.common.data.partition import TEST_FOLDER, format_counts, partition_to_folders
 from medfed.common.data.sources import load_source
-from medfed.common.errors import DataError
+from medfed.common.errors import DataError, UserError
 from medfed.common.limits import (
     LR_SCHEDULES,
     MEDMNIST_SIZES,
     MODEL_NAMES,
     SCHEMES,
+    STRATEGIES,
     LrSchedule,
     MedmnistSize,
     ModelName,
     Scheme,
+    StrategyName,
 )
 from medfed.tools.local_run import exit_on_sigterm, run_locally
 
@@ -43,6 +48,7 @@ examples:
   fed-study --dataset pneumoniamnist --data-root ~/medmnist --scheme dirichlet --alpha 0.3 \\
             --model resnet18 --rounds 20 --out study-pneumonia
   fed-study --hospitals /data/hospital_a /data/hospital_b --test /data/test --out study-ours
+  fed-study --strategies fedavg,median,krum --attackers 1 --attack scale:100   (a poisoning hospital)
 """
 
 
@@ -69,13 +75,42 @@ class StudyConfig(BaseModel):
     pretrained: Path | None = None
     augment: bool = False
     lr_schedule: LrSchedule = "constant"
+    strategies: list[StrategyName] = ["fedavg"]
+    attackers: int = Field(0, ge=0)
+    attack: str = "sign-flip"
     device: str = "auto"
     progress: bool | None = None
     """None: progress bars only when standard error is a terminal"""
     verbose: bool = False
 
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _split_strategies(cls, value: object) -> object:
+        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+
+    @field_validator("strategies")
+    @classmethod
+    def _distinct(cls, value: list[StrategyName]) -> list[StrategyName]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give one or more distinct strategies, comma-separated")
+        if "norm-bound" in value:
+            raise ValueError("norm-bound needs its bound: run fed-server --strategy norm-bound --norm-bound B")
+        return value
+
+    @field_validator("attack")
+    @classmethod
+    def _known_attack(cls, value: str) -> str:
+        try:
+            parse_attack(value)
+        except UserError as exc:
+            raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
+        hospitals = len(self.hospitals) if self.hospitals is not None else self.clients
+        if self.attackers >= hospitals:
+            raise ValueError(f"--attackers {self.attackers} leaves no honest hospital among {hospitals}")
         if (self.hospitals is None) != (self.test is None):
             raise ValueError("--hospitals and --test go together (or give neither and a --dataset to partition)")
         if self.hospitals is not None and len({p.resolve().name for p in self.hospitals}) != len(self.hospitals):
@@ -117,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, or cosine decay (default constant)")
     p.add_argument("--augment", action="store_true", help="random shifts and rotations of training batches")
     p.add_argument("--pretrained", type=Path, help="starting weights for every model (a local file)")
+    p.add_argument(
+        "--strategies",
+        help=f"federated arms, comma-separated, one run each (default fedavg; choose from {', '.join(STRATEGIES)}; "
+        "norm-bound needs fed-server's --norm-bound)",
+    )
+    p.add_argument("--attackers", type=int, help="the last K hospitals simulate --attack in every arm (default 0)")
+    p.add_argument(
+        "--attack", help="with --attackers: label-flip, sign-flip, scale:K or gaussian:SIGMA (default sign-flip)"
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
@@ -181,13 +225,22 @@ def _run(argv: Sequence[str] | None) -> int:
     server_args += ["--lr-schedule", cfg.lr_schedule]
     if cfg.pretrained is not None:
         server_args += ["--pretrained", str(cfg.pretrained)]
-    print(f"federated: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}", flush=True)
-    last = run_locally(out, folders, test_folder, out / "federated", server_args, ["--device", cfg.device])
-    if last is None or last.test is None:
-        reason = "recorded no round" if last is None else f"did not adopt its last round's model ({last.failed})"
-        raise CliError(f"the federated run {reason}; see {out / 'logs'}")
-    tested = last.test
-    federated = Outcome("federated", tested.accuracy, tested.auc, tested.per_class_accuracy, last.num_examples)
+    attackers = list(folders)[len(folders) - cfg.attackers :] if cfg.attackers else []
+    hospital_args = {name: ["--simulate-attack", cfg.attack] for name in attackers}
+    federated = []
+    for strategy in cfg.strategies:
+        single = len(cfg.strategies) == 1
+        work, name = (out, "federated") if single else (out / "arms" / strategy, f"federated {strategy}")
+        run_dir = out / ("federated" if single else f"federated-{strategy}")
+        print(f"{name}: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}"
+              + (f"; {', '.join(attackers)} simulating {cfg.attack}" if attackers else ""), flush=True)  # fmt: skip
+        last = run_locally(work, folders, test_folder, run_dir, [*server_args, "--strategy", strategy],
+                           ["--device", cfg.device], hospital_args)  # fmt: skip
+        if last is None or last.test is None:
+            reason = "recorded no round" if last is None else f"did not adopt its last round's model ({last.failed})"
+            raise CliError(f"the {name} run {reason}; see {work / 'logs'}")
+        tested = last.test
+        federated.append(Outcome(name, tested.accuracy, tested.auc, tested.per_class_accuracy, last.num_examples))
     baseline = partial(
         train_and_test, model=cfg.model, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
         device=device, pretrained=cfg.pretrained, progress=progress, augment=cfg.augment,
@@ -197,9 +250,9 @@ def _run(argv: Sequence[str] | None) -> int:
     local = [baseline(f"local {name}", d.split("train"), test_split, test.info) for name, d in hospitals.items()]
     central = baseline("centralized", pooled([d.split("train") for d in hospitals.values()]), test_split, test.info)
     train_classes = {name: sorted(set(d.split("train").labels.tolist())) for name, d in hospitals.items()}
-    files = write_study(out, [*local, federated, central], test.info, train_classes,
-                        settings={**cfg.model_dump(mode="json"), "epochs": epochs})  # fmt: skip
-    print(f"done: {', '.join(str(f) for f in files)}; the federated run's own report is in {out / 'federated'}")
+    settings = {**cfg.model_dump(mode="json"), "epochs": epochs, "attacker_names": attackers}
+    files = write_study(out, [*local, *federated, central], test.info, train_classes, settings=settings)
+    print(f"done: {', '.join(str(f) for f in files)}; each federated run's own report is in its folder")
     return 0
 
 

@@ -44,6 +44,7 @@ def _markdown(
         f"Adam lr {settings['lr']}, batch size {settings['batch_size']}, seed {settings['seed']}; "
         "every model is tested on the same held-out test set.",
         "",
+        *_attack_lines(settings),
         "| model | training images | accuracy | macro AUC | " + " | ".join(classes) + " |",
         "|---|---|---|---|" + "---|" * len(classes),
     ]
@@ -51,20 +52,34 @@ def _markdown(
         per_class = " | ".join(_fmt(o.per_class_accuracy.get(c)) for c in classes)
         lines.append(f"| {o.name} | {o.train_images} | {_fmt(o.accuracy)} | {_fmt(o.auc)} | {per_class} |")
     lines += ["", f"![comparison]({CHART})", ""]
-    federated = next((o for o in outcomes if o.name == "federated"), None)
+    federated = [o for o in outcomes if o.name.startswith("federated")]
     for hospital, present in sorted(train_classes.items()):
         unseen = [classes[c] for c in range(len(classes)) if c not in present]
         local = next((o for o in outcomes if o.name == f"local {hospital}"), None)
-        if not unseen or local is None or federated is None:
+        if not unseen or local is None or not federated:
             continue
         for name in unseen:
+            arms = ", ".join(f"{o.name} {_fmt(o.per_class_accuracy.get(name))}" for o in federated)
             lines.append(
                 f"- {hospital} has no {name} images: alone it recognises {_fmt(local.per_class_accuracy.get(name))} "
-                f"of them; the federated model {_fmt(federated.per_class_accuracy.get(name))}."
+                f"of them; {arms}."
             )
-    lines += ["", "The federated run's own report (curves per round, confusion matrix, per-hospital results) is "
-              "in [federated/report.md](federated/report.md).", ""]  # fmt: skip
+    strategies = list(settings.get("strategies", ["fedavg"]))
+    folders = ["federated"] if len(strategies) == 1 else [f"federated-{s}" for s in strategies]
+    links = ", ".join(f"[{f}/report.md]({f}/report.md)" for f in folders)
+    lines += ["", f"Each federated run's own report (curves per round, confusion matrix, per hospital): {links}.", ""]
     return "\n".join(lines)
+
+
+def _attack_lines(settings: Mapping[str, Any]) -> list[str]:
+    attackers = list(settings.get("attacker_names", []))
+    if not attackers:
+        return []
+    return [
+        f"In every federated run, {', '.join(attackers)} simulated a poisoning attack (`--simulate-attack "
+        f"{settings['attack']}`); the local and pooled baselines train on every hospital's data as it is.",
+        "",
+    ]
 
 
 def write_study(
@@ -83,6 +98,9 @@ def write_study(
     _csv(out / STUDY_CSV, outcomes, classes)
     groups = ["accuracy", "macro AUC", *(f"acc. {c}" for c in classes)]
     bars = {o.name: [o.accuracy, o.auc, *(o.per_class_accuracy.get(c) for c in classes)] for o in outcomes}
-    plots.grouped_bars(out / CHART, f"{info.dataset}: alone, federated, pooled", groups, bars, "on the test set")
+    title = f"{info.dataset}: alone, federated, pooled"
+    if settings.get("attacker_names"):
+        title += f" ({', '.join(settings['attacker_names'])} simulating {settings['attack']} when federated)"
+    plots.grouped_bars(out / CHART, title, groups, bars, "on the test set")
     files.write_text(out / REPORT, _markdown(outcomes, info, train_classes, settings))
     return [out / REPORT, out / STUDY_JSON, out / STUDY_CSV, out / CHART]
