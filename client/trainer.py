@@ -109,6 +109,11 @@ class Trainer:
         train = self._train
         if settings.local_epochs == 0:
             return LocalResult(dict(state), len(train), {})
+        if settings.proximal_mu > 0 and privacy is not None and privacy.settings.mechanism == "dp_sgd":
+            raise TaskError(
+                "the coordinator asks for FedProx's proximal term (--strategy fedprox), which this hospital's "
+                "DP-SGD cannot add: its per-patient clipping bounds the data's gradients, not the term's"
+            )
         model = self._model_for(spec, privacy)
         try:
             model.load_state_dict(to_torch(state), strict=True)
@@ -150,6 +155,7 @@ class Trainer:
                 progress=self._progress,
                 desc=desc,
                 augment=settings.augment,
+                proximal_mu=settings.proximal_mu,
             )
         metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=time.monotonic() - started)
         if len(val):

@@ -38,8 +38,8 @@ Scheme = Literal["iid", "dirichlet", "exclude-classes"]
 """How fed-partition spreads a dataset's labels over hospitals (common/data/partition.py)."""
 SCHEMES: tuple[Scheme, ...] = get_args(Scheme)
 StrategyName = Literal[
-    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean", "krum", "multi-krum",
-    "norm-bound",
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "median", "trimmed-mean", "krum",
+    "multi-krum", "norm-bound",
 ]  # fmt: skip
 """fed-server --strategy (server/strategy/: one module each)"""
 STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)

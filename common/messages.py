@@ -26,6 +26,8 @@ class TrainSettings:
     augment: bool = False
     update_encoding: Encoding = "lossless"
     """how the hospital may compress its update (common/compression.py)"""
+    proximal_mu: float = 0.0
+    """FedProx's μ: the local loss gets μ/2·‖w − w_global‖² (0: plain training)"""
 
 
 @dataclass(frozen=True)

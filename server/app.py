@@ -38,7 +38,7 @@ from medfed.server.memory import share_one_malloc_arena
 from medfed.server.model_helper.host import ModelHost
 from medfed.server.run_dir import CHECKPOINT_FILE, Resumed, RunDir, check_settings
 from medfed.server.servicer import create_server
-from medfed.server.strategy.registry import FEDAVGM_LR, FEDOPT_LR, TRIM_FRACTION, central_strategy
+from medfed.server.strategy.registry import FEDAVGM_LR, FEDOPT_LR, PROX_MU, TRIM_FRACTION, central_strategy
 
 log = logging.getLogger("medfed.server")
 
@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "aggregation",
         "How the coordinator combines the hospitals' updates (README: choosing a strategy). fedavg: the "
         "weighted mean; fedavgm: with server momentum; fedadam, fedyogi, fedadagrad: adaptive server optimizers; "
+        "fedprox: FedAvg with a proximal term in each hospital's loss; "
         "median, trimmed-mean, krum, multi-krum: robust to poisoned updates; norm-bound: FedAvg of updates "
         "scaled to --norm-bound.",
     )
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agg.add_argument("--krum-f", type=int, help="krum's and multi-krum's f: poisoned hospitals to tolerate (default 1)")
     agg.add_argument("--krum-m", type=int, help="multi-krum's m: updates averaged (default: n - f)")
+    agg.add_argument("--prox-mu", type=float, help=f"fedprox's μ: weight of the proximal term (default {PROX_MU:g})")
     agg.add_argument(
         "--norm-bound",
         type=float,

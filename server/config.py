@@ -16,7 +16,7 @@ TRAINING_SETTINGS = (
     "model", "seed", "local_epochs", "lr", "batch_size", "dp_central", "dp_local", "dp_clip", "dp_noise_multiplier",
     "dp_delta", "dp_adaptive_clip", "dp_target_quantile", "dp_clip_learning_rate", "augment", "lr_schedule",
     "strategy", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau", "trim_fraction",
-    "krum_f", "krum_m", "norm_bound",
+    "krum_f", "krum_m", "norm_bound", "prox_mu",
 )  # fmt: skip
 """what --resume keeps fixed (see ServerConfig.resume_settings)"""
 STRATEGY_SETTINGS: dict[str, tuple[StrategyName, ...]] = {
@@ -28,6 +28,7 @@ STRATEGY_SETTINGS: dict[str, tuple[StrategyName, ...]] = {
     "trim_fraction": ("trimmed-mean",),
     "krum_f": ("krum", "multi-krum"),
     "krum_m": ("multi-krum",),
+    "prox_mu": ("fedprox",),
 }
 """each strategy setting and the strategies that use it"""
 
@@ -81,6 +82,7 @@ class ServerConfig(TlsFiles):
     krum_f: int | None = Field(None, ge=0)
     krum_m: int | None = Field(None, ge=1)
     norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
+    prox_mu: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)
     dp_central: bool = False
     dp_local: bool = False
     dp_clip: float | None = Field(None, gt=0, allow_inf_nan=False)

@@ -37,7 +37,7 @@ from medfed.server.rounds import RoundOutcome, Task
 from medfed.server.run_dir import CHECKPOINT_MODEL, Checkpoint, Resumed, RunDir
 from medfed.server.strategy import NO_STATE, AggregationError, Strategy, StrategyState
 from medfed.server.strategy.central_dp import DpFedAvg
-from medfed.server.strategy.registry import build_strategy, central_strategy
+from medfed.server.strategy.registry import build_strategy, central_strategy, proximal_mu
 from medfed.server.strategy.registry import warnings as strategy_warnings
 
 log = logging.getLogger("medfed.server")
@@ -306,6 +306,7 @@ def run_federation(
             local_dp=cfg.local_dp_request,
             augment=cfg.augment,
             update_encoding=cfg.update_encoding,
+            proximal_mu=proximal_mu(cfg),
         )
         task = Task(round_number, cfg.rounds, settings, model_spec, run.payload)
         outcome = _run_round(cfg, coordinator, task, strategy, run, selected)

@@ -82,12 +82,16 @@ def train_local(
     desc: str = "training",
     augment: bool = False,
     lr_schedule: str = "constant",
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round).
 
-    ``seed`` fixes both the batch order and the global RNG (dropout), so a run is reproducible."""
+    ``seed`` fixes both the batch order and the global RNG (dropout), so a run is reproducible.
+    ``proximal_mu`` > 0 adds FedProx's term μ/2·‖w − w₀‖² to every batch's loss, w₀ being the weights the
+    model had when training began (the round's global model); the reported loss leaves it out."""
     torch.manual_seed(seed)
     model.to(device).train()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
@@ -117,7 +121,7 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
-            loss.backward()
+            (loss + proximal_term(model, anchor, proximal_mu) if anchor else loss).backward()
             optimizer.step()
             batch_loss = loss.detach().item()
             total_loss += batch_loss * len(idx)
@@ -125,6 +129,12 @@ def train_local(
             seen += len(idx)
             bar.set_postfix(loss=f"{batch_loss:.4f}")
     return TrainResult(n, total_loss / max(seen, 1), correct / max(seen, 1))
+
+
+def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's μ/2·‖w − w₀‖² over the trainable parameters (Li et al. 2020); its gradient is μ(w − w₀)."""
+    squares = [torch.sum((p - p0) ** 2) for p, p0 in zip(model.parameters(), anchor, strict=True)]
+    return 0.5 * mu * torch.stack(squares).sum()
 
 
 def random_affine(

@@ -88,6 +88,7 @@ def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
         seed=settings.seed,
         augment=settings.augment,
         update_encoding=_ENCODING_TO_WIRE[settings.update_encoding],
+        proximal_mu=settings.proximal_mu,
     )
     if settings.local_dp is not None:
         msg.local_dp.clip = settings.local_dp.clip
@@ -98,6 +99,8 @@ def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
 def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
     if msg.local_epochs < 0 or msg.batch_size < 1 or not msg.learning_rate > 0:
         raise WireFormatError("invalid training configuration in the task")
+    if not (math.isfinite(msg.proximal_mu) and msg.proximal_mu >= 0):
+        raise WireFormatError(f"invalid FedProx μ {msg.proximal_mu} in the task")
     local_dp = None
     if msg.HasField("local_dp"):
         try:
@@ -116,6 +119,7 @@ def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
         local_dp,
         msg.augment,
         encoding,
+        msg.proximal_mu,
     )
 
 

@@ -12,6 +12,7 @@ from medfed.server.strategy.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.strategy.fedavg import FedAvg
 from medfed.server.strategy.fedavgm import FedAvgM
 from medfed.server.strategy.fedopt import FedOpt
+from medfed.server.strategy.fedprox import FedProx
 from medfed.server.strategy.krum import Krum
 from medfed.server.strategy.median import Median
 from medfed.server.strategy.norm_bound import NormBound
@@ -19,6 +20,8 @@ from medfed.server.strategy.trimmed_mean import TrimmedMean
 
 FEDAVGM_LR, FEDOPT_LR = 1.0, 0.01
 """default server learning rates: FedAvgM's 1 makes it FedAvg plus momentum; Reddi et al.'s range"""
+PROX_MU = 0.01
+"""FedProx's default μ (Li et al. 2020 tried 0.001 to 1)"""
 TRIM_FRACTION = 0.2
 """trimmed-mean's default β: with 5 to 9 hospitals one is trimmed at each end"""
 
@@ -42,6 +45,11 @@ def warnings(cfg: ServerConfig) -> list[str]:
                 "it is then the unweighted mean"
             )
     return out
+
+
+def proximal_mu(cfg: ServerConfig) -> float:
+    """What the round's training settings ask of each hospital's loss (FedProx's μ; 0 otherwise)."""
+    return (cfg.prox_mu or PROX_MU) if cfg.strategy == "fedprox" else 0.0
 
 
 def central_strategy(cfg: ServerConfig) -> DpFedAvg:
@@ -70,6 +78,8 @@ def _strategy(cfg: ServerConfig) -> Strategy:
         return TrimmedMean(store, TRIM_FRACTION if cfg.trim_fraction is None else cfg.trim_fraction)
     if cfg.strategy in ("krum", "multi-krum"):
         return Krum(store, 1 if cfg.krum_f is None else cfg.krum_f, 1 if cfg.strategy == "krum" else cfg.krum_m)
+    if cfg.strategy == "fedprox":
+        return FedProx(cfg.prox_mu or PROX_MU)
     if cfg.strategy == "fedavgm":
         momentum = 0.9 if cfg.server_momentum is None else cfg.server_momentum
         return FedAvgM(cfg.server_lr or FEDAVGM_LR, momentum)

@@ -30,6 +30,7 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
         ({"bogus": 1}, "unknown setting 'bogus' in the config file"),
         ({"strategy": "fedsgd"}, "--strategy"),
         ({"server_momentum": 0.5}, "--server-momentum is a setting of --strategy fedavgm, not fedavg"),
+        ({"strategy": "median", "prox_mu": 0.1}, "--prox-mu is a setting of --strategy fedprox, not median"),
         ({"strategy": "fedavgm", "server_tau": 0.1}, "--server-tau is a setting of --strategy fedadam or fedyogi"),
         (
             {"strategy": "fedadam", "dp_central": True, "dp_clip": 1.0, "dp_noise_multiplier": 1.0},

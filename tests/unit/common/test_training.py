@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from medfed.common.data.folders import Split
-from medfed.common.errors import DeviceError, UnknownModelError
+from medfed.common.errors import DeviceError, UnknownModelError, WireFormatError
 from medfed.common.limits import MODEL_NAMES
 from medfed.common.messages import TrainSettings
 from medfed.common.ml.models import build_model
-from medfed.common.ml.training import evaluate, pick_device, random_affine, train_local
+from medfed.common.ml.training import evaluate, normalize, pick_device, random_affine, tensors, train_local
 from medfed.common.training_plan import lr_factor
 from medfed.common.wire.convert import settings_from_proto, settings_to_proto
 
@@ -94,3 +94,41 @@ def test_the_cosine_schedule_decays_from_one_towards_zero() -> None:
 
     assert factors[0] == 1.0 and all(a > b for a, b in itertools.pairwise(factors)) and 0 < factors[-1] < 0.03
     assert lr_factor("constant", 7, 10) == 1.0
+
+
+def test_fedprox_adds_mu_times_the_distance_from_the_global_weights_to_every_gradient() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    by_hand, plain = copy.deepcopy(model), copy.deepcopy(model)
+    data = split(n=16)
+    mu, lr, steps = 0.5, 0.05, 4
+
+    train_local(model, data, epochs=steps, lr=lr, batch_size=16, device=torch.device("cpu"), seed=1,
+                progress=False, proximal_mu=mu)  # fmt: skip
+    train_local(plain, data, epochs=steps, lr=lr, batch_size=16, device=torch.device("cpu"), seed=1,
+                progress=False)  # fmt: skip
+
+    # the same full-batch Adam steps, with FedProx's gradient mu * (w - w_global) added by hand
+    anchor = [p.detach().clone() for p in by_hand.parameters()]
+    optimizer = torch.optim.Adam(by_hand.parameters(), lr=lr)
+    images, labels = tensors(data)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.CrossEntropyLoss()(by_hand(normalize(images)), labels).backward()
+        for p, p0 in zip(by_hand.parameters(), anchor, strict=True):
+            assert p.grad is not None
+            p.grad += mu * (p.detach() - p0)
+        optimizer.step()
+    for got, expected, without in zip(model.parameters(), by_hand.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got, without)  # the term changed the result
+
+
+def test_fedprox_travels_in_the_task_settings_and_a_bad_mu_is_refused() -> None:
+    settings = TrainSettings(1, 1e-3, 16, seed=4, proximal_mu=0.01)
+
+    assert settings_from_proto(settings_to_proto(settings)) == settings
+    bad = settings_to_proto(settings)
+    bad.proximal_mu = -1.0
+    with pytest.raises(WireFormatError, match="FedProx"):
+        settings_from_proto(bad)

@@ -298,3 +298,27 @@ def test_a_resumed_run_with_server_optimizer_state_ends_with_the_same_model_bit_
     assert (tmp_path / "stopped" / "model.safetensors").read_bytes() == straight
     assert json.loads((tmp_path / "stopped" / "checkpoint.json").read_text())["strategy_file"]
     assert [r["strategy"] for r in history(tmp_path / "stopped")] == [strategy] * 4
+
+
+def test_fedprox_asks_every_hospital_for_the_proximal_term_and_fedavg_for_none(tmp_path: Path) -> None:
+    asked: dict[str, list[float]] = {}
+    for strategy, extra in (("fedprox", {"prox_mu": 0.2}), ("fedavg", {})):
+        coordinator = Coordinator(data_info=INFO)
+        session = coordinator.join("a", 10, INFO)
+
+        def loop(session: str = session, coordinator: Coordinator = coordinator, strategy: str = strategy) -> None:
+            while not isinstance(instruction := coordinator.next_instruction(session, timeout=5), Finished):
+                if isinstance(instruction, Task):
+                    asked.setdefault(strategy, []).append(instruction.settings.proximal_mu)
+                    state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                    coordinator.submit_update(session, instruction.round, 10, {}, state)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        run(config(tmp_path / strategy, rounds=2, min_clients=1, strategy=strategy, **extra), coordinator)
+        thread.join(timeout=30)
+
+    assert asked == {"fedprox": [0.2, 0.2], "fedavg": [0.0, 0.0]}
+    assert json.loads((tmp_path / "fedprox" / "model.json").read_text())["strategy_settings"] == {
+        "name": "fedprox", "prox_mu": 0.2
+    }  # fmt: skip

@@ -324,6 +324,7 @@ class TrainConfig(_message.Message):
     LOCAL_DP_FIELD_NUMBER: _builtins.int
     AUGMENT_FIELD_NUMBER: _builtins.int
     UPDATE_ENCODING_FIELD_NUMBER: _builtins.int
+    PROXIMAL_MU_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     """0: send the model back untrained (a pure communication round)"""
     learning_rate: _builtins.float
@@ -335,6 +336,10 @@ class TrainConfig(_message.Message):
     update_encoding: Global___UpdateEncoding.ValueType
     """How the hospital may compress its floating-point tensors this round. A hospital may always send
     a tensor losslessly instead (older hospitals ignore this field and do).
+    """
+    proximal_mu: _builtins.float
+    """FedProx (Li et al. 2020): add mu/2 * ||w - w_global||^2 to the local loss; 0 = plain training. A
+    hospital that cannot add it (DP-SGD) refuses the task; hospitals older than this field ignore it.
     """
     @_builtins.property
     def local_dp(self) -> Global___DpRequest:
@@ -353,10 +358,11 @@ class TrainConfig(_message.Message):
         local_dp: Global___DpRequest | None = ...,
         augment: _builtins.bool = ...,
         update_encoding: Global___UpdateEncoding.ValueType = ...,
+        proximal_mu: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "proximal_mu", b"proximal_mu", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
