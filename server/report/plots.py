@@ -117,20 +117,28 @@ def confusion(path: Path, matrix: Sequence[Sequence[int]], class_names: Sequence
     _save(fig, path)
 
 
+LABEL_SLOT_IN = 0.14
+"""the narrowest bar slot (inches) an upright 7-point value label fits in without touching its neighbour"""
+
+
 def bars_figure(title: str, groups: Sequence[str], bars: Mapping[str, Sequence[float | None]], ylabel: str) -> Figure:
     """Bars per group (e.g. a metric per model), each labelled with its value, written upright above it
     so that neighbouring labels cannot run into each other; a missing value leaves a gap. The legend
-    sits beside the chart."""
+    sits beside the chart. With too many bars for the widest figure, the value labels are left out
+    (the numbers are in the table beside the chart) and every bar series keeps a colour of its own."""
     count = max(len(bars), 1)
     width_in = min(18.0, max(7.0, 0.32 * len(groups) * count + 3))
     fig, ax = plt.subplots(figsize=(width_in, 5), layout="constrained")
     width = 0.8 / count
+    labelled = (width_in - 3) / max(1, len(groups) * count) >= LABEL_SLOT_IN
+    palette = plt.get_cmap("tab10" if count <= 10 else "tab20").colors  # type: ignore[attr-defined]
     for k, (label, values) in enumerate(bars.items()):
         xs = [i + (k - (count - 1) / 2) * width for i in range(len(groups))]
         heights = [v if v is not None else 0.0 for v in values]
-        drawn = ax.bar(xs, heights, width, label=label)
-        ax.bar_label(drawn, labels=[f"{v:.2f}" if v is not None else "" for v in values], fontsize=7, rotation=90,
-                     padding=2)  # fmt: skip
+        drawn = ax.bar(xs, heights, width, label=label, color=palette[k % len(palette)])
+        if labelled:
+            ax.bar_label(drawn, labels=[f"{v:.2f}" if v is not None else "" for v in values], fontsize=7,
+                         rotation=90, padding=2)  # fmt: skip
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.18)

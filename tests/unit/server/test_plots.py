@@ -56,3 +56,16 @@ def test_bar_value_labels_do_not_collide_and_the_legend_sits_beside_the_bars(cla
     legend = ax.get_legend().get_window_extent(renderer)
     assert not legend.overlaps(ax.get_window_extent(renderer))
     assert all(Bbox.intersection(label, ax.get_window_extent(renderer)) is not None for label in labels)
+
+
+def test_many_bar_series_keep_colours_of_their_own_and_no_labels_that_would_collide() -> None:
+    models = [f"model {i}" for i in range(11)]
+    groups = ["accuracy", "macro AUC", *(f"acc. {c}" for c in range(10))]
+    fig = plots.bars_figure("study", groups, {m: [0.99] * len(groups) for m in models}, "on the test set")
+    renderer = drawn(fig)
+
+    ax = fig.axes[0]
+    labels = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(labels, 2))
+    colours = {tuple(container.patches[0].get_facecolor()) for container in ax.containers}
+    assert len(colours) == len(models)
