@@ -1,9 +1,9 @@
 """Norm bounding (Sun et al. 2019, "Can you really backdoor federated learning?"): each update's
 difference from the global model is scaled down to L2 norm at most B before the strategy behind it
 sees it. A hospital that multiplies its model by 100 then moves the average no further than an honest
-one may; the price is slower progress if B is below honest updates' norms (the log of each round says
-how many were clipped). On its own (``--strategy norm-bound``) it is in front of FedAvg; with
-``--norm-bound B`` it stands in front of any other strategy.
+one may; the price is slower progress if B is below honest updates' norms. On its own
+(``--strategy norm-bound``) it is in front of FedAvg; with ``--norm-bound B`` it stands in front of
+any other strategy.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from medfed.server.strategy import Accumulator, CentralRound, Strategy, Strategy
 class NormBoundAccumulator:
     def __init__(self, inner: Accumulator, global_state: Mapping[str, np.ndarray], bound: float) -> None:
         self._inner, self._global, self._bound = inner, dict(global_state), bound
-        self.clipped = 0
-        """how many updates were scaled down this round"""
 
     @property
     def num_updates(self) -> int:
@@ -33,7 +31,7 @@ class NormBoundAccumulator:
 
     def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
         check_update(self._global, update, num_examples)
-        clipped, norm = clip_update(difference(update, self._global), self._bound)
+        clipped, _ = clip_update(difference(update, self._global), self._bound)
         bounded: StateDict = {}
         for name, value in update.items():
             base = self._global[name]
@@ -41,7 +39,6 @@ class NormBoundAccumulator:
                 np.asarray((base.astype(np.float64) + clipped[name]).astype(base.dtype)) if name in clipped else value
             )
         self._inner.add(bounded, num_examples)
-        self.clipped += norm > self._bound
 
     def result(self) -> StateDict:
         return self._inner.result()

@@ -48,7 +48,7 @@ class StoredAccumulator:
         if self._result is not None:
             raise AggregationError("this round has already been aggregated")
         check_update(self._template, update, num_examples)
-        index = self._store.add(update, num_examples)
+        index = self._store.add(update)
         self._num_examples += num_examples
         self._arrived(index, update)
 

@@ -32,22 +32,14 @@ def optimized(name: str, dtype: np.dtype) -> bool:
 class ServerStepAccumulator(FedAvgAccumulator):
     """FedAvg's weighted mean, then ``global + step(name, mean − global)`` for the optimized tensors.
 
-    ``step`` updates the optimizer's buffers in ``state.tensors`` in place (a model-sized copy fewer);
-    the state handed to ``begin`` belongs to the round from then on. ``finish`` gives the state's
-    values after the round (a step counter)."""
+    ``step`` updates the optimizer's buffers in ``state.tensors`` in place (a model-sized copy fewer),
+    so the state handed to ``begin`` belongs to the round from then on and is also its next state."""
 
-    def __init__(
-        self,
-        global_state: Mapping[str, np.ndarray],
-        state: StrategyState,
-        step: Step,
-        finish: Callable[[], Mapping[str, object]] = dict,
-    ) -> None:
+    def __init__(self, global_state: Mapping[str, np.ndarray], state: StrategyState, step: Step) -> None:
         super().__init__(global_state)
         self._global = dict(global_state)
         self._state = state
         self._step = step
-        self._finish = finish
         self._stepped: StateDict | None = None
 
     def result(self) -> StateDict:
@@ -65,12 +57,11 @@ class ServerStepAccumulator(FedAvgAccumulator):
             else:
                 out[name] = average
         self._stepped = out
-        self._state = StrategyState(dict(self._finish()), self._state.tensors)
         return out
 
     @property
     def next_state(self) -> StrategyState:
-        """The optimizer's state after this round (before ``result``: the one it started with)."""
+        """The optimizer's buffers, stepped once ``result`` has run."""
         return self._state
 
     @property

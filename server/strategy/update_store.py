@@ -56,25 +56,18 @@ class UpdateStore:
             self._slots[name] = _Slot(offset, int(tensor.size), dtype, tuple(tensor.shape))
             offset += int(tensor.size) * dtype.itemsize
         self._files: list[IO[bytes]] = []
-        self.weights: list[int] = []
-        """each stored update's num_examples, in arrival order"""
 
     @property
     def count(self) -> int:
         return len(self._files)
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._slots)
-
-    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> int:
+    def add(self, update: Mapping[str, np.ndarray]) -> int:
         """Write ``update`` (checked already: the template's tensors and shapes); returns its index."""
         path = self._folder / f"update-{len(self._files):06d}.bin"
         with open(path, "wb") as out:
             for name, slot in self._slots.items():
                 np.ascontiguousarray(update[name], dtype=slot.dtype).tofile(out)
         self._files.append(open(path, "rb"))  # noqa: SIM115 (kept open until close)
-        self.weights.append(num_examples)
         return len(self._files) - 1
 
     def read(self, index: int, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:

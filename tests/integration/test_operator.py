@@ -52,7 +52,7 @@ def start_client(procs: ProcessGroup, name: str, data: Path, port: int, *args: s
     ("server", "hint"),
     [
         ("nosuchhost.invalid:8443", "the host name nosuchhost.invalid does not resolve"),
-        ("https://127.0.0.1:8443", "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:8443"),
+        ("https://127.0.0.1:0", "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:0"),
     ],
 )
 def test_a_coordinator_address_that_is_a_typo_is_refused_at_once(tmp_path: Path, server: str, hint: str) -> None:

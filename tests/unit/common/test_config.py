@@ -37,8 +37,8 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
             "--dp-central is its own strategy",
         ),
         (
-            {"address": "https://127.0.0.1:8443"},
-            "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:8443",
+            {"address": "https://127.0.0.1:0"},
+            "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:0",
         ),
     ],
 )

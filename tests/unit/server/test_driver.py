@@ -24,8 +24,9 @@ from tests.helpers import InProcessModels
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 
 
-def hospital(coordinator: Coordinator, name: str) -> threading.Thread:
-    """Joins, then answers every task by sending the received model back (like --local-epochs 0)."""
+def hospital(coordinator: Coordinator, name: str, shift: float = 0.0) -> threading.Thread:
+    """Joins, then answers every task by sending the received model back (like --local-epochs 0), its
+    float tensors moved by ``shift`` times the round."""
     session = coordinator.join(name, 10, INFO)
 
     def loop() -> None:
@@ -35,6 +36,9 @@ def hospital(coordinator: Coordinator, name: str) -> threading.Thread:
                 return
             if isinstance(instruction, Task):
                 state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                if shift:
+                    state = {k: (v + shift * instruction.round).astype(v.dtype) if v.dtype.kind == "f" else v
+                             for k, v in state.items()}  # fmt: skip
                 coordinator.submit_update(session, instruction.round, 10, {"loss": 0.1}, state)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -251,26 +255,6 @@ def test_a_round_whose_model_fails_evaluation_is_recorded_failed_and_the_run_goe
     assert "1 round(s) failed" in (tmp_path / "report.md").read_text()
 
 
-def shifting_hospital(coordinator: Coordinator, name: str, shift: float) -> threading.Thread:
-    """Joins, then answers every task with the received model moved by ``shift`` times the round."""
-    session = coordinator.join(name, 10, INFO)
-
-    def loop() -> None:
-        while True:
-            instruction = coordinator.next_instruction(session, timeout=5)
-            if isinstance(instruction, Finished):
-                return
-            if isinstance(instruction, Task):
-                state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
-                moved = {k: (v + shift * instruction.round).astype(v.dtype) if v.dtype.kind == "f" else v
-                         for k, v in state.items()}  # fmt: skip
-                coordinator.submit_update(session, instruction.round, 10, {"loss": 0.1}, moved)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
 def test_a_resumed_run_with_server_optimizer_state_ends_with_the_same_model_bit_for_bit(
     tmp_path: Path, strategy: str
@@ -279,7 +263,7 @@ def test_a_resumed_run_with_server_optimizer_state_ends_with_the_same_model_bit_
         cfg = config(out, rounds=rounds, strategy=strategy, resume=resume)
         coordinator = Coordinator(data_info=INFO)
         run_dir = RunDir(out)
-        threads = [shifting_hospital(coordinator, n, s) for n, s in (("a", 0.01), ("b", -0.02), ("c", 0.03))]
+        threads = [hospital(coordinator, n, s) for n, s in (("a", 0.01), ("b", -0.02), ("c", 0.03))]
         if resume:
             resumed = run_dir.load_checkpoint()
             run_dir.truncate_history(resumed.checkpoint.round)
