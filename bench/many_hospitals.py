@@ -5,11 +5,15 @@ long-polling, heartbeating, training and uploading exactly as fed-client does). 
 holds PyTorch (about 600 MB), so 100 of them would not fit in this machine's memory: the hospitals run
 as threads, 25 to a worker process. By default every hospital trains the small CNN for one epoch on
 32 generated 8x8 images per round; ``--model resnet18 --local-epochs 0`` makes them pure
-communication rounds with a 44.7 MB model instead.
+communication rounds with a 44.7 MB model instead. ``--strategies fedavg median multi-krum`` measures
+each aggregation rule at each N (the robust rules keep every update of a round on disk, in the run
+folder's update store, and combine them tensor by tensor).
 
     python bench/many_hospitals.py --hospitals 1 2 5 10 25 50 100 --rounds 4     (from the repository root)
     python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 1 10 25 50 100 --rounds 4 \
         --out bench/many_hospitals_resnet18.json
+    python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 10 50 --rounds 4 \
+        --strategies fedavg median multi-krum --out bench/many_hospitals_strategies.json
 
 Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is the coordinator's own
 peak RSS (VmHWM) as recorded in history.jsonl after its last round. A run counts only if every round
@@ -29,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,18 +56,20 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     return SourceDataset(info, {"train": (images, labels)})
 
 
-def measure(hospitals: int, rounds: int, work: Path, model: str, local_epochs: int) -> dict[str, float]:
-    data = work / f"data{hospitals}"
+def measure(
+    hospitals: int, rounds: int, work: Path, model: str, local_epochs: int, strategy: str = "fedavg"
+) -> dict[str, Any]:
+    data = work / f"data{hospitals}-{strategy}"
     partition_to_folders(tiny_dataset(hospitals), data, clients=hospitals, scheme="iid")
     names = hospital_names(hospitals)
-    out, port_file = work / f"run{hospitals}", work / f"port{hospitals}"
-    procs = ProcessGroup(work / f"logs{hospitals}")
+    out, port_file = work / f"run{hospitals}-{strategy}", work / f"port{hospitals}-{strategy}"
+    procs = ProcessGroup(work / f"logs{hospitals}-{strategy}")
     try:
         server = procs.start(
             "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
             "--rounds", str(rounds), "--min-clients", str(hospitals), "--model", model,
             "--local-epochs", str(local_epochs),
-            "--batch-size", "16", "--out", str(out), "--round-timeout", "600",
+            "--batch-size", "16", "--out", str(out), "--round-timeout", "600", "--strategy", strategy,
         )  # fmt: skip
         port = procs.wait_for_port("server", port_file, 120)
         for i in range(0, hospitals, PER_PROCESS):
@@ -80,7 +87,7 @@ def measure(hospitals: int, rounds: int, work: Path, model: str, local_epochs: i
     if not complete or len(history) != rounds:
         raise SystemExit(f"{hospitals} hospitals: not every round aggregated every hospital; see {out}")
     measured = [r.duration_s for r in history[1:]]
-    return {"hospitals": hospitals, "median_s": statistics.median(measured), "max_s": max(measured),
+    return {"strategy": strategy, "hospitals": hospitals, "median_s": statistics.median(measured), "max_s": max(measured),
             "coordinator_peak_rss_mb": history[-1].server_peak_rss_mb,
             "model_bytes": history[-1].bytes_down // hospitals}  # fmt: skip
 
@@ -130,23 +137,29 @@ def import_floor_mb() -> float:
     return float(out)
 
 
-def plot(results: list[dict[str, float]], floor: float, path: Path, workload: str) -> None:
+def plot(results: list[dict[str, Any]], floor: float, path: Path, workload: str) -> None:
     from medfed.server.report import plots
 
-    ns = [r["hospitals"] for r in results]
-    budget = [300 + 4 * r["model_bytes"] / 1e6 for r in results]
-    rss = [r["coordinator_peak_rss_mb"] for r in results]
+    strategies = list(dict.fromkeys(r["strategy"] for r in results))
+    rows = {s: [r for r in results if r["strategy"] == s] for s in strategies}
+    ns = [r["hospitals"] for r in rows[strategies[0]]]
+    model_mb = results[0]["model_bytes"] / 1e6
+    times = {s: ([r["hospitals"] for r in rs], [r["median_s"] for r in rs]) for s, rs in rows.items()}
+    rss = {s: ([r["hospitals"] for r in rs], [r["coordinator_peak_rss_mb"] for r in rs]) for s, rs in rows.items()}
+    lines = {"300 MB + 4 x model": (ns, [300 + 4 * model_mb] * len(ns))}
+    if set(strategies) - {"fedavg"}:
+        lines["300 MB + 6 x model (robust rules)"] = (ns, [300 + 6 * model_mb] * len(ns))
+    lines["importing the coordinator's modules"] = (ns, [floor] * len(ns))
+    if len(strategies) == 1:
+        times = {"median round": times[strategies[0]]}
+        rss = {"coordinator peak RSS": rss[strategies[0]]}
+    slowest = {"slowest round": (ns, [r["max_s"] for r in rows[strategies[0]]])} if len(strategies) == 1 else {}
     plots.line_panels(
         path,
         f"One coordinator, N hospitals ({workload})",
-        [
-            ("round time (s)", {"median round": (ns, [r["median_s"] for r in results])},
-             {"slowest round": (ns, [r["max_s"] for r in results])}),
-            ("coordinator peak RSS (MB)", {"coordinator peak RSS": (ns, rss)},
-             {"300 MB + 4 x model": (ns, budget), "importing the coordinator's modules": (ns, [floor] * len(ns))}),
-        ],
+        [("median round time (s)", times, slowest), ("coordinator peak RSS (MB)", rss, lines)],
         xlabel="hospitals",
-    )  # fmt: skip
+    )
 
 
 def main() -> None:
@@ -158,15 +171,16 @@ def main() -> None:
     parser.add_argument("--model", default="cnn", choices=["cnn", "resnet18"])
     parser.add_argument("--local-epochs", type=int, default=1, help="0: pure communication rounds")
     parser.add_argument("--out", type=Path, default=Path("bench/many_hospitals.json"))
+    parser.add_argument("--strategies", nargs="+", default=["fedavg"], help="fed-server --strategy values to measure")
     args = parser.parse_args()
     model = "small CNN" if args.model == "cnn" else "ResNet-18"
     training = f"{args.local_epochs} local epoch(s) each" if args.local_epochs else "no local training"
     workload = f"{model}, {training}"
     with tempfile.TemporaryDirectory(prefix="medfed-many-") as tmp:
         results = []
-        for n in args.hospitals:
-            result = measure(n, args.rounds, Path(tmp), args.model, args.local_epochs)
-            print(f"{n} hospitals: median round {result['median_s']:.2f} s, coordinator peak RSS "
+        for strategy, n in ((s, n) for s in args.strategies for n in args.hospitals):
+            result = measure(n, args.rounds, Path(tmp), args.model, args.local_epochs, strategy)
+            print(f"{strategy}, {n} hospitals: median round {result['median_s']:.2f} s, coordinator peak RSS "
                   f"{result['coordinator_peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
             results.append(result)
     floor = import_floor_mb()
@@ -176,9 +190,10 @@ def main() -> None:
     print(f"importing the coordinator's modules alone: {floor:.0f} MB peak RSS")
     print(f"\nPython {platform.python_version()}, {platform.machine()}; {workload} on 32 images of 8x8, "
           f"{args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
-    print("| hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|")
+    print("| strategy | hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['hospitals']} | {r['median_s']:.2f} | {r['max_s']:.2f} | {r['coordinator_peak_rss_mb']:.0f} |")
+        print(f"| {r['strategy']} | {r['hospitals']} | {r['median_s']:.2f} | {r['max_s']:.2f} "
+              f"| {r['coordinator_peak_rss_mb']:.0f} |")
 
 
 if __name__ == "__main__":
