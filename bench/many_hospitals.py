@@ -87,7 +87,8 @@ def measure(
     if not complete or len(history) != rounds:
         raise SystemExit(f"{hospitals} hospitals: not every round aggregated every hospital; see {out}")
     measured = [r.duration_s for r in history[1:]]
-    return {"strategy": strategy, "hospitals": hospitals, "median_s": statistics.median(measured), "max_s": max(measured),
+    return {"strategy": strategy, "hospitals": hospitals, "median_s": statistics.median(measured),
+            "max_s": max(measured),
             "coordinator_peak_rss_mb": history[-1].server_peak_rss_mb,
             "model_bytes": history[-1].bytes_down // hospitals}  # fmt: skip
 
@@ -192,8 +193,10 @@ def main() -> None:
           f"{args.rounds} rounds (first left out), every round aggregated every hospital\n")  # fmt: skip
     print("| strategy | hospitals | median round (s) | max (s) | coordinator peak RSS (MB) |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['strategy']} | {r['hospitals']} | {r['median_s']:.2f} | {r['max_s']:.2f} "
-              f"| {r['coordinator_peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['strategy']} | {r['hospitals']} | {r['median_s']:.2f} | {r['max_s']:.2f} "
+            f"| {r['coordinator_peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

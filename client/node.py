@@ -105,7 +105,9 @@ class HospitalNode:
         """Train on one task and send the update; returns the round."""
         header = task.header
         planned = self._privacy.plan(header.settings.local_dp, header.settings) if self._privacy else None
-        result = self._trainer.run(header.round, header.settings, header.model, task.state, planned)
+        federation = self._session.federation if self._session is not None else ""
+        result = self._trainer.run(header.round, header.settings, header.model, task.state, planned,
+                                   federation=federation)  # fmt: skip
         if self._privacy is not None and planned is not None and self._session is not None:
             # spent before the update leaves
             result = replace(result, privacy=self._privacy.record(self._session.federation, header.round, planned))

@@ -38,10 +38,15 @@ Scheme = Literal["iid", "dirichlet", "exclude-classes"]
 """How fed-partition spreads a dataset's labels over hospitals (common/data/partition.py)."""
 SCHEMES: tuple[Scheme, ...] = get_args(Scheme)
 StrategyName = Literal[
-    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "median", "trimmed-mean", "krum",
-    "multi-krum", "norm-bound",
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "scaffold", "fedbn", "median",
+    "trimmed-mean", "krum", "multi-krum", "norm-bound",
 ]  # fmt: skip
 """fed-server --strategy (server/strategy/: one module each)"""
 STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
+LocalOptimizer = Literal["adam", "sgd"]
+"""what a round may ask a hospital to train with (TrainConfig.optimizer); SCAFFOLD asks for plain SGD"""
+LOCAL_OPTIMIZERS: tuple[LocalOptimizer, ...] = get_args(LocalOptimizer)
+SCAFFOLD_CONTROL = "scaffold.control."
+"""the prefix of SCAFFOLD's control-variate tensors beside the model's, in a task and in an update"""
 MedmnistSize = Literal[28, 64, 128, 224]
 MEDMNIST_SIZES: tuple[MedmnistSize, ...] = get_args(MedmnistSize)

@@ -28,6 +28,10 @@ class TrainSettings:
     """how the hospital may compress its update (common/compression.py)"""
     proximal_mu: float = 0.0
     """FedProx's μ: the local loss gets μ/2·‖w − w_global‖² (0: plain training)"""
+    scaffold: bool = False
+    """SCAFFOLD: the task carries the server's control variate; the update returns the hospital's change"""
+    local_normalization: bool = False
+    """FedBN: the hospital keeps its own normalisation layers from round to round"""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ TRAINING_SETTINGS = (
 )  # fmt: skip
 """what --resume keeps fixed (see ServerConfig.resume_settings)"""
 STRATEGY_SETTINGS: dict[str, tuple[StrategyName, ...]] = {
-    "server_lr": ("fedavgm", "fedadam", "fedyogi", "fedadagrad"),
+    "server_lr": ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"),
     "server_momentum": ("fedavgm",),
     "server_beta1": ("fedadam", "fedyogi", "fedadagrad"),
     "server_beta2": ("fedadam", "fedyogi"),
@@ -129,6 +129,8 @@ class ServerConfig(TlsFiles):
             )
         if self.strategy == "norm-bound" and self.norm_bound is None:
             raise ValueError("--strategy norm-bound needs --norm-bound B (the largest L2 norm an update may move by)")
+        if self.strategy == "scaffold":
+            self._check_scaffold()
         if self.norm_bound is not None and self.dp_central:
             raise ValueError("--norm-bound is not needed with --dp-central, which clips every update to --dp-clip")
         for flag, users in STRATEGY_SETTINGS.items():
@@ -136,6 +138,24 @@ class ServerConfig(TlsFiles):
                 raise ValueError(
                     f"--{flag.replace('_', '-')} is a setting of --strategy {' or '.join(users)}, not {self.strategy}"
                 )
+
+    def _check_scaffold(self) -> None:
+        if self.update_encoding == "int8":
+            raise ValueError(
+                "--strategy scaffold cannot use --update-encoding int8: int8 updates are differences from the "
+                "round's global tensors, and the control variates' changes that SCAFFOLD returns are not; "
+                "use fp16 or bf16 to send fewer bytes"
+            )
+        if self.dp_local:
+            raise ValueError(
+                "--strategy scaffold cannot be combined with --dp-local: each hospital's control variate is "
+                "computed from its data and would travel outside the clipped, noised update"
+            )
+        if self.norm_bound is not None:
+            raise ValueError(
+                "--norm-bound cannot stand in front of --strategy scaffold: it would clip the control variates' "
+                "changes along with the model's"
+            )
 
     def _check_dp(self) -> None:
         if self.dp_central and self.dp_local:

@@ -35,9 +35,9 @@ from medfed.server.privacy_record import PrivacyRecorder
 from medfed.server.report import write_report
 from medfed.server.rounds import RoundOutcome, Task
 from medfed.server.run_dir import CHECKPOINT_MODEL, Checkpoint, Resumed, RunDir
-from medfed.server.strategy import NO_STATE, AggregationError, Strategy, StrategyState
+from medfed.server.strategy import NO_STATE, AggregationError, SendsTensors, Strategy, StrategyState
 from medfed.server.strategy.central_dp import DpFedAvg
-from medfed.server.strategy.registry import build_strategy, central_strategy, proximal_mu
+from medfed.server.strategy.registry import build_strategy, central_strategy, local_requests
 from medfed.server.strategy.registry import warnings as strategy_warnings
 
 log = logging.getLogger("medfed.server")
@@ -125,6 +125,14 @@ def _run_round(
     if outcome.missing:
         log.warning("round %d: closed without %s", task.round, ", ".join(outcome.missing))
     return outcome
+
+
+def _task_payload(strategy: Strategy, run: _Run) -> EncodedModel:
+    """The global model, and what the strategy sends beside it (SCAFFOLD's control variate)."""
+    if not isinstance(strategy, SendsTensors):
+        return run.payload
+    state = None if run.strategy_state.empty else run.strategy_state
+    return encode({**run.global_state, **strategy.task_tensors(run.global_state, state)})
 
 
 def _adopt(outcome: RoundOutcome, models: Models) -> tuple[EncodedModel, TestResult | None] | str:
@@ -289,8 +297,11 @@ def run_federation(
     strategy = central or build_strategy(cfg)
     for warning in strategy_warnings(cfg):
         log.warning("%s", warning)
+    if evaluation := strategy.describe().get("evaluation"):
+        log.info("%s: %s", strategy.name, evaluation)
     run = _start(cfg, info, models, central, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
+    requests = local_requests(cfg)
     if central is not None:
         clip = run.strategy_state.values.get("clip", central.initial_clip)
         log.info("central DP: C=%g, σ=%g, δ=%.2g per hospital", clip, cfg.dp_noise_multiplier, run.privacy.delta)
@@ -306,9 +317,12 @@ def run_federation(
             local_dp=cfg.local_dp_request,
             augment=cfg.augment,
             update_encoding=cfg.update_encoding,
-            proximal_mu=proximal_mu(cfg),
+            optimizer=requests.optimizer,
+            proximal_mu=requests.proximal_mu,
+            scaffold=requests.scaffold,
+            local_normalization=requests.local_normalization,
         )
-        task = Task(round_number, cfg.rounds, settings, model_spec, run.payload)
+        task = Task(round_number, cfg.rounds, settings, model_spec, _task_payload(strategy, run))
         outcome = _run_round(cfg, coordinator, task, strategy, run, selected)
         del task
         adopted = _adopt(outcome, models)
@@ -329,7 +343,9 @@ def run_federation(
     path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run))
     log.info("final model written to %s", path)
     title = f"Federated {strategy.name} of {cfg.model} on {info.dataset}"
-    written = write_report(run_dir.directory, run_dir.history(), info, coordinator.hospital_classes(), title=title)
+    note = str(strategy.describe().get("evaluation", ""))
+    written = write_report(run_dir.directory, run_dir.history(), info, coordinator.hospital_classes(), title=title,
+                           evaluation_note=note)  # fmt: skip
     if written:
         log.info("report written to %s (with %s)", written[0], ", ".join(p.name for p in written[1:]))
     return cfg.rounds

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from medfed.common.tensors import BFLOAT16, StateDict
 
@@ -35,3 +36,17 @@ def to_torch(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         else:
             out[name] = torch.from_numpy(writable)
     return out
+
+
+NORMALIZATION_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+"""BatchNorm and InstanceNorm (both ``_NormBase``), GroupNorm, LayerNorm: FedBN's local layers"""
+
+
+def normalization_names(model: nn.Module) -> list[str]:
+    """The state_dict names of every normalisation layer's weights, biases and running statistics."""
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, NORMALIZATION_LAYERS)
+        for name in module.state_dict()
+    ]

@@ -7,6 +7,7 @@ Python work (no PIL, no Dataset/DataLoader) in the loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from medfed.common.data.folders import Split
 from medfed.common.errors import DeviceError, UnusableModel
+from medfed.common.limits import LocalOptimizer
 from medfed.common.training_plan import NORMALIZATION, lr_factor
 
 
@@ -67,6 +69,8 @@ class TrainResult:
     num_examples: int
     loss: float
     accuracy: float
+    steps: int = 0
+    """optimizer steps taken (SCAFFOLD's K)"""
 
 
 def train_local(
@@ -83,23 +87,35 @@ def train_local(
     augment: bool = False,
     lr_schedule: str = "constant",
     proximal_mu: float = 0.0,
+    optimizer: LocalOptimizer = "adam",
+    correction: Sequence[torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Adam on the hospital's training split for ``epochs`` passes (a fresh optimizer every round).
+    """Adam (or plain SGD) on the hospital's training split for ``epochs`` passes (a fresh optimizer
+    every round).
 
     ``seed`` fixes both the batch order and the global RNG (dropout), so a run is reproducible.
     ``proximal_mu`` > 0 adds FedProx's term μ/2·‖w − w₀‖² to every batch's loss, w₀ being the weights the
-    model had when training began (the round's global model); the reported loss leaves it out."""
+    model had when training began (the round's global model); the reported loss leaves it out.
+    ``correction``: one tensor per parameter, added to its gradient before every step (SCAFFOLD's
+    c − c_i, which steers each hospital's steps towards the federation's average direction)."""
     torch.manual_seed(seed)
     model.to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    params = list(model.parameters())
+    shifts = [c.to(device) for c in correction] if correction is not None else []
+    if correction is not None and len(shifts) != len(params):
+        raise ValueError(f"{len(shifts)} gradient corrections for {len(params)} parameters")
+    step: torch.optim.Optimizer = (
+        torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+    )
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     n = len(split)
     images, labels = tensors(split)
     total_loss, correct, seen = 0.0, 0, 0
+    steps = 0
     for epoch in range(epochs):
-        for group in optimizer.param_groups:
+        for group in step.param_groups:
             group["lr"] = lr * lr_factor(lr_schedule, epoch, epochs)
         order = torch.randperm(n, generator=generator)
         batches = range(0, n, batch_size)
@@ -118,17 +134,21 @@ def train_local(
             if augment:
                 x = random_affine(x, generator)
             y = labels[idx].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
+            step.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
             (loss + proximal_term(model, anchor, proximal_mu) if anchor else loss).backward()
-            optimizer.step()
+            for param, shift in zip(params, shifts, strict=False):
+                if param.grad is not None:
+                    param.grad += shift
+            step.step()
+            steps += 1
             batch_loss = loss.detach().item()
             total_loss += batch_loss * len(idx)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{batch_loss:.4f}")
-    return TrainResult(n, total_loss / max(seen, 1), correct / max(seen, 1))
+    return TrainResult(n, total_loss / max(seen, 1), correct / max(seen, 1), steps)
 
 
 def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:

@@ -89,6 +89,8 @@ def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
         augment=settings.augment,
         update_encoding=_ENCODING_TO_WIRE[settings.update_encoding],
         proximal_mu=settings.proximal_mu,
+        scaffold=settings.scaffold,
+        local_normalization=settings.local_normalization,
     )
     if settings.local_dp is not None:
         msg.local_dp.clip = settings.local_dp.clip
@@ -120,6 +122,8 @@ def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
         msg.augment,
         encoding,
         msg.proximal_mu,
+        msg.scaffold,
+        msg.local_normalization,
     )
 
 

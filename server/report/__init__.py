@@ -57,6 +57,7 @@ def write_report(
     hospital_classes: Mapping[str, Sequence[int]],
     *,
     title: str,
+    evaluation_note: str = "",
 ) -> list[Path]:
     """Plots, the final confusion matrix and report.md; returns the files written."""
     from medfed.server.report import plots  # matplotlib is loaded once the run is over, not for all of it
@@ -91,5 +92,5 @@ def write_report(
         _write_confusion_csv(directory / CONFUSION_CSV, matrix, names)
         written += [directory / PER_CLASS_FILE, directory / CONFUSION_PNG, directory / CONFUSION_CSV]
     path = directory / REPORT_FILE
-    files.write_text(path, markdown(history, info, hospital_classes, title=title))
+    files.write_text(path, markdown(history, info, hospital_classes, title=title, evaluation_note=evaluation_note))
     return [path, *written]

@@ -20,7 +20,9 @@ def markdown(
     hospital_classes: Mapping[str, Sequence[int]],
     *,
     title: str,
+    evaluation_note: str = "",
 ) -> str:
+    """``evaluation_note``: how the global model was evaluated when that needs saying (FedBN)."""
     evaluated = [r for r in history if r.test is not None]
     last = evaluated[-1] if evaluated else None
     test = last.test if last is not None else None
@@ -41,6 +43,7 @@ def markdown(
         lines += [
             f"## Global model after round {last.round}, on the coordinator's test set",
             "",
+            *([f"Note: {evaluation_note}.", ""] if evaluation_note else []),
             "| accuracy | macro AUC | loss | test images |",
             "|---|---|---|---|",
             f"| {_fmt(test.accuracy)} | {_fmt(test.auc)} | {_fmt(test.loss)} | {test.test_examples} |",

@@ -9,6 +9,11 @@ instead of the strategy changing itself, and the driver checkpoints it.
 - ``fedavg``: weighted federated averaging (McMahan et al. 2017), the default.
 - ``fedavgm``: FedAvg with server momentum (Hsu et al. 2019).
 - ``fedopt``: FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021), over ``server_update``.
+- ``fedprox``: FedAvg with a proximal term in each hospital's loss (Li et al. 2020).
+- ``scaffold``: control variates against client drift (Karimireddy et al. 2020); ``fedbn``: hospitals
+  keep their own normalisation layers (Li et al. 2021).
+- ``median``, ``trimmed_mean``, ``krum`` over ``robust`` and ``update_store`` (every update of a round
+  on disk), and ``norm_bound`` in front of any of them.
 - ``central_dp``: DP-FedAvg with optional adaptive clipping (McMahan et al. 2018, Andrew et al. 2021).
 - ``registry``: fed-server's settings -> a strategy.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -100,6 +105,13 @@ class Strategy(Protocol):
         """Start a round whose updates will be combined against ``global_state``; ``state``: the
         ``next_state`` of the round before (None for the first round)."""
         ...
+
+
+@runtime_checkable
+class SendsTensors(Protocol):
+    """A strategy whose tasks carry tensors beside the model (SCAFFOLD's control variate)."""
+
+    def task_tensors(self, global_state: Mapping[str, np.ndarray], state: StrategyState | None) -> StateDict: ...
 
 
 def check_update(template: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], num_examples: int) -> None:

@@ -4,18 +4,22 @@ defaults (the strategies themselves are plain numpy and know nothing of configur
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+from medfed.common.limits import LocalOptimizer
 from medfed.server.config import ServerConfig
 from medfed.server.run_dir import UPDATE_STORE
 from medfed.server.strategy import Strategy
 from medfed.server.strategy.central_dp import AdaptiveClipping, DpFedAvg
 from medfed.server.strategy.fedavg import FedAvg
 from medfed.server.strategy.fedavgm import FedAvgM
+from medfed.server.strategy.fedbn import FedBN
 from medfed.server.strategy.fedopt import FedOpt
 from medfed.server.strategy.fedprox import FedProx
 from medfed.server.strategy.krum import Krum
 from medfed.server.strategy.median import Median
 from medfed.server.strategy.norm_bound import NormBound
+from medfed.server.strategy.scaffold import Scaffold
 from medfed.server.strategy.trimmed_mean import TrimmedMean
 
 FEDAVGM_LR, FEDOPT_LR = 1.0, 0.01
@@ -24,6 +28,8 @@ PROX_MU = 0.01
 """FedProx's default μ (Li et al. 2020 tried 0.001 to 1)"""
 TRIM_FRACTION = 0.2
 """trimmed-mean's default β: with 5 to 9 hospitals one is trimmed at each end"""
+SCAFFOLD_SMALL_LR = 0.005
+"""below it, a learning rate is taken for one meant for Adam, and SCAFFOLD's SGD warned about"""
 
 
 def warnings(cfg: ServerConfig) -> list[str]:
@@ -36,6 +42,11 @@ def warnings(cfg: ServerConfig) -> list[str]:
                 f"{cfg.strategy} tolerates --krum-f {f} poisoned hospitals only with at least {2 * f + 3} updates "
                 f"a round; with {n} it still drops the farthest update, but promises no more"
             )
+    if cfg.strategy == "scaffold" and cfg.lr < SCAFFOLD_SMALL_LR:
+        out.append(
+            f"scaffold's hospitals train with plain SGD (as in the paper), and --lr {cfg.lr:g} suits Adam: "
+            "SGD usually needs 0.01 to 0.1"
+        )
     if cfg.strategy == "trimmed-mean":
         beta = TRIM_FRACTION if cfg.trim_fraction is None else cfg.trim_fraction
         if int(beta * n) == 0:
@@ -47,9 +58,25 @@ def warnings(cfg: ServerConfig) -> list[str]:
     return out
 
 
-def proximal_mu(cfg: ServerConfig) -> float:
-    """What the round's training settings ask of each hospital's loss (FedProx's μ; 0 otherwise)."""
-    return (cfg.prox_mu or PROX_MU) if cfg.strategy == "fedprox" else 0.0
+@dataclass(frozen=True)
+class LocalRequests:
+    """What the strategy asks of each hospital's training, in every round's settings."""
+
+    proximal_mu: float = 0.0
+    """FedProx's μ (0: none)"""
+    scaffold: bool = False
+    local_normalization: bool = False
+    optimizer: LocalOptimizer = "adam"
+
+
+def local_requests(cfg: ServerConfig) -> LocalRequests:
+    if cfg.strategy == "fedprox":
+        return LocalRequests(proximal_mu=cfg.prox_mu or PROX_MU)
+    if cfg.strategy == "scaffold":
+        return LocalRequests(scaffold=True, optimizer="sgd")  # the paper's local steps: plain SGD
+    if cfg.strategy == "fedbn":
+        return LocalRequests(local_normalization=True)
+    return LocalRequests()
 
 
 def central_strategy(cfg: ServerConfig) -> DpFedAvg:
@@ -80,6 +107,10 @@ def _strategy(cfg: ServerConfig) -> Strategy:
         return Krum(store, 1 if cfg.krum_f is None else cfg.krum_f, 1 if cfg.strategy == "krum" else cfg.krum_m)
     if cfg.strategy == "fedprox":
         return FedProx(cfg.prox_mu or PROX_MU)
+    if cfg.strategy == "scaffold":
+        return Scaffold(cfg.server_lr or 1.0)
+    if cfg.strategy == "fedbn":
+        return FedBN()
     if cfg.strategy == "fedavgm":
         momentum = 0.9 if cfg.server_momentum is None else cfg.server_momentum
         return FedAvgM(cfg.server_lr or FEDAVGM_LR, momentum)

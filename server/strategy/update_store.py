@@ -90,6 +90,10 @@ class UpdateStore:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._slots[name].shape
 
+    def dtype(self, name: str) -> np.dtype:
+        """How tensor ``name`` is kept (float32, or float64 for float64 tensors and counters)."""
+        return self._slots[name].dtype
+
     def float_names(self, template: Mapping[str, np.ndarray]) -> list[str]:
         return [name for name in self._slots if is_float(template[name].dtype)]
 

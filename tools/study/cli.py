@@ -70,6 +70,7 @@ class StudyConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)
     model: ModelName = "cnn"
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    sgd_lr: float = Field(0.05, gt=0, le=10, allow_inf_nan=False)
     batch_size: int = Field(64, ge=2)
     seed: int = Field(0, ge=0)
     pretrained: Path | None = None
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-epochs", type=int, help=f"epochs per round at each hospital (default {d('local_epochs')})")
     p.add_argument("--model", choices=MODEL_NAMES, help=f"architecture (default {d('model')})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d('lr')})")
+    p.add_argument("--sgd-lr", type=float,
+                   help=f"learning rate of the arms whose hospitals train with plain SGD: scaffold (default "
+                        f"{d('sgd_lr')})")  # fmt: skip
     p.add_argument("--batch-size", type=int, help=f"batch size (default {d('batch_size')})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, or cosine decay (default constant)")
@@ -233,9 +237,12 @@ def _run(argv: Sequence[str] | None) -> int:
         work, name = (out, "federated") if single else (out / "arms" / strategy, f"federated {strategy}")
         run_dir = out / ("federated" if single else f"federated-{strategy}")
         print(f"{name}: {cfg.rounds} rounds x {cfg.local_epochs} local epoch(s) of {cfg.model}"
+              + (f", SGD at lr {cfg.sgd_lr:g}" if strategy == "scaffold" else "")
               + (f"; {', '.join(attackers)} simulating {cfg.attack}" if attackers else ""), flush=True)  # fmt: skip
-        last = run_locally(work, folders, test_folder, run_dir, [*server_args, "--strategy", strategy],
-                           ["--device", cfg.device], hospital_args)  # fmt: skip
+        arm = [*server_args, "--strategy", strategy]
+        if strategy == "scaffold":  # its hospitals train with SGD, which needs its own learning rate
+            arm += ["--lr", str(cfg.sgd_lr)]
+        last = run_locally(work, folders, test_folder, run_dir, arm, ["--device", cfg.device], hospital_args)
         if last is None or last.test is None:
             reason = "recorded no round" if last is None else f"did not adopt its last round's model ({last.failed})"
             raise CliError(f"the {name} run {reason}; see {work / 'logs'}")

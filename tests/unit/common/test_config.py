@@ -36,6 +36,13 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
             {"strategy": "fedadam", "dp_central": True, "dp_clip": 1.0, "dp_noise_multiplier": 1.0},
             "--dp-central is its own strategy",
         ),
+        ({"strategy": "scaffold", "update_encoding": "int8"}, "--strategy scaffold cannot use --update-encoding int8"),
+        (
+            {"strategy": "scaffold", "dp_local": True, "dp_clip": 1.0, "dp_noise_multiplier": 1.0},
+            "--strategy scaffold cannot be combined with --dp-local",
+        ),
+        ({"strategy": "scaffold", "norm_bound": 5.0}, "--norm-bound cannot stand in front of --strategy scaffold"),
+        ({"strategy": "fedbn", "server_lr": 0.5}, "--server-lr is a setting of --strategy fedavgm or"),
         (
             {"address": "https://127.0.0.1:0"},
             "has a scheme (https://): give HOST:PORT without it, e.g. 127.0.0.1:0",
@@ -157,3 +164,19 @@ def test_a_strategy_and_its_settings_come_from_the_config_file(tmp_path: Path) -
     strategy = build_strategy(cfg)
     assert strategy.describe() == {"name": "fedyogi", "server_lr": 0.03, "server_beta1": 0.9, "server_beta2": 0.9,
                                    "server_tau": 0.001}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("toml", "described"),
+    [
+        ('strategy = "scaffold"\nserver-lr = 0.5\n', {"name": "scaffold", "server_lr": 0.5, "local_optimizer": "sgd"}),
+        ('strategy = "fedbn"\n', {"name": "fedbn"}),
+    ],
+)
+def test_scaffold_and_fedbn_come_from_the_config_file(tmp_path: Path, toml: str, described: dict[str, object]) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(toml)
+
+    strategy = build_strategy(build_config(ServerConfig, load_toml(path), {}))
+
+    assert described.items() <= strategy.describe().items()

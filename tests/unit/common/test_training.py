@@ -132,3 +132,9 @@ def test_fedprox_travels_in_the_task_settings_and_a_bad_mu_is_refused() -> None:
     bad.proximal_mu = -1.0
     with pytest.raises(WireFormatError, match="FedProx"):
         settings_from_proto(bad)
+
+
+def test_scaffold_and_fedbn_travel_in_the_task_settings() -> None:
+    settings = TrainSettings(1, 0.05, 16, seed=4, optimizer="sgd", scaffold=True, local_normalization=True)
+
+    assert settings_from_proto(settings_to_proto(settings)) == settings

@@ -11,6 +11,7 @@ import pytest
 
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import UnusableModel
+from medfed.common.limits import SCAFFOLD_CONTROL
 from medfed.common.tensors import EncodedModel, from_chunks
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
@@ -18,7 +19,7 @@ from medfed.server.driver import FederationAborted, choose, run_federation
 from medfed.server.history import TestResult
 from medfed.server.model_helper.host import ModelHostError
 from medfed.server.rounds import Finished, Task
-from medfed.server.run_dir import RunDir
+from medfed.server.run_dir import RunDir, load_model
 from tests.helpers import InProcessModels
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
@@ -255,7 +256,7 @@ def test_a_round_whose_model_fails_evaluation_is_recorded_failed_and_the_run_goe
     assert "1 round(s) failed" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm", "scaffold"])
 def test_a_resumed_run_with_server_optimizer_state_ends_with_the_same_model_bit_for_bit(
     tmp_path: Path, strategy: str
 ) -> None:
@@ -306,3 +307,37 @@ def test_fedprox_asks_every_hospital_for_the_proximal_term_and_fedavg_for_none(t
     assert json.loads((tmp_path / "fedprox" / "model.json").read_text())["strategy_settings"] == {
         "name": "fedprox", "prox_mu": 0.2
     }  # fmt: skip
+
+
+def test_scaffold_sends_c_beside_the_model_and_moves_it_by_the_mean_change_every_round(tmp_path: Path) -> None:
+    coordinator = Coordinator(data_info=INFO)
+    sessions = [coordinator.join(name, 10, INFO) for name in ("a", "b")]
+    received: list[dict[str, np.ndarray]] = []
+
+    def loop(session: str, change: float) -> None:
+        while not isinstance(instruction := coordinator.next_instruction(session, timeout=5), Finished):
+            if isinstance(instruction, Task):
+                assert instruction.settings.scaffold and instruction.settings.optimizer == "sgd"
+                state = from_chunks(instruction.payload.layout, instruction.payload.chunks())
+                if session == sessions[0]:
+                    received.append(dict(state))
+                update = {k: np.full_like(v, change) if k.startswith(SCAFFOLD_CONTROL) else v for k, v in state.items()}
+                coordinator.submit_update(session, instruction.round, 10, {}, update)
+
+    threads = [
+        threading.Thread(target=loop, args=(s, d), daemon=True) for s, d in zip(sessions, (0.1, 0.3), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    run(config(tmp_path, rounds=3, min_clients=2, strategy="scaffold", lr=0.05), coordinator)
+    for thread in threads:
+        thread.join(timeout=30)
+
+    controls = [[v for k, v in r.items() if k.startswith(SCAFFOLD_CONTROL)] for r in received]
+    assert controls[0] and len(controls) == 3
+    for round_index, tensors in enumerate(controls):  # c = rounds so far x the mean change (0.1 + 0.3) / 2
+        for tensor in tensors:
+            np.testing.assert_allclose(tensor, 0.2 * round_index, rtol=1e-6)
+    final, metadata = load_model(tmp_path)
+    assert final and not any(k.startswith(SCAFFOLD_CONTROL) for k in final)
+    assert metadata["strategy_settings"]["name"] == "scaffold"

@@ -325,11 +325,14 @@ class TrainConfig(_message.Message):
     AUGMENT_FIELD_NUMBER: _builtins.int
     UPDATE_ENCODING_FIELD_NUMBER: _builtins.int
     PROXIMAL_MU_FIELD_NUMBER: _builtins.int
+    SCAFFOLD_FIELD_NUMBER: _builtins.int
+    LOCAL_NORMALIZATION_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     """0: send the model back untrained (a pure communication round)"""
     learning_rate: _builtins.float
     batch_size: _builtins.int
     optimizer: _builtins.str
+    """"adam" or "sgd" (no momentum); a hospital refuses a task asking for another"""
     seed: _builtins.int
     augment: _builtins.bool
     """Random shifts (up to 10%) and rotations (up to 10 degrees) of every training batch, on tensors."""
@@ -340,6 +343,16 @@ class TrainConfig(_message.Message):
     proximal_mu: _builtins.float
     """FedProx (Li et al. 2020): add mu/2 * ||w - w_global||^2 to the local loss; 0 = plain training. A
     hospital that cannot add it (DP-SGD) refuses the task; hospitals older than this field ignore it.
+    """
+    scaffold: _builtins.bool
+    """SCAFFOLD (Karimireddy et al. 2020): the task's tensors also hold the server's control variate c, one
+    tensor per trainable parameter named "scaffold.control." + the parameter's name. The hospital trains
+    with plain SGD on gradients corrected by c - c_i (c_i: its own control variate, kept in its data
+    folder) and returns, beside its weights and under the same names, c_i' - c_i (the change of its own).
+    """
+    local_normalization: _builtins.bool
+    """FedBN (Li et al. 2021): the hospital keeps its own normalisation layers (weights, biases, running
+    statistics) from round to round, in its data folder, and loads them over the global model's.
     """
     @_builtins.property
     def local_dp(self) -> Global___DpRequest:
@@ -359,10 +372,12 @@ class TrainConfig(_message.Message):
         augment: _builtins.bool = ...,
         update_encoding: Global___UpdateEncoding.ValueType = ...,
         proximal_mu: _builtins.float = ...,
+        scaffold: _builtins.bool = ...,
+        local_normalization: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "optimizer", b"optimizer", "proximal_mu", b"proximal_mu", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "local_normalization", b"local_normalization", "optimizer", b"optimizer", "proximal_mu", b"proximal_mu", "scaffold", b"scaffold", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
