@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("--dp-ledger", type=Path, help="privacy ledger file (default DATA/privacy-ledger.json)")
     p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where this hospital keeps SCAFFOLD's control variate and FedBN's normalisation layers between "
+        "rounds and restarts (default DATA/medfed-state; needed when the data folder is read-only)",
+    )
+    p.add_argument(
         "--simulate-attack",
         metavar="ATTACK",
         help="research only: poison this hospital's contribution (label-flip, sign-flip, scale:K, gaussian:SIGMA) "
@@ -222,7 +228,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if cfg.attack is not None:
             log.warning("SIMULATED ATTACK: this hospital is %s in every round (--simulate-attack, for research on "
                         "defences only)", cfg.attack.describe())  # fmt: skip
-        trainer = Trainer(data, device, name=name, progress=progress, attack=cfg.attack)
+        trainer = Trainer(data, device, name=name, progress=progress, attack=cfg.attack, state_dir=cfg.state_dir)
         node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy)
         try:
             node.run()

@@ -33,6 +33,8 @@ class ClientConfig(TlsFiles):
     dp_delta: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     dp_target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
     dp_ledger: Path | None = None
+    state_dir: Path | None = None
+    """where SCAFFOLD's control variate and FedBN's normalisation layers are kept (default DATA/medfed-state)"""
     classes: list[str] | None = None
     class_map: dict[str, str] | None = None
     image_size: int | None = Field(None, ge=4, le=1024)

@@ -1,7 +1,8 @@
 """What a hospital keeps between rounds for the strategies that need it: SCAFFOLD's control variate and
 FedBN's own normalisation layers. Like the privacy ledger they live in the hospital's data folder (in
-``medfed-state/``), one safetensors file per federation and kind, written durably, so that a hospital
-restarted mid-federation continues from where it was, and a new federation starts afresh.
+``medfed-state/``, or fed-client's ``--state-dir``), one safetensors file per federation and kind,
+written durably, so that a hospital restarted mid-federation continues from where it was, and a new
+federation starts afresh.
 
 The files hold arrays and a few strings only (safetensors: no pickle), and what is read back is checked
 against the model before it is used, since anyone with access to the folder could replace a file.
@@ -38,7 +39,7 @@ class Kept:
 
 class LocalState:
     def __init__(self, folder: Path) -> None:
-        self.folder = folder / STATE_FOLDER
+        self.folder = folder
 
     def path(self, federation: str, kind: str) -> Path:
         # the federation id comes from the coordinator: hashed, it cannot name a path of its choosing
@@ -69,7 +70,10 @@ class LocalState:
                 save_file(arrays, str(tmp), metadata={"federation": federation, "round": str(round_number)})
         except OSError as exc:
             reason = exc.strerror or exc
-            raise LocalStateError(f"cannot write {path} ({reason}): the data folder must be writable") from None
+            raise LocalStateError(
+                f"cannot write {path} ({reason}): this strategy keeps tensors between rounds; make the folder "
+                "writable or give fed-client --state-dir"
+            ) from None
 
 
 def fitting(kept: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], what: str, path: Path) -> StateDict:

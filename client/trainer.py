@@ -7,13 +7,14 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from medfed.client.attack import Attack, flip_labels, poison_update
-from medfed.client.local_state import LocalState, LocalStateError, fitting
+from medfed.client.local_state import STATE_FOLDER, LocalState, LocalStateError, fitting
 from medfed.client.privacy import RoundPrivacy
 from medfed.client.scaffold import HospitalControl, split_control
 from medfed.common.data.folders import HospitalData
@@ -57,7 +58,9 @@ class Trainer:
         name: str,
         progress: bool = True,
         attack: Attack | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: where SCAFFOLD's and FedBN's kept tensors go (default DATA/medfed-state)."""
         self._data = data
         self._attack = attack
         self._train = data.split("train")
@@ -68,7 +71,7 @@ class Trainer:
         self._progress = progress
         self._model: nn.Module | None = None
         self._spec: ModelSpec | None = None
-        self._kept = LocalState(data.path)
+        self._kept = LocalState(state_dir or data.path / STATE_FOLDER)
 
     def _model_for(self, spec: ModelSpec, privacy: RoundPrivacy | None) -> nn.Module:
         info = self._data.info

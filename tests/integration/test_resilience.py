@@ -175,7 +175,7 @@ def test_health_checks_and_a_hospital_killed_mid_round_do_not_stall_the_run(
 ) -> None:
     out, health_port = tmp_path / "run", free_port()
     port = start_server(
-        procs, tmp_path, *server_args(out, 4), "--min-fit", "1", "--round-timeout", "6",
+        procs, tmp_path, *server_args(out, 4), "--min-fit", "1", "--round-timeout", "10",
         "--health-address", f"127.0.0.1:{health_port}",
     )  # fmt: skip
     probe = run_cli("medfed.server.health", f"127.0.0.1:{health_port}")

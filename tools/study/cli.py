@@ -49,6 +49,7 @@ examples:
             --model resnet18 --rounds 20 --out study-pneumonia
   fed-study --hospitals /data/hospital_a /data/hospital_b --test /data/test --out study-ours
   fed-study --strategies fedavg,median,krum --attackers 1 --attack scale:100   (a poisoning hospital)
+  fed-study --strategies fedavg,fedprox,fedadam,scaffold,fedbn --scheme dirichlet --alpha 0.1 --clients 5
 """
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medfed.client.local_state import LocalState
+from medfed.client.local_state import STATE_FOLDER, LocalState
 from medfed.client.trainer import NORMALIZATION_KIND, Trainer
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
 from medfed.common.messages import ModelSpec, TrainSettings
@@ -17,10 +17,11 @@ SPEC = ModelSpec("cnn", 1, 2)
 FEDBN = TrainSettings(1, 1e-3, 16, seed=1, local_normalization=True)
 
 
-def hospital(folder: Path) -> Trainer:
+def hospital(folder: Path, state_dir: Path | None = None) -> Trainer:
     rng = np.random.default_rng(0)
     train = Split(rng.integers(0, 256, (16, 1, 8, 8), dtype=np.uint8), np.arange(16) % 2)
-    return Trainer(HospitalData(folder, "hospital_a", INFO, {"train": train}), torch.device("cpu"), name="h")
+    data = HospitalData(folder, "hospital_a", INFO, {"train": train})
+    return Trainer(data, torch.device("cpu"), name="h", state_dir=state_dir)
 
 
 def test_a_hospital_keeps_its_own_normalisation_through_rounds_and_restarts(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_a_hospital_keeps_its_own_normalisation_through_rounds_and_restarts(tmp_
     global_model = to_numpy(model.state_dict())
 
     first = hospital(tmp_path).run(1, FEDBN, SPEC, global_model, federation="fed").state
-    kept = LocalState(tmp_path).load("fed", NORMALIZATION_KIND)
+    kept = LocalState(tmp_path / STATE_FOLDER).load("fed", NORMALIZATION_KIND)
     assert kept is not None and sorted(kept.tensors) == sorted(norms)
     # round 2's global model has normalisation statistics far from this hospital's (averaged elsewhere)
     far = {k: (v + 1000).astype(v.dtype) if k.endswith("running_mean") else v for k, v in first.items()}
@@ -56,3 +57,13 @@ def test_a_new_federation_starts_from_the_global_models_normalisation(tmp_path: 
 
     mean = next(n for n in state if n.endswith("running_mean"))
     assert state[mean].min() > 800
+
+
+def test_state_dir_keeps_the_layers_outside_a_read_only_data_folder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    global_model = to_numpy(build_model("cnn", 1, 2).state_dict())
+
+    hospital(tmp_path / "data", state_dir=tmp_path / "kept").run(1, FEDBN, SPEC, global_model, federation="fed")
+
+    assert LocalState(tmp_path / "kept").load("fed", NORMALIZATION_KIND) is not None
+    assert not (tmp_path / "data").exists()

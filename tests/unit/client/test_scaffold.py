@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from medfed.client.local_state import LocalState
+from medfed.client.local_state import STATE_FOLDER, LocalState
 from medfed.client.scaffold import HospitalControl, next_control, split_control
 from medfed.client.trainer import TaskError, Trainer
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
@@ -98,7 +98,7 @@ def test_a_scaffold_task_trains_and_returns_the_weights_and_the_control_variates
     name = params[-1]
     expected = -0.01 + (model[name].astype(np.float64) - weights[name]) / (3 * 0.05)
     np.testing.assert_allclose(changes[name], expected, rtol=1e-4, atol=1e-6)
-    assert LocalState(tmp_path).load("fed", "scaffold") is not None
+    assert LocalState(tmp_path / STATE_FOLDER).load("fed", "scaffold") is not None
 
 
 @pytest.mark.parametrize(
