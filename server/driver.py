@@ -292,13 +292,13 @@ def run_federation(
     """Run every round (after the checkpoint's, when resuming); returns the number completed.
 
     Raises FederationAborted when stopped early; the last completed round is checkpointed."""
-    info = _wait_for_hospitals(cfg, coordinator)
     central = central_strategy(cfg) if cfg.dp_central else None
     strategy = central or build_strategy(cfg)
-    for warning in strategy_warnings(cfg):
+    for warning in strategy_warnings(cfg):  # before the wait for hospitals, which may be long
         log.warning("%s", warning)
     if evaluation := strategy.describe().get("evaluation"):
         log.info("%s: %s", strategy.name, evaluation)
+    info = _wait_for_hospitals(cfg, coordinator)
     run = _start(cfg, info, models, central, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
     requests = local_requests(cfg)

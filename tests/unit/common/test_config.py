@@ -6,7 +6,7 @@ from medfed.client.config import ClientConfig
 from medfed.common.config import build_config, load_toml, parse_address
 from medfed.common.errors import ConfigError
 from medfed.server.config import ServerConfig
-from medfed.server.strategy.registry import build_strategy
+from medfed.server.strategy.registry import build_strategy, warnings
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
@@ -180,3 +180,16 @@ def test_scaffold_and_fedbn_come_from_the_config_file(tmp_path: Path, toml: str,
     strategy = build_strategy(build_config(ServerConfig, load_toml(path), {}))
 
     assert described.items() <= strategy.describe().items()
+
+
+@pytest.mark.parametrize(
+    ("values", "warned"),
+    [
+        ({"strategy": "scaffold"}, "scaffold's hospitals train with plain SGD"),
+        ({"strategy": "krum", "min_clients": 3}, "tolerates --krum-f 1 poisoned hospitals only with at least 5"),
+        ({"strategy": "trimmed-mean", "min_clients": 3}, "trims nothing from 3 updates"),
+    ],
+)
+def test_a_strategy_that_promises_less_with_these_settings_says_so(values: dict[str, object], warned: str) -> None:
+    assert any(warned in w for w in warnings(build_config(ServerConfig, {}, values)))
+    assert not warnings(build_config(ServerConfig, {}, {**values, "strategy": "fedavg"}))
