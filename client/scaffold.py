@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from medfed.client.local_state import LocalState, LocalStateError, fitting
+from medfed.client.local_state import LocalState, fitting
 from medfed.common.limits import SCAFFOLD_CONTROL
 from medfed.common.tensors import StateDict
 
@@ -86,6 +86,3 @@ def next_control(
         value = c_i.astype(np.float64) - server[name] + moved / (steps * lr)
         out[name] = np.asarray(value.astype(c_i.dtype))
     return out
-
-
-__all__ = ["HospitalControl", "LocalStateError", "next_control", "split_control"]
