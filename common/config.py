@@ -8,6 +8,7 @@ names the flag (``--rounds``), never a traceback.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +43,16 @@ def parse_address(value: str) -> tuple[str, int]:
     if not host or any(c.isspace() for c in host):
         raise ValueError(f"{value!r} has no host (use 0.0.0.0:{port} to listen on every interface)")
     return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach an address on ``host``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_address(value: str) -> str:

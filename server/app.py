@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import grpc
 
 from medfed.common import files
 from medfed.common.cli import EXIT_USAGE, CliError, command_parser, run_command, setup_logging
-from medfed.common.config import build_config, load_toml, parse_address
+from medfed.common.config import build_config, is_loopback, load_toml, parse_address
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.dp.accounting import epsilon, rounds_within
 from medfed.common.errors import ConfigError
@@ -30,10 +31,12 @@ from medfed.common.limits import ENCODINGS, LR_SCHEDULES, MODEL_NAMES, STRATEGIE
 from medfed.common.pki import check_pair, load_cert
 from medfed.common.wire.tls import server_credentials
 from medfed.server.auth import PeerAuthenticator
-from medfed.server.config import ServerConfig
+from medfed.server.config import DEFAULT_DASHBOARD, ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.driver import FederationAborted, run_federation
 from medfed.server.health import health_only_server, make_health
+from medfed.server.live.monitor import Monitor
+from medfed.server.live.web import Dashboard
 from medfed.server.memory import share_one_malloc_arena
 from medfed.server.model_helper.host import ModelHost
 from medfed.server.run_dir import CHECKPOINT_FILE, Resumed, RunDir, check_settings
@@ -166,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--health-address",
         help="also answer grpc.health.v1 checks in plaintext on HOST:PORT (for container probes: fed-health)",
     )
+    p.add_argument(
+        "--dashboard-address",
+        help=f"HOST:PORT of the live dashboard and Prometheus /metrics (default {DEFAULT_DASHBOARD}; 'off' for none; "
+        "an address other machines can reach needs --dashboard-token)",
+    )
+    p.add_argument(
+        "--dashboard-token",
+        help="a secret of 16+ characters every dashboard and /metrics request must carry (Authorization: Bearer, "
+        "or ?token= in the page's address); better given in the --config file than on the command line",
+    )
+    p.add_argument("--dashboard-port-file", type=Path, help="write the dashboard's bound port here (for scripts)")
     p.add_argument("--device", help="evaluation device: auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--finish-grace",
@@ -302,6 +316,32 @@ def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenti
     return server_credentials(cert, key, ca), PeerAuthenticator(load_cert(ca), cfg.tls_crl)
 
 
+def _dashboard(cfg: ServerConfig, monitor: Monitor) -> Dashboard | None:
+    """The dashboard on --dashboard-address; the default address, when taken (a second coordinator on this
+    machine), gives way to a free port with a warning, while an address asked for is an error."""
+    if cfg.dashboard_address is None:
+        return None
+    host, _ = parse_address(cfg.dashboard_address)
+    tls = None
+    if cfg.tls and not is_loopback(host):  # the token must not cross the network in plaintext
+        cert, key, _ca = cfg.tls_paths()
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+    elif not is_loopback(host):
+        log.warning("the dashboard on %s is plain HTTP: its token travels unencrypted (run the coordinator with "
+                    "TLS to serve it over HTTPS)", cfg.dashboard_address)  # fmt: skip
+    try:
+        return Dashboard(monitor, cfg.dashboard_address, token=cfg.dashboard_token, tls=tls)
+    except OSError as exc:
+        if cfg.dashboard_address != DEFAULT_DASHBOARD:
+            raise CliError(
+                f"cannot serve the dashboard on {cfg.dashboard_address}: {exc.strerror}", EXIT_USAGE
+            ) from None
+        log.warning("the dashboard's default address %s is taken (%s); using a free port instead", DEFAULT_DASHBOARD,
+                    exc.strerror)  # fmt: skip
+        return Dashboard(monitor, f"{host}:0", token=cfg.dashboard_token)
+
+
 def _install_signal_handlers(coordinator: Coordinator, received: list[int]) -> None:
     def handle(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
@@ -364,6 +404,8 @@ def _serve(
             raise ConfigError(f"--test-data: its {reason} (the run being resumed used {saved.dataset})")
         info = saved
     allowed = frozenset(cfg.allow) if cfg.allow is not None else None
+    monitor = Monitor()
+    dashboard = _dashboard(cfg, monitor)
     coordinator = Coordinator(
         data_info=info,
         allowed=allowed,
@@ -371,6 +413,7 @@ def _serve(
         federation_id=resume.checkpoint.federation_id if resume else None,
         heartbeat_timeout=cfg.heartbeat_timeout,
         max_receiving=cfg.max_concurrent_uploads,
+        monitor=monitor,
     )
     if authenticator is not None:
         authenticator.on_revoked = coordinator.revoke
@@ -382,6 +425,12 @@ def _serve(
         health=health, max_sending=cfg.max_concurrent_downloads, stall_timeout=cfg.stall_timeout,
     )  # fmt: skip
     servers = [server]
+    if dashboard is not None:
+        dashboard.start()
+        log.info("dashboard on %s (Prometheus metrics at %smetrics)%s", dashboard.url, dashboard.url,
+                 "; requests need the --dashboard-token" if cfg.dashboard_token else "")  # fmt: skip
+        if cfg.dashboard_port_file:
+            _write_port_file(cfg.dashboard_port_file, dashboard.port)
     if cfg.health_address:
         check_bindable(cfg.health_address)
         health_server, health_port = health_only_server(cfg.health_address, health)
@@ -414,6 +463,8 @@ def _serve(
         return 0
     except FederationAborted as exc:
         coordinator.finish(str(exc), 0)
+        monitor.phase("stopped")
+        monitor.event("finished", f"stopped before the last round: {exc}")
         coordinator.wait_until_told(min(cfg.finish_grace, 5.0))
         code = 128 + received[0] if received else 1
         hint = ""
@@ -426,6 +477,8 @@ def _serve(
             authenticator.close()
         for each in servers:
             each.stop(grace=2.0).wait()
+        if dashboard is not None:
+            dashboard.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -138,3 +139,14 @@ class PeerAuthenticator:
                 self._serials.clear()
             self._serials[pem] = serial
         return serial
+
+
+def certificate_expiry(auth_context: AuthContext) -> datetime | None:
+    """When the caller's certificate expires (UTC), for the dashboard; None without one."""
+    pems = auth_context.get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(pems[0]).not_valid_after_utc
+    except ValueError:
+        return None

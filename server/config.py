@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from medfed.common.config import TlsFiles, check_address
+from medfed.common.config import TlsFiles, check_address, is_loopback, parse_address
 from medfed.common.dp.accounting import default_delta
 from medfed.common.dp.mechanisms import DpSettings
 from medfed.common.limits import Encoding, LrSchedule, ModelName, StrategyName
+
+DEFAULT_DASHBOARD = "127.0.0.1:8080"
 
 TRAINING_SETTINGS = (
     "model", "seed", "local_epochs", "lr", "batch_size", "dp_central", "dp_local", "dp_clip", "dp_noise_multiplier",
@@ -66,6 +68,10 @@ class ServerConfig(TlsFiles):
     stall_timeout: float = Field(60.0, gt=0)
     port_file: Path | None = None
     health_address: Annotated[str, AfterValidator(check_address)] | None = None
+    dashboard_address: str | None = DEFAULT_DASHBOARD
+    """the live dashboard and /metrics; None (``off``) for none"""
+    dashboard_token: str | None = Field(None, min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")
+    dashboard_port_file: Path | None = None
     device: str = "auto"
     poll_timeout: float = Field(20.0, gt=0, le=300)
     heartbeat_timeout: float = Field(90.0, gt=0)
@@ -98,8 +104,22 @@ class ServerConfig(TlsFiles):
     def _split_allow(cls, value: object) -> object:
         return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
+    @field_validator("dashboard_address")
+    @classmethod
+    def _dashboard_address(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("off", "none", ""):
+            return None
+        return check_address(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
+        if self.dashboard_address is not None and self.dashboard_token is None:
+            host = parse_address(self.dashboard_address)[0]
+            if not is_loopback(host):
+                raise ValueError(
+                    f"--dashboard-address {self.dashboard_address} is reachable from other machines: give "
+                    "--dashboard-token (16 or more characters) as well, or listen on 127.0.0.1"
+                )
         if self.tls_crl is not None and not self.tls:
             raise ValueError("--tls-crl needs --tls-cert, --tls-key and --tls-ca")
         if self.clients_per_round is not None and self.clients_per_round > self.min_clients:

@@ -27,6 +27,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from types import TracebackType
 
 import numpy as np
@@ -37,6 +38,7 @@ from medfed.common.messages import PrivacyReport
 from medfed.common.tensors import Layout, layout_of
 from medfed.server.admission import check_header, refusal
 from medfed.server.errors import CoordinatorError, InvalidUpdate, PermissionDenied, Rejected
+from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
 from medfed.server.rounds import Contribution, Finished, Instruction, OpenRound, RoundOutcome, Task, Wait
 from medfed.server.strategy import Accumulator, AggregationError
@@ -86,6 +88,7 @@ class Coordinator:
         federation_id: str | None = None,
         heartbeat_timeout: float | None = None,
         max_receiving: int = 2,
+        monitor: Monitor | None = None,
     ) -> None:
         if max_receiving < 1:
             raise ValueError(f"max_receiving must be at least 1, got {max_receiving}")
@@ -99,10 +102,20 @@ class Coordinator:
         self._finished: Finished | None = None
         self.federation_id = federation_id or secrets.token_hex(8)
         self._heartbeat_timeout = heartbeat_timeout
+        self.monitor = monitor or Monitor()
+        """the live view (server/live/): told what happens here, read by the dashboard"""
 
     # ----- membership ------------------------------------------------------------------------
 
-    def join(self, name: str, num_examples: int, info: DatasetInfo, *, classes: tuple[int, ...] = ()) -> str:
+    def join(
+        self,
+        name: str,
+        num_examples: int,
+        info: DatasetInfo,
+        *,
+        classes: tuple[int, ...] = (),
+        certificate_expires: datetime | None = None,
+    ) -> str:
         """Admit a hospital (``name`` is its certificate's common name under TLS); returns its session."""
         self._members.check_request(name, num_examples)
         with self._cond:
@@ -112,6 +125,7 @@ class Coordinator:
             if self._round is not None and self._round.take_if_short(name):
                 log.info("%s joins round %d, which was short of hospitals", name, self._round.task.round)
             self._cond.notify_all()
+        self.monitor.joined(name, num_examples, certificate_expires)
         log.info(
             "%s joined with %d training examples (%d in the federation)", name, num_examples, len(self.hospitals())
         )
@@ -120,6 +134,7 @@ class Coordinator:
     def _hospital(self, session_id: str, caller: str | None) -> Hospital:
         """Caller holds the condition: the calling hospital, seen now (which ends a silence)."""
         hospital, back = self._members.caller(session_id, caller)
+        self.monitor.seen(hospital.name)
         if back:
             if self._round is not None:
                 self._round.take_if_short(hospital.name)  # the round is short of hospitals: it takes it back
@@ -141,6 +156,7 @@ class Coordinator:
                 continue
             current.selected.discard(name)
             hospital.presence = Presence.SILENT
+            self.monitor.silent(name, now - hospital.last_seen)
             log.warning(
                 "%s has been silent for %.0f s (--heartbeat-timeout): taken for gone; round %d goes on without it%s",
                 name, now - hospital.last_seen, current.task.round,
@@ -169,6 +185,7 @@ class Coordinator:
                     continue
                 hospital.presence = Presence.LEFT
                 self._members.close_session(hospital.session_id, PermissionDenied(f"{reason}; this session is closed"))
+                self.monitor.refused(name, "session", "PERMISSION_DENIED", f"{reason}; this session is closed")
                 if current is None or name in current.contributions:
                     log.warning("%s: %s; its session is closed", name, reason)
                     continue
@@ -199,6 +216,7 @@ class Coordinator:
                         hospital.name, current.task.round, len(current.selected), current.min_fit,
                     )  # fmt: skip
             self._cond.notify_all()
+        self.monitor.left(hospital.name, reason)
         log.info("%s left the federation%s", hospital.name, f": {reason}" if reason else "")
 
     @property
@@ -255,6 +273,7 @@ class Coordinator:
                 current = self._round
                 if current is not None and current.owes_update(hospital.name):
                     current.bytes_sent += current.task.payload.layout.total_bytes
+                    self.monitor.downloading(hospital.name)
                     return current.task
                 remaining = deadline - self._clock()
                 if remaining <= 0 or not is_active():
@@ -358,6 +377,7 @@ class Coordinator:
                 joined_with=hospital.num_examples,
             )  # fmt: skip
             current.receiving.add(hospital.name)
+            self.monitor.uploading(hospital.name)
             contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy, layout.total_bytes)
             return PendingUpdate(self, current, contribution, layout)
 
@@ -399,6 +419,8 @@ class Coordinator:
                 current.contributions[contribution.name] = contribution
                 current.receiving.discard(contribution.name)
                 self._cond.notify_all()
+            epsilon = contribution.privacy.epsilon if contribution.privacy is not None else None
+            self.monitor.reported(contribution.name, contribution.nbytes, contribution.metrics, epsilon)
 
     def _receive_slot(self, current: OpenRound) -> None:
         """Wait for a free receive slot; refuse if the round closes meanwhile (nothing read in vain)."""
@@ -410,6 +432,7 @@ class Coordinator:
             self._receiving_now += 1
 
     def _release(self, current: OpenRound, name: str, *, holds_slot: bool = True) -> None:
+        self.monitor.upload_ended(name)
         with self._cond:
             current.receiving.discard(name)
             if holds_slot:

@@ -73,6 +73,7 @@ def choose(hospitals: list[str], count: int | None, rng: random.Random) -> list[
 
 def _wait_for_hospitals(cfg: ServerConfig, coordinator: Coordinator) -> DatasetInfo:
     deadline = time.monotonic() + cfg.join_timeout
+    coordinator.monitor.phase("waiting for hospitals", deadline_in=cfg.join_timeout)
     log.info("waiting for %d hospital(s) to join", cfg.min_clients)
     while True:
         present = coordinator.wait_for_hospitals(cfg.min_clients, min(JOIN_LOG_INTERVAL, deadline - time.monotonic()))
@@ -102,23 +103,24 @@ def _run_round(
     enough = cfg.clients_per_round if cfg.over_select else None
     accumulator = strategy.begin(run.global_state, None if run.strategy_state.empty else run.strategy_state)
     coordinator.open_round(task, selected, accumulator, min_fit, enough)
+    coordinator.monitor.round_opened(task.round, selected, cfg.round_timeout)
     outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     while len(outcome.contributions) < min_fit and coordinator.finished is None:
         late = ", ".join(outcome.missing) or "none"
-        log.warning(
-            "round %d: %d of %d hospitals reported within %.0f s (need %d; waiting on %s); waiting another %.0f s "
-            "(to go on with fewer hospitals, stop the coordinator and continue with --resume --min-fit N)",
-            task.round,
-            len(outcome.contributions),
-            len(outcome.contributions) + len(outcome.missing),
-            cfg.round_timeout,
-            min_fit,
-            late,
-            cfg.round_timeout,
+        line = (
+            f"round {task.round}: {len(outcome.contributions)} of {len(outcome.contributions) + len(outcome.missing)} "
+            f"hospitals reported within {cfg.round_timeout:.0f} s (need {min_fit}; waiting on {late}); waiting another "
+            f"{cfg.round_timeout:.0f} s"
         )
+        log.warning(
+            "%s (to go on with fewer hospitals, stop the coordinator and continue with --resume --min-fit N)", line
+        )
+        coordinator.monitor.event("timeout", line)
+        coordinator.monitor.phase("training", deadline_in=cfg.round_timeout)
         coordinator.add_to_round(coordinator.hospitals())
         outcome = coordinator.wait_for_round(time.monotonic() + cfg.round_timeout)
     outcome = coordinator.close_round()
+    coordinator.monitor.phase("evaluating")
     if coordinator.finished is not None:
         accumulator.close()
         raise FederationAborted(coordinator.finished.reason)
@@ -298,7 +300,14 @@ def run_federation(
         log.warning("%s", warning)
     if evaluation := strategy.describe().get("evaluation"):
         log.info("%s: %s", strategy.name, evaluation)
+    monitor = coordinator.monitor
+    privacy = "central" if cfg.dp_central else "local" if cfg.dp_local else "none"
+    monitor.configure(federation_id=coordinator.federation_id, strategy=strategy.name, total_rounds=cfg.rounds,
+                      privacy=privacy)  # fmt: skip
+    if resume is not None:
+        monitor.restore(run_dir.history())
     info = _wait_for_hospitals(cfg, coordinator)
+    monitor.set_class_names(info.class_names)
     run = _start(cfg, info, models, central, resume)
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
     requests = local_requests(cfg)
@@ -336,10 +345,14 @@ def run_federation(
         run_dir.append_history(record)
         run.completed = round_number
         _checkpoint(cfg, coordinator, run_dir, run, info)
+        monitor.round_done(record)
+        monitor.event("checkpoint", f"round {round_number} checkpointed")
         (log.error if record.failed else log.info)("%s", _describe(record, cfg.rounds))
         outcome.accumulator.close()
         del outcome, verdict  # the accumulator holds the round's result: a second copy of the model until then
     coordinator.finish("all rounds completed", cfg.rounds)
+    monitor.phase("finished")
+    monitor.event("finished", f"all {cfg.rounds} rounds completed")
     path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run))
     log.info("final model written to %s", path)
     title = f"Federated {strategy.name} of {cfg.model} on {info.dataset}"

@@ -31,7 +31,7 @@ from medfed.common.wire.stream import (
     task_messages,
     wait_message,
 )
-from medfed.server.auth import AuthContext, PeerAuthenticator
+from medfed.server.auth import AuthContext, PeerAuthenticator, certificate_expiry
 from medfed.server.coordinator import Coordinator
 from medfed.server.errors import (
     CoordinatorError,
@@ -115,7 +115,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._auth.identify(cast(AuthContext, context.auth_context()))
 
     def _refuse(self, context: grpc.ServicerContext, what: str, exc: Exception, caller: str | None = None) -> NoReturn:
-        self._refusals.refused(_peer(context, caller), what, exc)
+        peer = _peer(context, caller)
+        self._refusals.refused(peer, what, exc)
+        self._coordinator.monitor.refused(cleaned(peer, MAX_TEXT), what, status_for(exc).name, cleaned(str(exc)))
         _abort(context, exc)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
@@ -128,9 +130,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
             check_text("client_version", request.client_version)
             name = caller or request.name
+            expires = certificate_expiry(cast(AuthContext, context.auth_context())) if caller else None
             session_id = self._coordinator.join(
-                name, request.num_examples, info_from_proto(request.data), classes=tuple(request.classes)
-            )
+                name, request.num_examples, info_from_proto(request.data), classes=tuple(request.classes),
+                certificate_expires=expires,
+            )  # fmt: skip
         except Refusal as exc:
             self._refuse(context, "join", exc, caller)
         return pb.JoinReply(session_id=session_id, federation_id=self._coordinator.federation_id)
@@ -164,15 +168,24 @@ class FederationServicer(pb_grpc.FederationServicer):
             name, context.cancel, lambda: context.is_active() and coordinator.finished is None
         )
         if slot is None:
+            coordinator.monitor.download_ended(name)
             return  # the hospital hung up, asked again, or the run ended while it waited for a slot
         what = f"the download of round {task.round}'s model to {name}"
-        with slot, self.watch.watch(what, context.cancel, timeout=self._upload_timeout) as ticket:
-            header = TaskHeader(task.round, task.total_rounds, task.settings, task.model)
-            for message in task_messages(header, task.payload):  # gRPC closes this generator when the stream ends
-                if (closed := coordinator.session_error(session_id)) is not None:
-                    self._refuse(context, "download", closed, name)
-                ticket.progress()
-                yield message
+        sent = False
+        try:
+            with slot, self.watch.watch(what, context.cancel, timeout=self._upload_timeout) as ticket:
+                header = TaskHeader(task.round, task.total_rounds, task.settings, task.model)
+                for message in task_messages(header, task.payload):  # gRPC closes this generator at the stream's end
+                    if (closed := coordinator.session_error(session_id)) is not None:
+                        self._refuse(context, "download", closed, name)
+                    ticket.progress()
+                    yield message
+                sent = True
+        finally:
+            if sent:
+                coordinator.monitor.downloaded(name, task.payload.layout.total_bytes)
+            else:
+                coordinator.monitor.download_ended(name)
 
     def SubmitUpdate(
         self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext
