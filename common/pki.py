@@ -37,8 +37,22 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+ADMIN_ROLE = "medfed admin"
+"""the organizational unit that makes a certificate an operator's (fed-certs admin): it may use the
+coordinator's Admin service and cannot take part as a hospital"""
+
+
+def _name(common_name: str, unit: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if unit is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    return x509.Name(attributes)
+
+
+def is_admin(cert: x509.Certificate) -> bool:
+    """An operator's certificate (fed-certs admin), whose role the CA's signature vouches for."""
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return any(unit.value == ADMIN_ROLE for unit in units)
 
 
 def make_ca(
@@ -92,13 +106,15 @@ def issue(
     server_hosts: list[str] | None = None,
     days: int = LEAF_DAYS,
     now: dt.datetime | None = None,
+    admin: bool = False,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A server certificate when ``server_hosts`` is given (its subject alternative names), else a client one."""
+    """A server certificate when ``server_hosts`` is given (its subject alternative names), else a client
+    one: a hospital's, or with ``admin`` an operator's."""
     key, start = new_key(), now or _now()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_hosts is not None else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, ADMIN_ROLE if admin else None))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

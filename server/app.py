@@ -30,8 +30,10 @@ from medfed.common.errors import ConfigError
 from medfed.common.limits import ENCODINGS, LR_SCHEDULES, MODEL_NAMES, STRATEGIES
 from medfed.common.pki import check_pair, load_cert
 from medfed.common.wire.tls import server_credentials
+from medfed.server.admin_service import AdminServicer
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.config import DEFAULT_DASHBOARD, ServerConfig
+from medfed.server.control import RunControl
 from medfed.server.coordinator import Coordinator
 from medfed.server.driver import FederationAborted, run_federation
 from medfed.server.health import health_only_server, make_health
@@ -249,19 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_privacy(cfg: ServerConfig) -> None:
+def check_privacy(cfg: ServerConfig, rounds: int | None = None) -> None:
     """DP settings that cannot work are start-up errors naming the flag (the model's fit to DP is
-    checked by the model helper, which has PyTorch)."""
+    checked by the model helper, which has PyTorch); ``rounds``: a number other than --rounds (fed-admin
+    extend)."""
+    rounds = rounds or cfg.rounds
     if not (cfg.dp_central or cfg.dp_local) or cfg.dp_target_epsilon is None:
         return
     strategy = central_strategy(cfg)
     if cfg.dp_noise_multiplier == 0:
         raise ConfigError("--dp-target-epsilon cannot be met with --dp-noise-multiplier 0 (no noise: ε is infinite)")
-    fits = rounds_within(strategy.spend(), cfg.central_delta, cfg.dp_target_epsilon, cfg.rounds)
-    if fits < cfg.rounds:
-        total = epsilon([strategy.spend().model_copy(update={"steps": cfg.rounds})], cfg.central_delta)
+    fits = rounds_within(strategy.spend(), cfg.central_delta, cfg.dp_target_epsilon, rounds)
+    if fits < rounds:
+        total = epsilon([strategy.spend().model_copy(update={"steps": rounds})], cfg.central_delta)
         raise ConfigError(
-            f"--dp-target-epsilon {cfg.dp_target_epsilon:g}: {cfg.rounds} rounds would spend ε = {total:.3g} "
+            f"--dp-target-epsilon {cfg.dp_target_epsilon:g}: {rounds} rounds would spend ε = {total:.3g} "
             f"(δ = {cfg.central_delta:.2g}); at most {fits} round(s) fit: lower --rounds or raise "
             "--dp-noise-multiplier"
         )
@@ -415,6 +419,11 @@ def _serve(
         max_receiving=cfg.max_concurrent_uploads,
         monitor=monitor,
     )
+    if resume is not None:
+        coordinator.keep_out(run_dir.removed())
+    control = RunControl(
+        coordinator, cfg.rounds, save_removed=run_dir.save_removed, check_rounds=lambda n: check_privacy(cfg, n)
+    )
     if authenticator is not None:
         authenticator.on_revoked = coordinator.revoke
         authenticator.watch()
@@ -423,6 +432,7 @@ def _serve(
         coordinator, cfg.address, credentials=credentials, authenticator=authenticator,
         poll_timeout=cfg.poll_timeout, upload_timeout=cfg.round_timeout, max_workers=cfg.max_workers,
         health=health, max_sending=cfg.max_concurrent_downloads, stall_timeout=cfg.stall_timeout,
+        admin=AdminServicer(coordinator, control, authenticator),
     )  # fmt: skip
     servers = [server]
     if dashboard is not None:
@@ -455,21 +465,24 @@ def _serve(
     received: list[int] = []
     _install_signal_handlers(coordinator, received)
     try:
-        run_federation(cfg, coordinator, run_dir, models, resume)
+        completed = run_federation(cfg, coordinator, run_dir, models, resume, control)
         untold = coordinator.wait_until_told(cfg.finish_grace)
         if untold:
             log.warning("did not hear from %s after the last round", ", ".join(untold))
-        log.info("federation complete: %d rounds; history in %s", cfg.rounds, run_dir.history_path)
+        log.info("federation complete: %d rounds; history in %s", completed, run_dir.history_path)
         return 0
     except FederationAborted as exc:
         coordinator.finish(str(exc), 0)
         monitor.phase("stopped")
         monitor.event("finished", f"stopped before the last round: {exc}")
         coordinator.wait_until_told(min(cfg.finish_grace, 5.0))
-        code = 128 + received[0] if received else 1
         hint = ""
         if (run_dir.directory / CHECKPOINT_FILE).exists():
             hint = "; the last completed round is checkpointed: continue with the same command and --resume"
+        if control.stopped_by is not None and not received:  # what the operator asked for: not a failure
+            log.warning("stopped before the last round: %s%s", exc, hint)
+            return 0
+        code = 128 + received[0] if received else 1
         raise CliError(f"stopped before the last round: {exc}{hint}", code) from None
     finally:
         health.enter_graceful_shutdown()

@@ -22,7 +22,7 @@ from cryptography import x509
 
 from medfed.common.errors import PkiError
 from medfed.common.peer_text import quoted
-from medfed.common.pki import Revocations, load_crl, signed_by
+from medfed.common.pki import Revocations, is_admin, load_crl, signed_by
 from medfed.server.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("medfed.server")
@@ -51,7 +51,7 @@ class PeerAuthenticator:
         self._lock = threading.Lock()
         self._crl_stamp: tuple[int, int] | None = None
         self._revoked = Revocations(frozenset())
-        self._serials: dict[bytes, int] = {}
+        self._certs: dict[bytes, tuple[int, bool]] = {}
         self._latest: dict[str, int] = {}
         """hospital name -> serial of the certificate its latest call came with"""
         self._stop = threading.Event()
@@ -111,19 +111,28 @@ class PeerAuthenticator:
     def close(self) -> None:
         self._stop.set()
 
-    def identify(self, auth_context: AuthContext) -> str:
-        """The caller's hospital name (its certificate's common name), unless it is revoked."""
+    def identify(self, auth_context: AuthContext, *, admin: bool = False) -> str:
+        """The caller's name (its certificate's common name), unless it is revoked or has the wrong role:
+        a hospital's certificate for the federation's calls, an operator's (``admin``) for the Admin
+        service, never one for the other."""
         names = auth_context.get("x509_common_name") or []
         pems = auth_context.get("x509_pem_cert") or []
         if not names or not pems:
             raise Unauthenticated("no client certificate")
         name = names[0].decode(errors="replace")
+        with self._lock:
+            serial, operator = self._facts(pems[0])
+        if operator != admin:
+            raise PermissionDenied(
+                f"{quoted(name)} has an operator's certificate (fed-certs admin), which cannot take part as a hospital"
+                if operator
+                else f"{quoted(name)} has a hospital's certificate; fed-admin needs one made with fed-certs admin"
+            )
         if self._crl_path is not None:
             self.refresh()
             with self._lock:
-                serial = self._serial(pems[0])
                 revoked = serial in self._revoked.serials
-                if not revoked:
+                if not revoked and not admin:
                     if len(self._latest) > MAX_REMEMBERED:
                         self._latest.clear()
                     self._latest[name] = serial
@@ -131,14 +140,16 @@ class PeerAuthenticator:
                 raise PermissionDenied(revocation_reason(name, serial))
         return name
 
-    def _serial(self, pem: bytes) -> int:
-        serial = self._serials.get(pem)
-        if serial is None:
-            serial = x509.load_pem_x509_certificate(pem).serial_number
-            if len(self._serials) > 10_000:
-                self._serials.clear()
-            self._serials[pem] = serial
-        return serial
+    def _facts(self, pem: bytes) -> tuple[int, bool]:
+        """Caller holds the lock: the certificate's serial and whether it is an operator's."""
+        facts = self._certs.get(pem)
+        if facts is None:
+            cert = x509.load_pem_x509_certificate(pem)
+            facts = (cert.serial_number, is_admin(cert))
+            if len(self._certs) > MAX_REMEMBERED:
+                self._certs.clear()
+            self._certs[pem] = facts
+        return facts
 
 
 def certificate_expiry(auth_context: AuthContext) -> datetime | None:

@@ -35,9 +35,10 @@ import numpy as np
 from medfed.common.compression import DecodedUpdate
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.messages import PrivacyReport
+from medfed.common.peer_text import quoted
 from medfed.common.tensors import Layout, layout_of
 from medfed.server.admission import check_header, refusal
-from medfed.server.errors import CoordinatorError, InvalidUpdate, PermissionDenied, Rejected
+from medfed.server.errors import CoordinatorError, InvalidUpdate, NotFound, PermissionDenied, Rejected
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
 from medfed.server.rounds import Contribution, Finished, Instruction, OpenRound, RoundOutcome, Task, Wait
@@ -201,6 +202,23 @@ class Coordinator:
                     if short else "",
                 )  # fmt: skip
             self._cond.notify_all()
+
+    def remove(self, name: str, reason: str) -> None:
+        """The operator's removal: end ``name``'s session as a revocation does, and refuse it from now on."""
+        with self._cond:
+            if name not in self._members.hospitals and name not in self._members.removed:
+                raise NotFound(f"no hospital called {quoted(name)} has joined this federation")
+            self._members.removed[name] = reason
+        self.revoke({name: reason})
+
+    def keep_out(self, removed: Mapping[str, str]) -> None:
+        """Hospitals removed before a restart stay out of the resumed run."""
+        with self._cond:
+            self._members.removed.update(removed)
+
+    def removed(self) -> dict[str, str]:
+        with self._cond:
+            return dict(self._members.removed)
 
     def leave(self, session_id: str, *, caller: str | None = None, reason: str = "") -> None:
         with self._cond:

@@ -27,6 +27,7 @@ from medfed.common.tensors import EncodedModel, StateDict, encode
 from medfed.common.training_plan import NORMALIZATION, lr_factor
 from medfed.server.admission import first_unusable
 from medfed.server.config import ServerConfig
+from medfed.server.control import RunControl
 from medfed.server.coordinator import Coordinator
 from medfed.server.history import RoundRecord, TestResult
 from medfed.server.memory import peak_rss_mb
@@ -274,7 +275,7 @@ def _metadata(cfg: ServerConfig, info: DatasetInfo, strategy: Strategy, run: _Ru
         "dataset": info.dataset,
         "task": info.task,
         "normalization": NORMALIZATION,
-        "round": cfg.rounds,
+        "round": run.completed,
         "strategy": strategy.name,
         "strategy_settings": strategy.describe(),
         "privacy": run.privacy.summary(),
@@ -290,10 +291,13 @@ def run_federation(
     run_dir: RunDir,
     models: Models,
     resume: Resumed | None = None,
+    control: RunControl | None = None,
 ) -> int:
     """Run every round (after the checkpoint's, when resuming); returns the number completed.
 
+    ``control`` carries what an operator changes meanwhile (fed-admin extend moves the last round).
     Raises FederationAborted when stopped early; the last completed round is checkpointed."""
+    control = control or RunControl(coordinator, cfg.rounds)
     central = central_strategy(cfg) if cfg.dp_central else None
     strategy = central or build_strategy(cfg)
     for warning in strategy_warnings(cfg):  # before the wait for hospitals, which may be long
@@ -302,7 +306,7 @@ def run_federation(
         log.info("%s: %s", strategy.name, evaluation)
     monitor = coordinator.monitor
     privacy = "central" if cfg.dp_central else "local" if cfg.dp_local else "none"
-    monitor.configure(federation_id=coordinator.federation_id, strategy=strategy.name, total_rounds=cfg.rounds,
+    monitor.configure(federation_id=coordinator.federation_id, strategy=strategy.name, total_rounds=control.rounds,
                       privacy=privacy)  # fmt: skip
     if resume is not None:
         monitor.restore(run_dir.history())
@@ -314,13 +318,16 @@ def run_federation(
     if central is not None:
         clip = run.strategy_state.values.get("clip", central.initial_clip)
         log.info("central DP: C=%g, σ=%g, δ=%.2g per hospital", clip, cfg.dp_noise_multiplier, run.privacy.delta)
-    for round_number in range(run.completed + 1, cfg.rounds + 1):
+    round_number = run.completed
+    while round_number < control.rounds:
+        round_number += 1
+        rounds = control.rounds
         started = time.monotonic()
         wanted = cfg.clients_per_round + cfg.over_select if cfg.clients_per_round else None
         selected = choose(coordinator.hospitals(), wanted, run.rng)
         settings = TrainSettings(
             cfg.local_epochs,
-            cfg.lr * lr_factor(cfg.lr_schedule, round_number - 1, cfg.rounds),
+            cfg.lr * lr_factor(cfg.lr_schedule, round_number - 1, rounds),
             cfg.batch_size,
             seed=cfg.seed * 100_003 + round_number,
             local_dp=cfg.local_dp_request,
@@ -331,7 +338,7 @@ def run_federation(
             scaffold=requests.scaffold,
             local_normalization=requests.local_normalization,
         )
-        task = Task(round_number, cfg.rounds, settings, model_spec, _task_payload(strategy, run))
+        task = Task(round_number, rounds, settings, model_spec, _task_payload(strategy, run))
         outcome = _run_round(cfg, coordinator, task, strategy, run, selected)
         del task
         adopted = _adopt(outcome, models)
@@ -347,12 +354,12 @@ def run_federation(
         _checkpoint(cfg, coordinator, run_dir, run, info)
         monitor.round_done(record)
         monitor.event("checkpoint", f"round {round_number} checkpointed")
-        (log.error if record.failed else log.info)("%s", _describe(record, cfg.rounds))
+        (log.error if record.failed else log.info)("%s", _describe(record, rounds))
         outcome.accumulator.close()
         del outcome, verdict  # the accumulator holds the round's result: a second copy of the model until then
-    coordinator.finish("all rounds completed", cfg.rounds)
+    coordinator.finish("all rounds completed", run.completed)
     monitor.phase("finished")
-    monitor.event("finished", f"all {cfg.rounds} rounds completed")
+    monitor.event("finished", f"all {run.completed} rounds completed")
     path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run))
     log.info("final model written to %s", path)
     title = f"Federated {strategy.name} of {cfg.model} on {info.dataset}"
@@ -361,4 +368,4 @@ def run_federation(
                            evaluation_note=note)  # fmt: skip
     if written:
         log.info("report written to %s (with %s)", written[0], ", ".join(p.name for p in written[1:]))
-    return cfg.rounds
+    return run.completed

@@ -46,3 +46,12 @@ class DuplicateUpdate(CoordinatorError):
 class UploadInProgress(CoordinatorError):
     """An earlier upload of this hospital's update is still being received (a retry after a cut
     connection can overtake the coordinator noticing the cut): retry shortly. (UNAVAILABLE)"""
+
+
+class InvalidRequest(CoordinatorError):
+    """An operator's command that cannot be carried out as given (fed-admin extend to a past round).
+    (INVALID_ARGUMENT)"""
+
+
+class NotFound(CoordinatorError):
+    """An operator's command about a hospital the federation does not know. (NOT_FOUND)"""

@@ -80,12 +80,16 @@ class Membership:
         self.hospitals: dict[str, Hospital] = {}
         self._sessions: dict[str, str] = {}
         self._closed: dict[str, CoordinatorError] = {}
+        self.removed: dict[str, str] = {}
+        """hospitals the operator removed (fed-admin remove) -> why: refused from then on"""
         """ended session -> what its next call is told (insertion order: the oldest are forgotten first)"""
 
     def check_request(self, name: str, num_examples: int) -> None:
         """What a join can be refused for without looking at the federation."""
         if not HOSPITAL_NAME.match(name):
             raise InvalidUpdate(f"hospital name {quoted(name)} must be 1-64 letters, digits, '_', '.' or '-'")
+        if (why := self.removed.get(name)) is not None:
+            raise PermissionDenied(f"{name} was removed from this federation ({why})")
         if self._allowed is not None and name not in self._allowed:
             raise PermissionDenied(f"{name} is not on this federation's --allow list")
         if not 1 <= num_examples <= self._max_examples:

@@ -49,6 +49,8 @@ PER_CLASS_FILE = "per_class_accuracy.png"
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_CSV = "confusion_matrix.csv"
 REPORT_FILES = (REPORT_FILE, CURVES_FILE, PER_CLASS_FILE, CONFUSION_PNG, CONFUSION_CSV)
+REMOVED_FILE = "removed.json"
+"""hospitals an operator removed (fed-admin remove): refused for the rest of the run and its resumptions"""
 RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE, CHECKPOINT_FILE)
 CHECKPOINT_FORMAT = "medfed-checkpoint/1"
 MODEL_FORMAT = "medfed-model/1"
@@ -135,7 +137,7 @@ class RunDir:
             )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            for name in (*existing, *REPORT_FILES):
+            for name in (*existing, *REPORT_FILES, REMOVED_FILE):
                 (self.directory / name).unlink(missing_ok=True)
             for old in self.directory.glob("checkpoint-round-*.safetensors"):
                 old.unlink()
@@ -185,6 +187,25 @@ class RunDir:
                 f"({sorted(set(range(1, rounds + 1)) - kept.keys())[:5]})"
             )
         files.write_text(self.history_path, "".join(kept[r] + "\n" for r in sorted(kept)), durable=True)
+
+    # ----- hospitals the operator removed --------------------------------------------------------
+
+    def removed(self) -> dict[str, str]:
+        """{hospital: why} for the hospitals removed from this run."""
+        path = self.directory / REMOVED_FILE
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--resume: {path} cannot be read ({exc}); fix or delete it") from None
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ConfigError(f"--resume: {path} is not a JSON object of hospital names and reasons")
+        return data
+
+    def save_removed(self, removed: Mapping[str, str]) -> None:
+        files.write_text(self.directory / REMOVED_FILE, json.dumps(dict(sorted(removed.items())), indent=1) + "\n",
+                         durable=True)  # fmt: skip
 
     # ----- checkpoints and the final model ---------------------------------------------------------
 

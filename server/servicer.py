@@ -36,7 +36,9 @@ from medfed.server.coordinator import Coordinator
 from medfed.server.errors import (
     CoordinatorError,
     DuplicateUpdate,
+    InvalidRequest,
     InvalidUpdate,
+    NotFound,
     PermissionDenied,
     Rejected,
     SessionReplaced,
@@ -57,6 +59,8 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     SessionReplaced: grpc.StatusCode.ABORTED,
     Rejected: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DuplicateUpdate: grpc.StatusCode.ALREADY_EXISTS,
     UploadInProgress: grpc.StatusCode.UNAVAILABLE,
@@ -74,12 +78,12 @@ def status_for(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
     context.abort(status_for(exc), cleaned(str(exc), STATUS_LIMIT))
     raise AssertionError("unreachable: context.abort raises")
 
 
-def _peer(context: grpc.ServicerContext, caller: str | None) -> str:
+def peer_of(context: grpc.ServicerContext, caller: str | None) -> str:
     """Who to charge a refusal to in the log: the certificate's name (also when it was refused, say as
     revoked), else the address without its port."""
     if caller is None:
@@ -115,10 +119,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._auth.identify(cast(AuthContext, context.auth_context()))
 
     def _refuse(self, context: grpc.ServicerContext, what: str, exc: Exception, caller: str | None = None) -> NoReturn:
-        peer = _peer(context, caller)
+        peer = peer_of(context, caller)
         self._refusals.refused(peer, what, exc)
         self._coordinator.monitor.refused(cleaned(peer, MAX_TEXT), what, status_for(exc).name, cleaned(str(exc)))
-        _abort(context, exc)
+        abort(context, exc)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         caller = None
@@ -221,9 +225,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         except grpc.RpcError:
             log.warning(
                 "an upload from %s was abandoned (the hospital went away, stalled, or took longer than %.0f s)",
-                quoted(_peer(context, caller)), self._upload_timeout,
+                quoted(peer_of(context, caller)), self._upload_timeout,
             )  # fmt: skip
-            _abort(context, Rejected("upload abandoned"))
+            abort(context, Rejected("upload abandoned"))
         return header, pending.name
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
@@ -257,6 +261,7 @@ def create_server(
     health: HealthServicer | None = None,
     max_sending: int = 4,
     stall_timeout: float = 60.0,
+    admin: pb_grpc.AdminServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a server for ``coordinator`` bound to ``address``; returns it and its port.
 
@@ -271,6 +276,8 @@ def create_server(
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if admin is not None:
+        pb_grpc.add_AdminServicer_to_server(admin, server)
     if credentials is None:
         return server, server.add_insecure_port(address)
     return server, server.add_secure_port(address, credentials)

@@ -26,6 +26,7 @@ examples:
   fed-certs init   --dir pki
   fed-certs server --dir pki --host coordinator.example.org,10.0.0.5
   fed-certs client --dir pki --name hospital_a
+  fed-certs admin  --dir pki --name ops          (an operator's certificate for fed-admin)
   fed-certs revoke --dir pki --name hospital_a
   fed-certs list   --dir pki
 """
@@ -83,6 +84,16 @@ def issue_client(folder: Path, name: str, days: int = pki.LEAF_DAYS, force: bool
     return [_write_pair(folder, name, key, cert, force)]
 
 
+def issue_admin(folder: Path, name: str, days: int = pki.LEAF_DAYS, force: bool = False) -> list[str]:
+    """An operator's certificate for fed-admin: it cannot join as a hospital, and no hospital's can do what it does."""
+    if not HOSPITAL_NAME.match(name) or name in RESERVED:
+        raise ConfigError(f"--name {name!r}: use 1-64 letters, digits, '_', '.' or '-', and not {sorted(RESERVED)}")
+    ca_key, ca = _load_ca(folder)
+    _check_days(days, ca)
+    key, cert = pki.issue(ca_key, ca, name, days=days, admin=True)
+    return [_write_pair(folder, name, key, cert, force), f"{name} may run fed-admin against the coordinator"]
+
+
 def revoke(folder: Path, name: str) -> list[str]:
     ca_key, ca = _load_ca(folder)
     cert = pki.load_cert(folder / f"{name}.crt")
@@ -105,6 +116,7 @@ def describe(folder: Path) -> list[str]:
     for path in sorted(folder.glob("*.crt")):
         cert = pki.load_cert(path)
         role = "CA" if path.name == pki.CA_FILE else "server" if path.stem == pki.SERVER_NAME else "hospital"
+        role = "admin" if pki.is_admin(cert) else role
         if cert.serial_number in revoked:
             status = "revoked"
         elif now > cert.not_valid_after_utc:
@@ -148,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("client", "issue a hospital's certificate (NAME.crt, NAME.key)", pki.LEAF_DAYS).add_argument(
         "--name", required=True, help="the hospital's name: its identity in the federation"
     )
-    command("revoke", "revoke a hospital's certificate (adds it to crl.pem)").add_argument(
-        "--name", required=True, help="the hospital whose certificate to revoke"
+    command("admin", "issue an operator's certificate for fed-admin (NAME.crt, NAME.key)", pki.LEAF_DAYS).add_argument(
+        "--name", required=True, help="the operator's name, as the coordinator's log will show it"
+    )
+    command("revoke", "revoke a hospital's or an operator's certificate (adds it to crl.pem)").add_argument(
+        "--name", required=True, help="the hospital (or operator) whose certificate to revoke"
     )
     command("list", "list the certificates in --dir with their status")
     return p
@@ -165,6 +180,8 @@ def _run(argv: Sequence[str] | None) -> int:
         lines = issue_server(folder, [h.strip() for h in args.host.split(",") if h.strip()], args.days, args.force)
     elif args.command == "client":
         lines = issue_client(folder, args.name, args.days, args.force)
+    elif args.command == "admin":
+        lines = issue_admin(folder, args.name, args.days, args.force)
     elif args.command == "revoke":
         lines = revoke(folder, args.name)
     else:

@@ -275,3 +275,217 @@ class Federation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """The operator's commands (fed-admin). Under TLS only a certificate made with `fed-certs admin` may call
+    them, and such a certificate cannot take part as a hospital; an --insecure coordinator answers them
+    only from its own machine (loopback).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/medfed.proto.v1.Admin/Status',
+                request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.StatusReply.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/medfed.proto.v1.Admin/Stop',
+                request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.FromString,
+                _registered_method=True)
+        self.Remove = channel.unary_unary(
+                '/medfed.proto.v1.Admin/Remove',
+                request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.FromString,
+                _registered_method=True)
+        self.Extend = channel.unary_unary(
+                '/medfed.proto.v1.Admin/Extend',
+                request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.ExtendRequest.SerializeToString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """The operator's commands (fed-admin). Under TLS only a certificate made with `fed-certs admin` may call
+    them, and such a certificate cannot take part as a hospital; an --insecure coordinator answers them
+    only from its own machine (loopback).
+    """
+
+    def Status(self, request, context):
+        """The live status: the same JSON document as the dashboard's GET /api/status (format medfed-status/1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """End the run: hospitals are told it is over (or, with resumable, that a resumed coordinator follows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Remove(self, request, context):
+        """End a hospital's session now and refuse it for the rest of this run (and its resumptions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Extend(self, request, context):
+        """Train until round `rounds` instead of the planned last round.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.StatusRequest.FromString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.StatusReply.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.StopRequest.FromString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.SerializeToString,
+            ),
+            'Remove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.RemoveRequest.FromString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.SerializeToString,
+            ),
+            'Extend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Extend,
+                    request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.ExtendRequest.FromString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'medfed.proto.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('medfed.proto.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """The operator's commands (fed-admin). Under TLS only a certificate made with `fed-certs admin` may call
+    them, and such a certificate cannot take part as a hospital; an --insecure coordinator answers them
+    only from its own machine (loopback).
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.proto.v1.Admin/Status',
+            medfed_dot_proto_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.proto.v1.Admin/Stop',
+            medfed_dot_proto_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.proto.v1.Admin/Remove',
+            medfed_dot_proto_dot_v1_dot_federation__pb2.RemoveRequest.SerializeToString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Extend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.proto.v1.Admin/Extend',
+            medfed_dot_proto_dot_v1_dot_federation__pb2.ExtendRequest.SerializeToString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -119,3 +119,79 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AdminStub:
+    """The operator's commands (fed-admin). Under TLS only a certificate made with `fed-certs admin` may call
+    them, and such a certificate cannot take part as a hospital; an --insecure coordinator answers them
+    only from its own machine (loopback).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
+    Status: _grpc.UnaryUnaryMultiCallable[_federation_pb2.StatusRequest, _federation_pb2.StatusReply]
+    """The live status: the same JSON document as the dashboard's GET /api/status (format medfed-status/1)."""
+    Stop: _grpc.UnaryUnaryMultiCallable[_federation_pb2.StopRequest, _federation_pb2.AdminReply]
+    """End the run: hospitals are told it is over (or, with resumable, that a resumed coordinator follows)."""
+    Remove: _grpc.UnaryUnaryMultiCallable[_federation_pb2.RemoveRequest, _federation_pb2.AdminReply]
+    """End a hospital's session now and refuse it for the rest of this run (and its resumptions)."""
+    Extend: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ExtendRequest, _federation_pb2.AdminReply]
+    """Train until round `rounds` instead of the planned last round."""
+
+@_typing.type_check_only
+class AdminAsyncStub(AdminStub):
+    """The operator's commands (fed-admin). Under TLS only a certificate made with `fed-certs admin` may call
+    them, and such a certificate cannot take part as a hospital; an --insecure coordinator answers them
+    only from its own machine (loopback).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Status: _aio.UnaryUnaryMultiCallable[_federation_pb2.StatusRequest, _federation_pb2.StatusReply]  # type: ignore[assignment]
+    """The live status: the same JSON document as the dashboard's GET /api/status (format medfed-status/1)."""
+    Stop: _aio.UnaryUnaryMultiCallable[_federation_pb2.StopRequest, _federation_pb2.AdminReply]  # type: ignore[assignment]
+    """End the run: hospitals are told it is over (or, with resumable, that a resumed coordinator follows)."""
+    Remove: _aio.UnaryUnaryMultiCallable[_federation_pb2.RemoveRequest, _federation_pb2.AdminReply]  # type: ignore[assignment]
+    """End a hospital's session now and refuse it for the rest of this run (and its resumptions)."""
+    Extend: _aio.UnaryUnaryMultiCallable[_federation_pb2.ExtendRequest, _federation_pb2.AdminReply]  # type: ignore[assignment]
+    """Train until round `rounds` instead of the planned last round."""
+
+class AdminServicer(metaclass=_abc_1.ABCMeta):
+    """The operator's commands (fed-admin). Under TLS only a certificate made with `fed-certs admin` may call
+    them, and such a certificate cannot take part as a hospital; an --insecure coordinator answers them
+    only from its own machine (loopback).
+    """
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _federation_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.StatusReply, _abc.Awaitable[_federation_pb2.StatusReply]]:
+        """The live status: the same JSON document as the dashboard's GET /api/status (format medfed-status/1)."""
+
+    @_abc_1.abstractmethod
+    def Stop(
+        self,
+        request: _federation_pb2.StopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.AdminReply, _abc.Awaitable[_federation_pb2.AdminReply]]:
+        """End the run: hospitals are told it is over (or, with resumable, that a resumed coordinator follows)."""
+
+    @_abc_1.abstractmethod
+    def Remove(
+        self,
+        request: _federation_pb2.RemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.AdminReply, _abc.Awaitable[_federation_pb2.AdminReply]]:
+        """End a hospital's session now and refuse it for the rest of this run (and its resumptions)."""
+
+    @_abc_1.abstractmethod
+    def Extend(
+        self,
+        request: _federation_pb2.ExtendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.AdminReply, _abc.Awaitable[_federation_pb2.AdminReply]]:
+        """Train until round `rounds` instead of the planned last round."""
+
+def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
