@@ -19,6 +19,7 @@ from types import FrameType
 import grpc
 
 from medfed.client.config import ClientConfig
+from medfed.client.policy import load_policy
 from medfed.common.cli import EXIT_USAGE, CliError, command_parser, run_command, setup_logging
 from medfed.common.config import build_config, load_toml, parse_address
 from medfed.common.data.image_folder import load_hospital
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("--dp-ledger", type=Path, help="privacy ledger file (default DATA/privacy-ledger.json)")
     p.add_argument(
+        "--policy",
+        type=Path,
+        help="this hospital's policy file (TOML): allowed models, most local epochs and rounds, DP required with at "
+        "most ε, allowed coordinators; a task that breaks it is refused, naming the rule (README: operator guide)",
+    )
+    p.add_argument(
+        "--stay",
+        action="store_true",
+        help="run as a service: after a federation ends (or this node leaves one), wait for the coordinator's next "
+        "one, across coordinator restarts, until stopped",
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
         help="where this hospital keeps SCAFFOLD's control variate and FedBN's normalisation layers between "
@@ -173,6 +186,9 @@ def _run(argv: Sequence[str] | None) -> int:
         )
     check_resolvable(cfg.server)
     name = _identity(cfg)
+    policy = load_policy(cfg.policy) if cfg.policy is not None else None
+    if policy is not None:
+        policy.check_coordinator(cfg.server_name or parse_address(cfg.server)[0], tls=cfg.tls)
     # PyTorch (seconds to import) only once the flags are known to be good: --help and typos stay fast.
     import torch
 
@@ -229,7 +245,10 @@ def _run(argv: Sequence[str] | None) -> int:
             log.warning("SIMULATED ATTACK: this hospital is %s in every round (--simulate-attack, for research on "
                         "defences only)", cfg.attack.describe())  # fmt: skip
         trainer = Trainer(data, device, name=name, progress=progress, attack=cfg.attack, state_dir=cfg.state_dir)
-        node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy)
+        node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy,
+                            policy=policy, stay=cfg.stay)  # fmt: skip
+        if policy is not None:
+            log.info("policy %s: every task is checked against it before training", cfg.policy)
         try:
             node.run()
         except BudgetExhausted as exc:

@@ -33,6 +33,10 @@ class ClientConfig(TlsFiles):
     dp_delta: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     dp_target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
     dp_ledger: Path | None = None
+    policy: Path | None = None
+    """the hospital's policy file (client/policy.py): what this node will and will not do"""
+    stay: bool = False
+    """keep running after a federation ends and take part in the coordinator's next one"""
     state_dir: Path | None = None
     """where SCAFFOLD's control variate and FedBN's normalisation layers are kept (default DATA/medfed-state)"""
     classes: list[str] | None = None

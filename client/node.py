@@ -17,9 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from medfed.client.policy import HospitalPolicy
 from medfed.client.privacy import HospitalPrivacy
 from medfed.client.protocol import Connection, CoordinatorAway, JoinInfo, NodeError, Session, SessionLost, Submitted
-from medfed.client.trainer import LocalResult, Trainer
+from medfed.client.trainer import LocalResult, TaskError, Trainer
 from medfed.common import __version__
 from medfed.common.compression import encode_update
 from medfed.common.data.folders import HospitalData
@@ -31,6 +32,12 @@ log = logging.getLogger("medfed.client")
 
 MAX_REJOINS = 3
 HEARTBEAT_INTERVAL_S = 15.0
+STAY_RETRY_S = 30.0
+"""with --stay, the longest wait between attempts to join the next federation"""
+
+
+class PolicyRefusal(NodeError):
+    """A task broke the hospital's policy file: the node leaves that federation."""
 
 
 class HospitalNode:
@@ -46,7 +53,11 @@ class HospitalNode:
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        policy: HospitalPolicy | None = None,
+        stay: bool = False,
     ) -> None:
+        """``stay``: after a federation ends (or this node leaves it), wait for the coordinator's next one
+        instead of returning; ``policy``: the rules every task is checked against before training."""
         self._connection, self._data, self._trainer = connection, data, trainer
         self._name, self._max_wait = name, max_wait
         self._sleep, self._clock = sleep, clock
@@ -55,17 +66,66 @@ class HospitalNode:
         self._stop = threading.Event()
         self._session: Session | None = None
         self._rejoins = 0  # in a row, without a task in between
+        self._policy, self._stay = policy, stay
+        self._refused: set[str] = set()
+        """federations this node left (a broken policy, a task it cannot do): with --stay, not joined again"""
 
     def run(self) -> int:
-        """Take part until the coordinator says the federation is over; returns the rounds trained."""
-        self._join()
+        """Take part until the coordinator says the federation is over (with --stay: in every federation
+        it starts, until stopped); returns the rounds trained."""
         beats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beats.start()
+        trained = 0
         try:
-            return self._take_part()
+            while True:
+                try:
+                    if self._session is None:
+                        self._join()
+                    trained += self._take_part()
+                    if not self._stay:
+                        return trained
+                    log.info("waiting for the coordinator's next federation (--stay)")
+                except (NodeError, TaskError) as exc:
+                    if not self._stay:
+                        raise
+                    self._give_up_federation(exc)
+                self._session = None
+                self._await_next()
         finally:
             self._stop.set()
             beats.join(timeout=5)
+
+    def _give_up_federation(self, exc: NodeError | TaskError) -> None:
+        """--stay: leave this federation for good (told why) and wait for another."""
+        session = self._session
+        if session is not None:
+            self._refused.add(session.federation)
+            self._connection.leave(session, cleaned(str(exc)))
+        log.warning("%s; leaving this federation and waiting for the next one (--stay)", exc)
+
+    def _await_next(self) -> None:
+        """--stay: join the coordinator's next federation, however long it takes to start; one this node
+        left is not joined again."""
+        backoff = Backoff(maximum=STAY_RETRY_S)
+        said: set[str] = set()
+        while True:
+            try:
+                self._join(retry=False)
+            except CoordinatorAway:
+                pass
+            except NodeError as exc:
+                if (text := str(exc)) not in said:  # once each: a refusal that lasts is not worth a line a minute
+                    said.add(text)
+                    log.warning("%s; trying again every %.0f s (--stay)", text, STAY_RETRY_S)
+            else:
+                session = self._session
+                assert session is not None
+                if session.federation not in self._refused:
+                    self._rejoins = 0
+                    return
+                self._connection.leave(session, "this hospital left this federation earlier")
+                self._session = None
+            self._sleep(backoff.next_delay())
 
     def leave(self, reason: str) -> None:
         if self._session is not None:
@@ -105,6 +165,13 @@ class HospitalNode:
         """Train on one task and send the update; returns the round."""
         header = task.header
         planned = self._privacy.plan(header.settings.local_dp, header.settings) if self._privacy else None
+        if self._policy is not None:
+            epsilon_after = self._privacy.epsilon_after(planned) if self._privacy and planned else None
+            rule = self._policy.broken_by(model=header.model, settings=header.settings,
+                                          total_rounds=header.total_rounds, private=planned is not None,
+                                          epsilon_after=epsilon_after)  # fmt: skip
+            if rule is not None:
+                raise PolicyRefusal(f"refused round {header.round}'s task: it breaks the policy ({rule})")
         federation = self._session.federation if self._session is not None else ""
         result = self._trainer.run(header.round, header.settings, header.model, task.state, planned,
                                    federation=federation)  # fmt: skip
@@ -144,10 +211,11 @@ class HospitalNode:
         classes = () if says_nothing else tuple(np.flatnonzero(np.bincount(train.labels)).tolist())
         hospital = JoinInfo(self._name, len(train), self._data.info, classes, __version__)
         self._session = self._connection.join(hospital, retry=retry)
+        federation = self._session.federation
         if retry:
-            log.info("joined the federation as %s (%d training images)", self._name, len(train))
+            log.info("joined federation %s as %s (%d training images)", cleaned(federation), self._name, len(train))
         else:
-            log.info("joined the federation again as %s", self._name)
+            log.info("joined federation %s as %s", cleaned(federation), self._name)
 
     def _poll(self) -> ReceivedTask | FinishedNotice | None:
         assert self._session is not None

@@ -183,6 +183,10 @@ class HospitalPrivacy:
                 )
         return RoundPrivacy(chosen, spend)
 
+    def epsilon_after(self, planned: RoundPrivacy) -> float:
+        """This data's total ε once ``planned`` is spent (what a policy's max_epsilon is checked against)."""
+        return epsilon([*self.ledger.spends, planned.spend], self.delta)
+
     def record(self, federation: str, round_number: int, planned: RoundPrivacy) -> PrivacyReport:
         """Write the spend to the ledger (before the update leaves) and describe the total for the coordinator."""
         self.ledger.record(federation, round_number, planned.settings.clip, planned.spend)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from medfed.client.connection import GrpcConnection
-from medfed.client.node import HospitalNode
+from medfed.client.node import HospitalNode, PolicyRefusal
+from medfed.client.policy import HospitalPolicy
 from medfed.client.protocol import (
     CoordinatorAway,
     JoinInfo,
@@ -193,6 +194,7 @@ class ScriptedConnection:
         self.joins, self.tasks = joins, tasks
         self.calls: list[str] = []
         self.updates: list[UpdateHeader] = []
+        self.left: list[tuple[str, str]] = []
 
     def _next(self, name: str, script: list[Any]) -> Any:
         self.calls.append(name)
@@ -214,12 +216,56 @@ class ScriptedConnection:
 
     def heartbeat(self, session: Session) -> None: ...
 
-    def leave(self, session: Session, reason: str) -> None: ...
+    def leave(self, session: Session, reason: str) -> None:
+        self.left.append((session.federation, reason))
 
 
-def received(round_number: int) -> ReceivedTask:
-    header = TaskHeader(round_number, 2, TrainSettings(0, 1e-3, 4, 0), ModelSpec("cnn", 1, 2))
+def received(round_number: int, total: int = 2) -> ReceivedTask:
+    header = TaskHeader(round_number, total, TrainSettings(0, 1e-3, 4, 0), ModelSpec("cnn", 1, 2))
     return ReceivedTask(header, dict(MODEL))
+
+
+def scripted_node(connection: ScriptedConnection, clock: FakeTime, **kwargs: Any) -> HospitalNode:
+    trainer = Trainer(DATA, torch.device("cpu"), name="hospital_a", progress=False)
+    return HospitalNode(connection, DATA, trainer, name="hospital_a", max_wait=60, sleep=clock.sleep,
+                        clock=lambda: clock.now, **kwargs)  # fmt: skip
+
+
+def test_a_node_that_stays_takes_part_in_the_next_federation_after_the_coordinator_restarts() -> None:
+    connection = ScriptedConnection(
+        joins=[Session("s1", "f1"), CoordinatorAway("the federation is over"), CoordinatorAway("down"),
+               NodeError("the coordinator refused hospital_a: still starting"), Session("s2", "f2")],
+        tasks=[received(1), FinishedNotice("all rounds completed", 1), received(1), received(2),
+               FinishedNotice("all rounds completed", 2)],
+    )  # fmt: skip
+    clock = FakeTime()
+    with pytest.raises(IndexError):  # the script ran out: a node that stays never returns by itself
+        scripted_node(connection, clock, stay=True).run()
+
+    assert [(u.session_id, u.round) for u in connection.updates] == [("s1", 1), ("s2", 1), ("s2", 2)]
+    # three waits (over, down, refused), then f2; the fifth attempt found the script's end
+    assert connection.calls.count("join once") == 5 and len(clock.sleeps) == 3
+    assert all(delay <= 30 for delay in clock.sleeps) and connection.left == []
+
+
+def test_a_task_that_breaks_the_policy_is_refused_and_with_stay_its_federation_is_not_joined_again() -> None:
+    policy = HospitalPolicy(max_rounds=10)
+    connection = ScriptedConnection(
+        joins=[Session("s1", "f1"), Session("s2", "f1"), Session("s3", "f2")],
+        tasks=[received(1, total=50), received(1, total=10), FinishedNotice("all rounds completed", 1)],
+    )  # fmt: skip
+    with pytest.raises(IndexError):
+        scripted_node(connection, FakeTime(), stay=True, policy=policy).run()
+
+    assert [u.session_id for u in connection.updates] == ["s3"]  # nothing trained for f1
+    (f1, reason), (again, why) = connection.left
+    assert f1 == again == "f1" and "max_rounds = 10: the federation plans 50 rounds" in reason
+    assert "left this federation earlier" in why
+
+    alone = ScriptedConnection(joins=[Session("s1", "f1")], tasks=[received(1, total=50)])
+    with pytest.raises(PolicyRefusal, match=r"refused round 1's task: it breaks the policy \(max_rounds = 10"):
+        scripted_node(alone, FakeTime(), policy=policy).run()
+    assert alone.updates == []
 
 
 def test_the_loop_rejoins_a_lost_session_and_waits_out_a_stopped_coordinator_over_any_connection() -> None:
