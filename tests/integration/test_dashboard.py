@@ -47,6 +47,7 @@ def browser() -> Iterator[Any]:
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_window_size(1500, 1200)  # the whole page in the screenshot
     try:
         yield driver
     finally:

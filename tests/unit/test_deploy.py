@@ -82,7 +82,8 @@ def test_each_hospital_sees_only_its_own_key_and_data(compose: dict[str, Any]) -
         volumes = [v.split(":")[0] for v in service["volumes"]]
         argv = invocations(service)[0]
 
-        assert volumes == [f"pki-hospital-{h[-1]}", f"data-hospital-{h[-1]}"]
+        assert volumes == [f"pki-hospital-{h[-1]}", f"data-hospital-{h[-1]}", "./hospital-policy.toml"]
+        assert service["volumes"][2].endswith(":ro") and argv[argv.index("--policy") + 1] == "/etc/medfed/policy.toml"
         assert argv[argv.index("--data") + 1] == f"/{h}"
         assert argv[argv.index("--tls-key") + 1] == f"/pki/{h}/{h}.key"
         assert "--insecure" not in argv
@@ -126,3 +127,40 @@ def test_the_kubernetes_coordinator_runs_a_valid_fed_server_with_mutual_tls() ->
     assert kinds["Service"]["spec"]["ports"][0]["port"] == int(args[args.index("--address") + 1].split(":")[1])
     secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"]
     assert secret == "medfed-coordinator-tls"
+
+
+def test_the_hospital_policy_and_the_systemd_unit_are_what_fed_client_accepts() -> None:
+    from medfed.client.policy import load_policy
+
+    policy = load_policy(DEPLOY / "hospital-policy.toml")
+    assert policy.allowed_coordinators == ["server"]  # the compose demo's hospitals dial server:8443
+    unit = (DEPLOY / "medfed-hospital.service").read_text()
+    start = re.search(r"^ExecStart=(.*?)(?<!\\)$", unit, re.M | re.S)
+    assert start is not None
+    argv = shlex.split(start.group(1).replace("\\\n", " "))
+    assert argv[0].endswith("fed-client") and "--stay" in argv and "--policy" in argv
+    client_parser().parse_args(argv[1:])  # exits (fails the test) on an invalid invocation
+
+
+def test_the_grafana_dashboard_plots_only_metrics_the_coordinator_exports() -> None:
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from medfed.server.history import RoundRecord, TestResult
+    from medfed.server.live.metrics import metrics_registry, render
+    from medfed.server.live.monitor import Monitor
+
+    monitor = Monitor()
+    monitor.round_done(RoundRecord(1, [], 1, 1.0, 0, 0, None, None, {}, [], test=TestResult(1, 0.5, 0.5, {}, 1, [[1]])))
+    monitor.refused("x", "join", "INVALID_ARGUMENT", "bad")
+    exported = {
+        s.name for f in text_string_to_metric_families(render(metrics_registry(monitor)).decode()) for s in f.samples
+    }
+    exported |= {"medfed_privacy_epsilon"}  # only under differential privacy
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    used = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\b(?:medfed|process)_\w+", t["expr"])
+    }
+    assert used and used <= exported, used - exported
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])

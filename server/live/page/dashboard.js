@@ -186,7 +186,10 @@ function render(status) {
     name, color: COLORS[i % COLORS.length],
     points: status.rounds.filter((r) => name in r.hospital_val_accuracy).map((r) => [r.round, r.hospital_val_accuracy[name]]),
   })), {yMin: 0, yMax: 1, empty: "no hospital reported a validation accuracy"});
-  lineChart(document.getElementById("chart-privacy"), [
+  // The privacy chart only where there is privacy to chart.
+  const privacyChart = document.getElementById("chart-privacy");
+  privacyChart.parentElement.hidden = status.privacy === "none" && !status.rounds.some((r) => r.epsilon !== null);
+  lineChart(privacyChart, [
     {name: "epsilon", color: COLORS[4], points: points(status.rounds, "epsilon")},
   ], {yMin: 0, empty: "no differential privacy in this run"});
   renderConfusion(status);
