@@ -120,6 +120,30 @@ COMPOSE=(docker-compose -p "$PROJECT" -f "$ROOT/deploy/docker-compose.yml")
 log "docker-compose up: certs, data, server, hospital-a, hospital-b, hospital-c (2 rounds)"
 "${COMPOSE[@]}" up -d
 SERVER=$("${COMPOSE[@]}" ps -q server)
+# The coordinator's dashboard, published on this machine's loopback over HTTPS: it must answer the
+# token, and only the token, while the run goes on.
+"$PYTHON" - <<'EOF'
+import json, ssl, time, urllib.error, urllib.request
+url, token = "https://127.0.0.1:8080/api/status", "compose-demo-token-change-me"
+context = ssl._create_unverified_context()  # the demo CA lives in a volume; only the answer is checked here
+deadline = time.monotonic() + 180
+while True:
+    try:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        status = json.load(urllib.request.urlopen(request, timeout=5, context=context))
+        break
+    except (OSError, ValueError) as exc:
+        assert time.monotonic() < deadline, f"the dashboard did not answer within 180 s: {exc}"
+        time.sleep(0.5)
+assert status["format"] == "medfed-status/1", status
+try:
+    urllib.request.urlopen(url, timeout=5, context=context)
+    raise AssertionError("the dashboard answered without its token")
+except urllib.error.HTTPError as exc:
+    assert exc.code == 401, exc.code
+print(f"[compose-demo] the dashboard answers over HTTPS with its token: phase {status['phase']}, "
+      f"{len(status['hospitals'])} hospital(s) so far")
+EOF
 CODE=$(timeout 600 docker wait "$SERVER" || echo timeout)
 "${COMPOSE[@]}" logs --no-color server hospital-a hospital-b hospital-c >"$RUN_DIR/compose.log" 2>&1 || true
 if [ "$CODE" != 0 ]; then
@@ -144,4 +168,6 @@ for record in history:
     assert sorted(record["clients"]) == ["hospital_a", "hospital_b", "hospital_c"], record["clients"]
 print(f"[compose-demo] 2 rounds, all three hospitals in each; final test accuracy {history[-1]['accuracy']:.3f}")
 EOF
+grep -q "policy /etc/medfed/policy.toml: every task is checked" "$RUN_DIR/compose.log" \
+    || { echo "FAILED: the hospitals did not run under deploy/hospital-policy.toml"; exit 1; }
 log "passed; tearing down"
