@@ -1,7 +1,8 @@
 """The dashboard's web server: the page (page/), ``GET /api/status`` (the monitor's snapshot as JSON)
 and ``GET /metrics`` (Prometheus), all from the coordinator itself: no build step, no CDN.
 
-It only reads. With a token, every request needs it: ``Authorization: Bearer TOKEN`` (Prometheus,
+It only reads, and it is bounded: MAX_CONNECTIONS requests at once, each dropped after
+REQUEST_TIMEOUT_S of silence. With a token, every request needs it: ``Authorization: Bearer TOKEN`` (Prometheus,
 scripts), or ``?token=TOKEN`` on the first page a browser opens, which answers with an HttpOnly,
 SameSite=Strict cookie that carries it for the page's own requests. A wrong or missing token gets 401
 and an empty body. Responses forbid framing, sniffing and caching, and the page's
@@ -19,6 +20,7 @@ import threading
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -46,18 +48,38 @@ def _page(name: str) -> bytes:
     return resources.files("medfed.server.live").joinpath("page", name).read_bytes()
 
 
+MAX_CONNECTIONS = 32
+"""requests served at once; more are closed unanswered (a browser tab polls once a second)"""
+REQUEST_TIMEOUT_S = 10.0
+"""a connection that sends nothing for this long is dropped, so idle ones cannot hold the slots"""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     monitor: Monitor
     token: str | None
     registry: CollectorRegistry
     pages: dict[str, tuple[bytes, str]]
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "medfed"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("dashboard: %s %s", self.address_string(), format % args)
@@ -120,13 +142,20 @@ class Dashboard:
     """The web server in a daemon thread; ``close`` stops it."""
 
     def __init__(
-        self, monitor: Monitor, address: str, *, token: str | None = None, tls: ssl.SSLContext | None = None
+        self,
+        monitor: Monitor,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         host, port = parse_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_BoundServer", (_Server,), {"address_family": family})
         self._server: _Server = server_class((host, port), _Handler)
         self._server.monitor, self._server.token = monitor, token
+        self._server.slots = threading.BoundedSemaphore(max_connections)
         self._server.registry = metrics_registry(monitor)
         self._server.pages = {path: (_page(name), kind) for path, (name, kind) in PAGES.items()}
         if tls is not None:

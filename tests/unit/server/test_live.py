@@ -4,6 +4,7 @@ the Prometheus text."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -173,3 +174,32 @@ def test_a_dashboard_other_machines_can_reach_needs_a_token() -> None:
         build_config(ServerConfig, {}, {**base, "dashboard_address": "0.0.0.0:8080"})
     assert build_config(ServerConfig, {}, {**base, "dashboard_address": "0.0.0.0:8080", "dashboard_token": TOKEN})
     assert build_config(ServerConfig, {}, {**base, "dashboard_address": "off"}).dashboard_address is None
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_slots_come_back() -> None:
+    import socket
+
+    server = Dashboard(Monitor(), "127.0.0.1:0", max_connections=2)
+    server.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while True:  # the server takes the two idle connections in its own time: poll until a third is turned away
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as third:
+                try:
+                    third.sendall(b"GET /api/status HTTP/1.0\r\n\r\n")
+                    answer = third.recv(100)
+                except ConnectionResetError:
+                    answer = b""
+                if answer == b"":
+                    break
+            assert time.monotonic() < deadline, "a third connection was still served"
+            time.sleep(0.05)
+        for each in idle:
+            each.close()
+        deadline = time.monotonic() + 10
+        while get(server.url + "api/status")[0] != 200:
+            assert time.monotonic() < deadline, "the slots did not come back"
+            time.sleep(0.05)
+    finally:
+        server.close()
