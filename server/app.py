@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dashboard-address",
         help=f"HOST:PORT of the live dashboard and Prometheus /metrics (default {DEFAULT_DASHBOARD}; 'off' for none; "
-        "an address other machines can reach needs --dashboard-token)",
+        "an address other machines can reach needs --dashboard-token, or TLS: then only operators' certificates)",
     )
     p.add_argument(
         "--dashboard-token",
@@ -320,22 +320,29 @@ def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenti
     return server_credentials(cert, key, ca), PeerAuthenticator(load_cert(ca), cfg.tls_crl)
 
 
-def _dashboard(cfg: ServerConfig, monitor: Monitor) -> Dashboard | None:
+def _dashboard(cfg: ServerConfig, monitor: Monitor, authenticator: PeerAuthenticator | None) -> Dashboard | None:
     """The dashboard on --dashboard-address; the default address, when taken (a second coordinator on this
-    machine), gives way to a free port with a warning, while an address asked for is an error."""
+    machine), gives way to a free port with a warning, while an address asked for is an error.
+
+    Other machines reach it over HTTPS when the coordinator has TLS, with --dashboard-token or, without
+    one, only with an operator's certificate (fed-certs admin) checked as fed-admin's is."""
     if cfg.dashboard_address is None:
         return None
     host, _ = parse_address(cfg.dashboard_address)
-    tls = None
+    tls, operator = None, None
     if cfg.tls and not is_loopback(host):  # the token must not cross the network in plaintext
-        cert, key, _ca = cfg.tls_paths()
+        cert, key, ca = cfg.tls_paths()
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
+        if cfg.dashboard_token is None and authenticator is not None:
+            tls.verify_mode = ssl.CERT_REQUIRED
+            tls.load_verify_locations(ca)
+            operator = authenticator.operator
     elif not is_loopback(host):
         log.warning("the dashboard on %s is plain HTTP: its token travels unencrypted (run the coordinator with "
                     "TLS to serve it over HTTPS)", cfg.dashboard_address)  # fmt: skip
     try:
-        return Dashboard(monitor, cfg.dashboard_address, token=cfg.dashboard_token, tls=tls)
+        return Dashboard(monitor, cfg.dashboard_address, token=cfg.dashboard_token, tls=tls, operator=operator)
     except OSError as exc:
         if cfg.dashboard_address != DEFAULT_DASHBOARD:
             raise CliError(
@@ -409,7 +416,7 @@ def _serve(
         info = saved
     allowed = frozenset(cfg.allow) if cfg.allow is not None else None
     monitor = Monitor()
-    dashboard = _dashboard(cfg, monitor)
+    dashboard = _dashboard(cfg, monitor, authenticator)
     coordinator = Coordinator(
         data_info=info,
         allowed=allowed,
@@ -437,8 +444,10 @@ def _serve(
     servers = [server]
     if dashboard is not None:
         dashboard.start()
-        log.info("dashboard on %s (Prometheus metrics at %smetrics)%s", dashboard.url, dashboard.url,
-                 "; requests need the --dashboard-token" if cfg.dashboard_token else "")  # fmt: skip
+        needs = "; requests need the --dashboard-token" if cfg.dashboard_token else ""
+        if dashboard.operators_only:
+            needs = "; browsers and scrapers need an operator's certificate (fed-certs admin)"
+        log.info("dashboard on %s (Prometheus metrics at %smetrics)%s", dashboard.url, dashboard.url, needs)
         if cfg.dashboard_port_file:
             _write_port_file(cfg.dashboard_port_file, dashboard.port)
     if cfg.health_address:

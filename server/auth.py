@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from medfed.common.errors import PkiError
 from medfed.common.peer_text import quoted
@@ -139,6 +141,15 @@ class PeerAuthenticator:
             if revoked:
                 raise PermissionDenied(revocation_reason(name, serial))
         return name
+
+    def operator(self, der: bytes) -> str:
+        """The operator a TLS peer certificate (DER, as the dashboard's HTTPS sees it) belongs to; raises
+        PermissionDenied for a hospital's certificate or a revoked one, as for fed-admin."""
+        cert = x509.load_der_x509_certificate(der)
+        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        context = {"x509_common_name": [str(n).encode() for n in names[:1]], "x509_pem_cert": [pem]}
+        return self.identify(context, admin=True)
 
     def _facts(self, pem: bytes) -> tuple[int, bool]:
         """Caller holds the lock: the certificate's serial and whether it is an operator's."""

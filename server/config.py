@@ -113,12 +113,13 @@ class ServerConfig(TlsFiles):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
-        if self.dashboard_address is not None and self.dashboard_token is None:
+        if self.dashboard_address is not None and self.dashboard_token is None and not self.tls:
             host = parse_address(self.dashboard_address)[0]
             if not is_loopback(host):
                 raise ValueError(
                     f"--dashboard-address {self.dashboard_address} is reachable from other machines: give "
-                    "--dashboard-token (16 or more characters) as well, or listen on 127.0.0.1"
+                    "--dashboard-token (16 or more characters), run the coordinator with TLS (then the dashboard "
+                    "takes operators' certificates), or listen on 127.0.0.1"
                 )
         if self.tls_crl is not None and not self.tls:
             raise ValueError("--tls-crl needs --tls-cert, --tls-key and --tls-ca")

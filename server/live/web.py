@@ -5,7 +5,9 @@ It only reads, and it is bounded: MAX_CONNECTIONS requests at once, each dropped
 REQUEST_TIMEOUT_S of silence. With a token, every request needs it: ``Authorization: Bearer TOKEN`` (Prometheus,
 scripts), or ``?token=TOKEN`` on the first page a browser opens, which answers with an HttpOnly,
 SameSite=Strict cookie that carries it for the page's own requests. A wrong or missing token gets 401
-and an empty body. Responses forbid framing, sniffing and caching, and the page's
+and an empty body. Without a token, a dashboard other machines reach (under TLS) asks for a client
+certificate and serves only operators' (fed-certs admin), checked against the CRL like fed-admin's;
+any other gets 403 and an empty body. Responses forbid framing, sniffing and caching, and the page's
 Content-Security-Policy allows only its own scripts, so text a hospital sent can never run as code.
 """
 
@@ -16,7 +18,9 @@ import json
 import logging
 import socket
 import ssl
+import sys
 import threading
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -26,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 
 from medfed.common.config import parse_address
+from medfed.server.errors import CoordinatorError
 from medfed.server.live.metrics import CONTENT_TYPE, metrics_registry, render
 from medfed.server.live.monitor import Monitor
 
@@ -61,12 +66,18 @@ class _Server(ThreadingHTTPServer):
     registry: CollectorRegistry
     pages: dict[str, tuple[bytes, str]]
     slots: threading.BoundedSemaphore
+    operator: Callable[[bytes], str] | None
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that fails (a TLS handshake without a certificate, plain HTTP to HTTPS, a reset):
+        one debug line, never a traceback on the console."""
+        log.debug("dashboard: a connection from %s failed: %s", client_address[0], sys.exc_info()[1])
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -83,6 +94,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("dashboard: %s %s", self.address_string(), format % args)
+
+    def _operator_refusal(self) -> str | None:
+        """Without a token under TLS: why the peer's certificate is not an operator's, or None if it is."""
+        check = self.server.operator
+        if check is None:
+            return None
+        der = self.connection.getpeercert(binary_form=True) if isinstance(self.connection, ssl.SSLSocket) else None
+        if der is None:
+            return "no client certificate"
+        try:
+            check(der)
+        except CoordinatorError as exc:
+            return str(exc)
+        return None
 
     def _authorised(self, query: dict[str, list[str]]) -> tuple[bool, dict[str, str]]:
         """Whether the request carries the token, and the headers that keep a browser signed in."""
@@ -116,6 +141,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        if (why := self._operator_refusal()) is not None:
+            log.debug("dashboard: %s refused: %s", self.address_string(), why)
+            self._send(403, b"", None)
+            return
         allowed, signed_in = self._authorised(parse_qs(url.query))
         if not allowed:
             self._send(401, b"", None, {"WWW-Authenticate": 'Bearer realm="medfed"'})
@@ -149,13 +178,18 @@ class Dashboard:
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        operator: Callable[[bytes], str] | None = None,
     ) -> None:
+        """``operator``: with ``tls`` asking for client certificates, checks each request's certificate
+        (DER) and raises CoordinatorError unless it is a valid operator's (server/auth.py)."""
         host, port = parse_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_BoundServer", (_Server,), {"address_family": family})
         self._server: _Server = server_class((host, port), _Handler)
         self._server.monitor, self._server.token = monitor, token
         self._server.slots = threading.BoundedSemaphore(max_connections)
+        self._server.operator = operator
+        self.operators_only = operator is not None
         self._server.registry = metrics_registry(monitor)
         self._server.pages = {path: (_page(name), kind) for path, (name, kind) in PAGES.items()}
         if tls is not None:

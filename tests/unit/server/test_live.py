@@ -8,14 +8,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from medfed.common import pki
 from medfed.common.config import build_config
 from medfed.common.errors import ConfigError
 from medfed.common.messages import PrivacyReport
 from medfed.common.tensors import layout_of
+from medfed.server.auth import PeerAuthenticator
 from medfed.server.config import ServerConfig
 from medfed.server.coordinator import Coordinator
 from medfed.server.history import RoundRecord, TestResult
@@ -174,6 +177,8 @@ def test_a_dashboard_other_machines_can_reach_needs_a_token() -> None:
         build_config(ServerConfig, {}, {**base, "dashboard_address": "0.0.0.0:8080"})
     assert build_config(ServerConfig, {}, {**base, "dashboard_address": "0.0.0.0:8080", "dashboard_token": TOKEN})
     assert build_config(ServerConfig, {}, {**base, "dashboard_address": "off"}).dashboard_address is None
+    tls = {"tls_cert": "s.crt", "tls_key": "s.key", "tls_ca": "ca.crt"}  # operators' certificates instead
+    assert build_config(ServerConfig, {}, {**tls, "dashboard_address": "0.0.0.0:8080"}).dashboard_token is None
 
 
 def test_connections_beyond_the_limit_are_closed_and_the_slots_come_back() -> None:
@@ -201,5 +206,44 @@ def test_connections_beyond_the_limit_are_closed_and_the_slots_come_back() -> No
         while get(server.url + "api/status")[0] != 200:
             assert time.monotonic() < deadline, "the slots did not come back"
             time.sleep(0.05)
+    finally:
+        server.close()
+
+
+def test_without_a_token_a_tls_dashboard_serves_operators_certificates_only(tmp_path: Path) -> None:
+    import ssl
+
+    ca_key, ca = pki.make_ca()
+    pki.write_public(tmp_path / "ca.crt", ca)
+    for name, kind in (("server", "server"), ("ops", "admin"), ("hospital_a", "hospital")):
+        key, cert = pki.issue(ca_key, ca, name, server_hosts=["127.0.0.1"] if kind == "server" else None,
+                              admin=kind == "admin")  # fmt: skip
+        pki.write_private_key(tmp_path / f"{name}.key", key)
+        pki.write_public(tmp_path / f"{name}.crt", cert)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(tmp_path / "ca.crt")
+    server = Dashboard(Monitor(), "127.0.0.1:0", tls=context, operator=PeerAuthenticator(ca, None).operator)
+    server.start()
+
+    def fetch(who: str | None) -> int:
+        client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        if who is not None:
+            client.load_cert_chain(tmp_path / f"{who}.crt", tmp_path / f"{who}.key")
+        try:
+            with urllib.request.urlopen(server.url + "api/status", timeout=10, context=client) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as err:
+            assert err.read() == b""
+            return err.code
+        except (urllib.error.URLError, ssl.SSLError, ConnectionResetError):
+            return 0  # the handshake refused it
+
+    try:
+        assert server.url.startswith("https://") and server.operators_only
+        assert fetch("ops") == 200
+        assert fetch("hospital_a") == 403
+        assert fetch(None) == 0
     finally:
         server.close()
