@@ -15,6 +15,7 @@ Every exception medfed raises on purpose is a ``MedfedError``. The tree, and whe
     ├── WireFormatError               a peer's header or byte stream that describes no valid model
     │   └── WireTooLarge              more than the limits allow (common/limits.py)
     ├── IncompatibleUpdate            an update not in the model's form (common/compression.py)
+    ├── SecureAggregationError        a secure-aggregation value that fails its check (common/secagg/)
     ├── CliError                      a command's failure reported as one line (common/cli.py)
     ├── server: CoordinatorError      a refused call, one status code each (server/errors.py)
     │           AggregationError      updates that cannot be combined (server/strategy/)
@@ -70,6 +71,11 @@ class UnusableModel(UserError):
 
 class WireFormatError(MedfedError, ValueError):
     """A header or byte stream that does not describe a valid model."""
+
+
+class SecureAggregationError(MedfedError, ValueError):
+    """A secure-aggregation key, share or setting that fails its check: a signature that does not
+    verify, a share that does not open, too few shares to rebuild a secret."""
 
 
 class WireTooLarge(WireFormatError):
