@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -139,3 +140,29 @@ def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:
         raise SecureAggregationError(
             "a sealed share does not open: it was altered or is not for this hospital"
         ) from None
+
+
+def _survivors_part(federation: str, round_number: int, survivors: Sequence[str], dropped: Sequence[str]) -> bytes:
+    parts = (b"medfed/secagg/survivors/v1", federation.encode(), str(round_number).encode(),
+             "\0".join(sorted(survivors)).encode(), "\0".join(sorted(dropped)).encode())  # fmt: skip
+    return b"".join(_field(p) for p in parts)
+
+
+def sign_survivors(signing_key: ec.EllipticCurvePrivateKey, federation: str, round_number: int,
+                   survivors: Sequence[str], dropped: Sequence[str]) -> bytes:  # fmt: skip
+    """A hospital's signature over the survivors and dropped the coordinator announced to it."""
+    return signing_key.sign(_survivors_part(federation, round_number, survivors, dropped), ec.ECDSA(hashes.SHA256()))
+
+
+def verify_survivors(certificate: bytes, signature: bytes, federation: str, round_number: int,
+                     survivors: Sequence[str], dropped: Sequence[str]) -> bool:  # fmt: skip
+    """Whether the hospital of ``certificate`` (already verified with its keys) signed these same sets."""
+    public = x509.load_pem_x509_certificate(certificate).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        public.verify(signature, _survivors_part(federation, round_number, survivors, dropped),
+                      ec.ECDSA(hashes.SHA256()))  # fmt: skip
+    except InvalidSignature:
+        return False
+    return True
