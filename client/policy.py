@@ -84,9 +84,8 @@ class HospitalPolicy(BaseModel):
 
 
 def settings_use_secure_aggregation(settings: TrainSettings) -> bool:
-    """Whether the round's update is securely aggregated: no coordinator offers that yet (the wire has no
-    such field), so a node whose policy requires it takes part in no round."""
-    return False
+    """Whether the round's update is summed under secure aggregation's masks (TrainConfig.secure_aggregation)."""
+    return settings.secure_aggregation is not None
 
 
 def load_policy(path: Path) -> HospitalPolicy:

@@ -11,6 +11,7 @@ from typing import Any
 
 from medfed.common.dp.mechanisms import DpSettings, HospitalMechanism
 from medfed.common.limits import Encoding
+from medfed.common.secagg.messages import Parameters
 from medfed.common.tensors import Layout, StateDict
 
 
@@ -32,6 +33,8 @@ class TrainSettings:
     """SCAFFOLD: the task carries the server's control variate; the update returns the hospital's change"""
     local_normalization: bool = False
     """FedBN: the hospital keeps its own normalisation layers from round to round"""
+    secure_aggregation: Parameters | None = None
+    """SecAgg+: the round sums masked updates; the hospital takes part in the stages (common/secagg/)"""
 
 
 @dataclass(frozen=True)

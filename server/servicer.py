@@ -239,6 +239,15 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._refuse(context, "heartbeat", exc, caller)
         return pb.HeartbeatReply()
 
+    def SecureAggregate(self, request: pb.SecAggRequest, context: grpc.ServicerContext) -> pb.SecAggReply:
+        caller = None
+        try:
+            caller = self._caller(context)
+            self._coordinator.heartbeat(request.session_id, caller=caller)
+            raise Rejected(f"round {request.round} is not securely aggregated: this coordinator runs no secure rounds")
+        except Refusal as exc:
+            self._refuse(context, "secure aggregation", exc, caller)
+
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
         caller = None
         try:

@@ -22,6 +22,22 @@ from medfed.common.secagg.fixed_point import FixedPoint
 
 
 @dataclass(frozen=True)
+class Parameters:
+    """What a task says of its secure aggregation (the federation and round come with the session and
+    the task, and complete it into a ``Setup``)."""
+
+    participants: tuple[tuple[str, int], ...]
+    threshold: int
+    graph_seed: bytes
+    clip: float
+    length: int
+
+    def for_round(self, federation: str, round_number: int) -> Setup:
+        return Setup(federation, round_number, self.participants, self.threshold, self.graph_seed, self.clip,
+                     self.length)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Setup:
     """The round's public parameters, sent with its task."""
 
@@ -45,6 +61,10 @@ class Setup:
             raise SecureAggregationError(
                 f"threshold {self.threshold} must be at least 2 and at most the smallest neighbourhood ({smallest})"
             )
+
+    @property
+    def parameters(self) -> Parameters:
+        return Parameters(self.participants, self.threshold, self.graph_seed, self.clip, self.length)
 
     @property
     def names(self) -> tuple[str, ...]:

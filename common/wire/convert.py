@@ -24,6 +24,7 @@ from medfed.common.messages import ModelSpec, PrivacyReport, TrainSettings
 from medfed.common.peer_text import quoted
 from medfed.common.tensors import DTYPES, Layout, TensorSpec
 from medfed.common.wire.proto import pb
+from medfed.common.wire.secure import parameters_from_proto, parameters_to_proto
 
 
 def info_to_proto(info: DatasetInfo) -> pb.DatasetInfo:
@@ -95,6 +96,8 @@ def settings_to_proto(settings: TrainSettings) -> pb.TrainConfig:
     if settings.local_dp is not None:
         msg.local_dp.clip = settings.local_dp.clip
         msg.local_dp.noise_multiplier = settings.local_dp.noise_multiplier
+    if settings.secure_aggregation is not None:
+        msg.secure_aggregation.CopyFrom(parameters_to_proto(settings.secure_aggregation))
     return msg
 
 
@@ -124,6 +127,7 @@ def settings_from_proto(msg: pb.TrainConfig) -> TrainSettings:
         msg.proximal_mu,
         msg.scaffold,
         msg.local_normalization,
+        parameters_from_proto(msg.secure_aggregation) if msg.HasField("secure_aggregation") else None,
     )
 
 

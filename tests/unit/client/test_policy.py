@@ -9,6 +9,7 @@ import pytest
 from medfed.client.policy import HospitalPolicy, load_policy
 from medfed.common.errors import ConfigError
 from medfed.common.messages import ModelSpec, TrainSettings
+from medfed.common.secagg.messages import Parameters
 
 CNN = ModelSpec("cnn", 1, 2)
 
@@ -63,6 +64,14 @@ def test_each_rule_names_itself_when_a_task_breaks_it() -> None:
         "max_epsilon = 8: taking part would raise this data's ε to 8.2"
     )
     assert "secure aggregation" in str(rule(HospitalPolicy(require_secure_aggregation=True)))
+    secure = Parameters((("a", 1), ("b", 1)), 2, bytes(32), 1.0, 10)
+    settings = TrainSettings(1, 1e-3, 8, 0, secure_aggregation=secure)
+    assert (
+        HospitalPolicy(require_secure_aggregation=True).broken_by(
+            model=CNN, settings=settings, total_rounds=1, private=False, epsilon_after=None
+        )
+        is None
+    )
 
 
 def test_the_coordinator_must_be_one_the_policy_allows_and_authenticated() -> None:

@@ -327,6 +327,7 @@ class TrainConfig(_message.Message):
     PROXIMAL_MU_FIELD_NUMBER: _builtins.int
     SCAFFOLD_FIELD_NUMBER: _builtins.int
     LOCAL_NORMALIZATION_FIELD_NUMBER: _builtins.int
+    SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     """0: send the model back untrained (a pure communication round)"""
     learning_rate: _builtins.float
@@ -360,6 +361,15 @@ class TrainConfig(_message.Message):
         settings win unless this asks for more noise (see the README's privacy section).
         """
 
+    @_builtins.property
+    def secure_aggregation(self) -> Global___SecureAggregation:
+        """Secure aggregation (SecAgg+, Bonawitz et al. 2017, Bell et al. 2020): set when this round's updates
+        are summed under masks, so that the coordinator sees only their weighted sum. The hospital then
+        sends, instead of its weights, its difference from the global model's floating-point tensors
+        (in the task's tensor order, flattened), clipped to [-clip, clip], weighted and masked, as one
+        uint32 tensor named "secagg.masked" of `length` values, and takes part in SecureAggregate's stages.
+        """
+
     def __init__(
         self,
         *,
@@ -374,14 +384,435 @@ class TrainConfig(_message.Message):
         proximal_mu: _builtins.float = ...,
         scaffold: _builtins.bool = ...,
         local_normalization: _builtins.bool = ...,
+        secure_aggregation: Global___SecureAggregation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local_dp", b"local_dp", "secure_aggregation", b"secure_aggregation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "local_normalization", b"local_normalization", "optimizer", b"optimizer", "proximal_mu", b"proximal_mu", "scaffold", b"scaffold", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment", b"augment", "batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_dp", b"local_dp", "local_epochs", b"local_epochs", "local_normalization", b"local_normalization", "optimizer", b"optimizer", "proximal_mu", b"proximal_mu", "scaffold", b"scaffold", "secure_aggregation", b"secure_aggregation", "seed", b"seed", "update_encoding", b"update_encoding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainConfig: _TypeAlias = TrainConfig  # noqa: Y015
+
+@_typing.final
+class SecureAggregation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    GRAPH_SEED_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    """shares that rebuild a secret, in each neighbourhood"""
+    graph_seed: _builtins.bytes
+    """orders the SecAgg+ neighbour graph above 32 hospitals"""
+    clip: _builtins.float
+    length: _builtins.int
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]:
+        """sorted by name: a hospital's Shamir index is its place + 1"""
+
+    def __init__(
+        self,
+        *,
+        participants: _abc.Iterable[Global___Participant] | None = ...,
+        threshold: _builtins.int = ...,
+        graph_seed: _builtins.bytes = ...,
+        clip: _builtins.float = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "graph_seed", b"graph_seed", "length", b"length", "participants", b"participants", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecureAggregation: _TypeAlias = SecureAggregation  # noqa: Y015
+
+@_typing.final
+class Participant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    num_examples: _builtins.int
+    """as declared at join: the FedAvg weight is num_examples / their sum"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        num_examples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "num_examples", b"num_examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Participant: _TypeAlias = Participant  # noqa: Y015
+
+@_typing.final
+class PublicKeys(_message.Message):
+    """A hospital's X25519 public keys for one round, signed with its TLS certificate's key over the
+    federation id, the round, its name and both keys; `certificate` (PEM) lets peers check the signature
+    against the federation's CA, so a coordinator relaying the keys cannot substitute its own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSPITAL_FIELD_NUMBER: _builtins.int
+    CIPHER_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    hospital: _builtins.str
+    cipher: _builtins.bytes
+    mask: _builtins.bytes
+    signature: _builtins.bytes
+    certificate: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        hospital: _builtins.str = ...,
+        cipher: _builtins.bytes = ...,
+        mask: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cipher", b"cipher", "hospital", b"hospital", "mask", b"mask", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublicKeys: _TypeAlias = PublicKeys  # noqa: Y015
+
+@_typing.final
+class ShareBundle(_message.Message):
+    """Shares of the sender's self-mask seed and mask key for one recipient, sealed with AES-GCM under a key
+    only the two of them can agree.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    recipient: _builtins.str
+    sealed: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        sealed: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "sealed", b"sealed", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShareBundle: _TypeAlias = ShareBundle  # noqa: Y015
+
+@_typing.final
+class ShareBundles(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShareBundle]: ...
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Iterable[Global___ShareBundle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShareBundles: _TypeAlias = ShareBundles  # noqa: Y015
+
+@_typing.final
+class RelayedKeys(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicKeys]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___PublicKeys] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayedKeys: _TypeAlias = RelayedKeys  # noqa: Y015
+
+@_typing.final
+class UnmaskRequest(_message.Message):
+    """Who the coordinator has a masked vector from, and who shared but sent none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        survivors: _abc.Iterable[_builtins.str] | None = ...,
+        dropped: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmaskRequest: _TypeAlias = UnmaskRequest  # noqa: Y015
+
+@_typing.final
+class Confirmations(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def signatures(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """survivor -> its signature over the UnmaskRequest"""
+
+    def __init__(
+        self,
+        *,
+        signatures: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Confirmations: _TypeAlias = Confirmations  # noqa: Y015
+
+@_typing.final
+class Reveal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SelfSharesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class KeySharesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SELF_SHARES_FIELD_NUMBER: _builtins.int
+    KEY_SHARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def self_shares(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """survivor -> the share of its self-mask seed held here"""
+
+    @_builtins.property
+    def key_shares(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """dropped hospital -> the share of its mask key held here"""
+
+    def __init__(
+        self,
+        *,
+        self_shares: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        key_shares: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_shares", b"key_shares", "self_shares", b"self_shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reveal: _TypeAlias = Reveal  # noqa: Y015
+
+@_typing.final
+class AwaitUnmask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwaitUnmask: _TypeAlias = AwaitUnmask  # noqa: Y015
+
+@_typing.final
+class SecAggDone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggDone: _TypeAlias = SecAggDone  # noqa: Y015
+
+@_typing.final
+class SecAggRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    AWAIT_UNMASK_FIELD_NUMBER: _builtins.int
+    CONFIRMATION_FIELD_NUMBER: _builtins.int
+    REVEAL_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    round: _builtins.int
+    confirmation: _builtins.bytes
+    """a signature over the UnmaskRequest: answered with Confirmations"""
+    @_builtins.property
+    def keys(self) -> Global___PublicKeys:
+        """answered with every advertised key set (RelayedKeys)"""
+
+    @_builtins.property
+    def shares(self) -> Global___ShareBundles:
+        """answered with the bundles addressed to this hospital"""
+
+    @_builtins.property
+    def await_unmask(self) -> Global___AwaitUnmask:
+        """after the masked vector's upload: answered with the UnmaskRequest"""
+
+    @_builtins.property
+    def reveal(self) -> Global___Reveal:
+        """answered with SecAggDone"""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        keys: Global___PublicKeys | None = ...,
+        shares: Global___ShareBundles | None = ...,
+        await_unmask: Global___AwaitUnmask | None = ...,
+        confirmation: _builtins.bytes = ...,
+        reveal: Global___Reveal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["await_unmask", b"await_unmask", "confirmation", b"confirmation", "keys", b"keys", "reveal", b"reveal", "shares", b"shares", "stage", b"stage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["await_unmask", b"await_unmask", "confirmation", b"confirmation", "keys", b"keys", "reveal", b"reveal", "round", b"round", "session_id", b"session_id", "shares", b"shares", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_stage: _TypeAlias = _typing.Literal["keys", "shares", "await_unmask", "confirmation", "reveal"]  # noqa: Y015
+    _WhichOneofArgType_stage: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_stage) -> _WhichOneofReturnType_stage | None: ...
+
+Global___SecAggRequest: _TypeAlias = SecAggRequest  # noqa: Y015
+
+@_typing.final
+class SecAggReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    UNMASK_FIELD_NUMBER: _builtins.int
+    CONFIRMATIONS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> Global___RelayedKeys: ...
+    @_builtins.property
+    def shares(self) -> Global___ShareBundles: ...
+    @_builtins.property
+    def unmask(self) -> Global___UnmaskRequest: ...
+    @_builtins.property
+    def confirmations(self) -> Global___Confirmations: ...
+    @_builtins.property
+    def done(self) -> Global___SecAggDone: ...
+    def __init__(
+        self,
+        *,
+        keys: Global___RelayedKeys | None = ...,
+        shares: Global___ShareBundles | None = ...,
+        unmask: Global___UnmaskRequest | None = ...,
+        confirmations: Global___Confirmations | None = ...,
+        done: Global___SecAggDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["confirmations", b"confirmations", "done", b"done", "keys", b"keys", "shares", b"shares", "stage", b"stage", "unmask", b"unmask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmations", b"confirmations", "done", b"done", "keys", b"keys", "shares", b"shares", "stage", b"stage", "unmask", b"unmask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_stage: _TypeAlias = _typing.Literal["keys", "shares", "unmask", "confirmations", "done"]  # noqa: Y015
+    _WhichOneofArgType_stage: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_stage) -> _WhichOneofReturnType_stage | None: ...
+
+Global___SecAggReply: _TypeAlias = SecAggReply  # noqa: Y015
 
 @_typing.final
 class DpRequest(_message.Message):

@@ -59,6 +59,11 @@ class FederationStub:
                 request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
+        self.SecureAggregate = channel.unary_unary(
+                '/medfed.proto.v1.Federation/SecureAggregate',
+                request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -102,6 +107,15 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecureAggregate(self, request, context):
+        """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
+        part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
+        input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +143,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.SerializeToString,
+            ),
+            'SecureAggregate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureAggregate,
+                    request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.SecAggRequest.FromString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +285,33 @@ class Federation:
             '/medfed.proto.v1.Federation/Heartbeat',
             medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             medfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureAggregate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.proto.v1.Federation/SecureAggregate',
+            medfed_dot_proto_dot_v1_dot_federation__pb2.SecAggRequest.SerializeToString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,

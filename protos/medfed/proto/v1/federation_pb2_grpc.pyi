@@ -52,6 +52,11 @@ class FederationStub:
     """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
     longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
     """
+    SecureAggregate: _grpc.UnaryUnaryMultiCallable[_federation_pb2.SecAggRequest, _federation_pb2.SecAggReply]
+    """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
+    part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
+    input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
+    """
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -70,6 +75,11 @@ class FederationAsyncStub(FederationStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatReply]  # type: ignore[assignment]
     """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
     longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
+    """
+    SecureAggregate: _aio.UnaryUnaryMultiCallable[_federation_pb2.SecAggRequest, _federation_pb2.SecAggReply]  # type: ignore[assignment]
+    """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
+    part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
+    input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
     """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +126,17 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_federation_pb2.HeartbeatReply, _abc.Awaitable[_federation_pb2.HeartbeatReply]]:
         """Sent while a hospital trains (every call counts as a sign of life too): a hospital silent for
         longer than the coordinator's --heartbeat-timeout is taken for dead and not waited for.
+        """
+
+    @_abc_1.abstractmethod
+    def SecureAggregate(
+        self,
+        request: _federation_pb2.SecAggRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.SecAggReply, _abc.Awaitable[_federation_pb2.SecAggReply]]:
+        """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
+        part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
+        input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
         """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
