@@ -197,6 +197,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
     from medfed.client.probe import Probe
     from medfed.client.protocol import NodeError
+    from medfed.client.secure_aggregation import Identity
     from medfed.client.trainer import TaskError, Trainer
     from medfed.common.ml.training import pick_device
 
@@ -245,8 +246,9 @@ def _run(argv: Sequence[str] | None) -> int:
             log.warning("SIMULATED ATTACK: this hospital is %s in every round (--simulate-attack, for research on "
                         "defences only)", cfg.attack.describe())  # fmt: skip
         trainer = Trainer(data, device, name=name, progress=progress, attack=cfg.attack, state_dir=cfg.state_dir)
+        identity = Identity.load(*cfg.tls_paths()) if cfg.tls else None
         node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy,
-                            policy=policy, stay=cfg.stay)  # fmt: skip
+                            policy=policy, stay=cfg.stay, identity=identity)  # fmt: skip
         if policy is not None:
             log.info("policy %s: every task is checked against it before training", cfg.policy)
         try:

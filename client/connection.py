@@ -20,6 +20,7 @@ from medfed.client.protocol import (
     CoordinatorAway,
     JoinInfo,
     NodeError,
+    RoundAbandoned,
     Session,
     SessionLost,
     SubmitOutcome,
@@ -29,7 +30,10 @@ from medfed.common.errors import WireFormatError
 from medfed.common.messages import FinishedNotice, ReceivedTask, UpdateHeader
 from medfed.common.peer_text import STATUS_LIMIT, cleaned
 from medfed.common.retry import Backoff
+from medfed.common.secagg.keys import PublicKeys
+from medfed.common.secagg.messages import Reveal, ShareBundle, UnmaskRequest
 from medfed.common.tensors import EncodedModel
+from medfed.common.wire import secure
 from medfed.common.wire.convert import info_to_proto
 from medfed.common.wire.proto import pb, pb_grpc
 from medfed.common.wire.stream import read_task, update_messages
@@ -158,6 +162,50 @@ class GrpcConnection:
                 raise NodeError(f"the coordinator refused this hospital's update: {_details(exc)}") from None
             raise self._session_error(exc) from None
         return SubmitOutcome(Submitted.ACCEPTED)
+
+    def _secure(self, what: str, request: pb.SecAggRequest, reply_kind: str) -> pb.SecAggReply:
+        """One SecureAggregate call: retried while the coordinator is unreachable; a round the coordinator
+        gave up (FAILED_PRECONDITION) is RoundAbandoned, a refusal ends the node."""
+        try:
+            reply = self._retrying(what, lambda: self._stub.SecureAggregate(request, timeout=TRANSFER_DEADLINE_S))
+        except grpc.RpcError as exc:
+            if _code(exc) == grpc.StatusCode.FAILED_PRECONDITION:
+                raise RoundAbandoned(_details(exc)) from None
+            if _code(exc) == grpc.StatusCode.UNAUTHENTICATED:
+                raise SessionLost(_details(exc)) from None
+            raise NodeError(f"the coordinator refused this hospital's {what}: {_details(exc)}") from None
+        if reply.WhichOneof("stage") != reply_kind:
+            raise NodeError(f"the coordinator answered this hospital's {what} with the wrong stage")
+        return reply
+
+    def secure_keys(self, session: Session, round_number: int, keys: PublicKeys) -> list[PublicKeys]:
+        request = pb.SecAggRequest(session_id=session.id, round=round_number, keys=secure.keys_to_proto(keys))
+        return self._decoded(lambda: secure.relayed_from_proto(self._secure("round keys", request, "keys").keys))
+
+    def secure_shares(self, session: Session, round_number: int, bundles: list[ShareBundle]) -> list[ShareBundle]:
+        request = pb.SecAggRequest(session_id=session.id, round=round_number, shares=secure.bundles_to_proto(bundles))
+        return self._decoded(lambda: secure.bundles_from_proto(self._secure("shares", request, "shares").shares))
+
+    def secure_await_unmask(self, session: Session, round_number: int) -> UnmaskRequest:
+        request = pb.SecAggRequest(session_id=session.id, round=round_number, await_unmask=pb.AwaitUnmask())
+        return self._decoded(lambda: secure.unmask_from_proto(self._secure("wait for the unmasking", request,
+                                                                           "unmask").unmask))  # fmt: skip
+
+    def secure_confirm(self, session: Session, round_number: int, signature: bytes) -> dict[str, bytes]:
+        request = pb.SecAggRequest(session_id=session.id, round=round_number, confirmation=signature)
+        reply = self._secure("confirmation", request, "confirmations")
+        return self._decoded(lambda: secure.confirmations_from_proto(reply.confirmations))
+
+    def secure_reveal(self, session: Session, round_number: int, reveal: Reveal) -> None:
+        request = pb.SecAggRequest(session_id=session.id, round=round_number, reveal=secure.reveal_to_proto(reveal))
+        self._secure("shares for the unmasking", request, "done")
+
+    @staticmethod
+    def _decoded(read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except WireFormatError as exc:
+            raise NodeError(f"the coordinator sent an invalid secure-aggregation message: {exc}") from None
 
     def heartbeat(self, session: Session) -> None:
         try:

@@ -19,14 +19,28 @@ import numpy as np
 
 from medfed.client.policy import HospitalPolicy
 from medfed.client.privacy import HospitalPrivacy
-from medfed.client.protocol import Connection, CoordinatorAway, JoinInfo, NodeError, Session, SessionLost, Submitted
+from medfed.client.protocol import (
+    Connection,
+    CoordinatorAway,
+    JoinInfo,
+    NodeError,
+    RoundAbandoned,
+    Session,
+    SessionLost,
+    Submitted,
+)
+from medfed.client.secure_aggregation import HospitalRound, Identity
 from medfed.client.trainer import LocalResult, TaskError, Trainer
 from medfed.common import __version__
 from medfed.common.compression import encode_update
 from medfed.common.data.folders import HospitalData
+from medfed.common.errors import SecureAggregationError
 from medfed.common.messages import FinishedNotice, ReceivedTask, UpdateHeader
 from medfed.common.peer_text import cleaned
 from medfed.common.retry import Backoff
+from medfed.common.secagg import vector
+from medfed.common.secagg.messages import ShareBundle
+from medfed.common.tensors import encode
 
 log = logging.getLogger("medfed.client")
 
@@ -55,6 +69,7 @@ class HospitalNode:
         clock: Callable[[], float] = time.monotonic,
         policy: HospitalPolicy | None = None,
         stay: bool = False,
+        identity: Identity | None = None,
     ) -> None:
         """``stay``: after a federation ends (or this node leaves it), wait for the coordinator's next one
         instead of returning; ``policy``: the rules every task is checked against before training."""
@@ -67,6 +82,8 @@ class HospitalNode:
         self._session: Session | None = None
         self._rejoins = 0  # in a row, without a task in between
         self._policy, self._stay = policy, stay
+        self._identity = identity
+        """the TLS files a secure round's keys are signed with and checked against"""
         self._refused: set[str] = set()
         """federations this node left (a broken policy, a task it cannot do): with --stay, not joined again"""
 
@@ -173,14 +190,63 @@ class HospitalNode:
             if rule is not None:
                 raise PolicyRefusal(f"refused round {header.round}'s task: it breaks the policy ({rule})")
         federation = self._session.federation if self._session is not None else ""
+        secure = None
+        if header.settings.secure_aggregation is not None:
+            try:
+                secure = self._secure_start(task)  # keys and shares first: dropping while training is recoverable
+            except (RoundAbandoned, SecureAggregationError) as exc:
+                log.warning("round %d: secure aggregation stopped (%s); this hospital skips the round", header.round,
+                            cleaned(str(exc)))  # fmt: skip
+                return header.round
         result = self._trainer.run(header.round, header.settings, header.model, task.state, planned,
                                    federation=federation)  # fmt: skip
         if self._privacy is not None and planned is not None and self._session is not None:
             # spent before the update leaves
             result = replace(result, privacy=self._privacy.record(self._session.federation, header.round, planned))
         self._log_round(task, result)
-        self._submit(task, result)
+        if secure is None:
+            self._submit(task, result)
+        else:
+            try:
+                self._secure_finish(task, result, *secure)
+            except (RoundAbandoned, SecureAggregationError) as exc:
+                log.warning("round %d: secure aggregation stopped (%s)", header.round, cleaned(str(exc)))
         return header.round
+
+    def _secure_start(self, task: ReceivedTask) -> tuple[HospitalRound, list[ShareBundle]]:
+        """Secure aggregation's stages 1 and 2: signed keys out, peers' keys checked, shares sealed."""
+        header, session = task.header, self._session
+        parameters = header.settings.secure_aggregation
+        assert parameters is not None and session is not None
+        if self._identity is None:
+            raise TaskError(
+                "the round is securely aggregated and this hospital runs without TLS: it has no certificate to "
+                "sign its round keys with"
+            )
+        party = HospitalRound(self._name, parameters.for_round(session.federation, header.round),
+                              ca=self._identity.ca, signing_key=self._identity.signing_key,
+                              certificate=self._identity.certificate)  # fmt: skip
+        relayed = self._connection.secure_keys(session, header.round, party.advertise())
+        mine = self._connection.secure_shares(session, header.round, party.share(relayed))
+        return party, mine
+
+    def _secure_finish(self, task: ReceivedTask, result: LocalResult, party: HospitalRound,
+                       mine: list[ShareBundle]) -> None:  # fmt: skip
+        """Stages 3 and 4: the masked difference up, then the confirmation and the shares to unmask."""
+        session, round_number, setup = self._session, task.header.round, party.setup
+        assert session is not None
+        term = setup.fixed_point.encode(vector.difference(result.state, task.state), setup.weight(self._name))
+        encoded = encode(vector.as_update(party.mask(mine, term)))
+        declared = len(self._data.split("train"))
+        header = UpdateHeader(session.id, round_number, declared, result.metrics, encoded.layout, result.privacy)
+        outcome = self._connection.submit(header, encoded)
+        if outcome.kind is Submitted.DISCARDED:
+            log.warning("round %d: masked update discarded by the coordinator: %s", round_number, outcome.detail)
+            return
+        request = self._connection.secure_await_unmask(session, round_number)
+        confirmations = self._connection.secure_confirm(session, round_number, party.confirm(request))
+        self._connection.secure_reveal(session, round_number, party.reveal(request, confirmations))
+        log.info("round %d: securely aggregated with %d other hospital(s)", round_number, len(request.survivors) - 1)
 
     def _await_return(self, reason: str) -> None:
         """The coordinator stopped before its last round (a redeploy): join it again when it is back."""

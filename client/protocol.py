@@ -16,6 +16,8 @@ from typing import Protocol
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import MedfedError
 from medfed.common.messages import FinishedNotice, ReceivedTask, UpdateHeader
+from medfed.common.secagg.keys import PublicKeys
+from medfed.common.secagg.messages import Reveal, ShareBundle, UnmaskRequest
 from medfed.common.tensors import EncodedModel
 
 
@@ -25,6 +27,11 @@ class NodeError(MedfedError):
 
 class SessionLost(MedfedError):
     """The coordinator no longer knows this session (it restarted without a checkpoint): join again."""
+
+
+class RoundAbandoned(MedfedError):
+    """The coordinator gave up the round under way (a secure round left with too few hospitals): this
+    hospital skips it and waits for the next task."""
 
 
 class CoordinatorAway(MedfedError):
@@ -72,6 +79,26 @@ class Connection(Protocol):
         ...
 
     def submit(self, header: UpdateHeader, model: EncodedModel) -> SubmitOutcome: ...
+
+    def secure_keys(self, session: Session, round_number: int, keys: PublicKeys) -> list[PublicKeys]:
+        """Secure aggregation's stage 1: this hospital's keys; returns every advertised key set."""
+        ...
+
+    def secure_shares(self, session: Session, round_number: int, bundles: list[ShareBundle]) -> list[ShareBundle]:
+        """Stage 2: the bundles this hospital sends; returns those addressed to it."""
+        ...
+
+    def secure_await_unmask(self, session: Session, round_number: int) -> UnmaskRequest:
+        """After the masked vector's upload: who the coordinator has vectors from, and who dropped."""
+        ...
+
+    def secure_confirm(self, session: Session, round_number: int, signature: bytes) -> dict[str, bytes]:
+        """Stage 4a: this hospital's signature over the request; returns the survivors' signatures."""
+        ...
+
+    def secure_reveal(self, session: Session, round_number: int, reveal: Reveal) -> None:
+        """Stage 4b: the shares this hospital reveals."""
+        ...
 
     def heartbeat(self, session: Session) -> None:
         """A sign of life; never raises (a missed beat is not fatal: the next call tells what is wrong)."""

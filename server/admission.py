@@ -28,6 +28,7 @@ import numpy as np
 from medfed.common.compression import IncompatibleUpdate, check_form
 from medfed.common.limits import Encoding
 from medfed.common.peer_text import quoted
+from medfed.common.secagg.vector import MASKED
 from medfed.common.tensors import ALIGNMENT, Layout, is_float
 from medfed.server.errors import InvalidUpdate, TooLarge
 
@@ -45,6 +46,19 @@ def check_header(
         raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
     if not 1 <= num_examples <= joined_with:
         raise InvalidUpdate(f"num_examples {num_examples} is outside 1..{joined_with} (the count {name} joined with)")
+
+
+def check_secure_header(
+    name: str, layout: Layout, length: int, num_examples: int, joined_with: int, *, delta: bool
+) -> None:
+    """A securely aggregated update: one int32 tensor of the round's vector length, and exactly the count
+    the hospital joined with (its weight is already inside the masked values)."""
+    (spec,) = layout.tensors if len(layout.tensors) == 1 else (None,)
+    if spec is None or spec.name != MASKED or spec.dtype != np.int32 or spec.shape != (length,) or delta:
+        raise InvalidUpdate(f"a securely aggregated update is one int32 tensor {MASKED!r} of {length} values")
+    if num_examples != joined_with:
+        raise InvalidUpdate(f"num_examples {num_examples} differs from the {joined_with} {name} joined with, which "
+                            "set its weight in this secure round")  # fmt: skip
 
 
 VARIANCE_SUFFIX = "running_var"

@@ -221,6 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="scale each update's difference from the global model to L2 norm at most B, in front of --strategy",
     )
+    sec = p.add_argument_group(
+        "secure aggregation",
+        "SecAgg+ (README: secure aggregation): the coordinator learns only the weighted sum of the hospitals' "
+        "updates, never one of them. Needs TLS; works with fedavg and fedprox, lossless encoding, and local DP.",
+    )
+    sec.add_argument("--secure-aggregation", action="store_true", help="sum masked updates (SecAgg+)")
+    sec.add_argument(
+        "--secure-clip",
+        type=float,
+        help=f"each coordinate of a hospital's difference from the global model is clipped to ±C before masking "
+        f"(default {d('secure_clip')})",
+    )
+    sec.add_argument(
+        "--secure-threshold",
+        type=int,
+        help="shares that rebuild a secret, in each hospital's neighbourhood (default: more than two thirds)",
+    )
+    sec.add_argument(
+        "--secure-stage-timeout",
+        type=float,
+        help=f"seconds each key, share, confirmation and reveal stage waits (default {d('secure_stage_timeout')})",
+    )
     dp = p.add_argument_group(
         "differential privacy",
         "--dp-central: clip each hospital's update to C, average with equal weights, add N(0, (σC)²) to the sum. "

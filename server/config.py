@@ -18,7 +18,7 @@ TRAINING_SETTINGS = (
     "model", "seed", "local_epochs", "lr", "batch_size", "dp_central", "dp_local", "dp_clip", "dp_noise_multiplier",
     "dp_delta", "dp_adaptive_clip", "dp_target_quantile", "dp_clip_learning_rate", "augment", "lr_schedule",
     "strategy", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau", "trim_fraction",
-    "krum_f", "krum_m", "norm_bound", "prox_mu",
+    "krum_f", "krum_m", "norm_bound", "prox_mu", "secure_aggregation", "secure_clip",
 )  # fmt: skip
 """what --resume keeps fixed (see ServerConfig.resume_settings)"""
 STRATEGY_SETTINGS: dict[str, tuple[StrategyName, ...]] = {
@@ -89,6 +89,10 @@ class ServerConfig(TlsFiles):
     krum_m: int | None = Field(None, ge=1)
     norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
     prox_mu: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)
+    secure_aggregation: bool = False
+    secure_clip: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False)
+    secure_threshold: int | None = Field(None, ge=2)
+    secure_stage_timeout: float = Field(120.0, gt=0)
     dp_central: bool = False
     dp_local: bool = False
     dp_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
@@ -139,7 +143,38 @@ class ServerConfig(TlsFiles):
             raise ValueError("--resume continues the run in --out and --force replaces it: choose one")
         self._check_dp()
         self._check_strategy()
+        self._check_secure()
         return self
+
+    def _check_secure(self) -> None:
+        """Secure aggregation hides each update, so what needs to see one cannot run beside it."""
+        if not self.secure_aggregation:
+            for flag in ("secure_threshold",):
+                if getattr(self, flag) is not None:
+                    raise ValueError(f"--{flag.replace('_', '-')} needs --secure-aggregation")
+            return
+        if not self.tls:
+            raise ValueError(
+                "--secure-aggregation needs TLS: each hospital signs its round keys with its certificate's key, "
+                "which is how the others know the coordinator did not substitute its own"
+            )
+        refused = {
+            "--dp-central": self.dp_central
+            and "it clips and noises each update on the coordinator, which never sees "
+            "one (use --dp-local: hospitals noise before masking)",
+            f"--strategy {self.strategy}": self.strategy not in ("fedavg", "fedprox")
+            and "it needs the hospitals' "
+            "individual updates (or a server optimizer state this version does not keep under masks); use fedavg "
+            "or fedprox",
+            f"--update-encoding {self.update_encoding}": self.update_encoding != "lossless"
+            and "secure aggregation quantizes updates itself (fixed point modulo 2^32)",
+            "--norm-bound": self.norm_bound is not None
+            and "it scales individual updates; --secure-clip bounds every coordinate instead",
+            "--over-select": self.over_select > 0 and "a secure round's stages wait for every chosen hospital",
+        }
+        for flag, why in refused.items():
+            if why:
+                raise ValueError(f"--secure-aggregation cannot be combined with {flag}: {why}")
 
     def _check_strategy(self) -> None:
         """A strategy's own settings only with that strategy, and no strategy beside central DP."""

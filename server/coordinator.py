@@ -29,24 +29,28 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
 from medfed.common.compression import DecodedUpdate
 from medfed.common.data.folders import DatasetInfo
+from medfed.common.errors import SecureAggregationError
 from medfed.common.messages import PrivacyReport
 from medfed.common.peer_text import quoted
 from medfed.common.tensors import Layout, layout_of
-from medfed.server.admission import check_header, refusal
+from medfed.server.admission import check_header, check_secure_header, refusal
 from medfed.server.errors import CoordinatorError, InvalidUpdate, NotFound, PermissionDenied, Rejected
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
 from medfed.server.rounds import Contribution, Finished, Instruction, OpenRound, RoundOutcome, Task, Wait
+from medfed.server.secure_aggregation import SecureAccumulator, SecureRound
 from medfed.server.strategy import Accumulator, AggregationError
 
 log = logging.getLogger("medfed.server")
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
+T = TypeVar("T")
 
 
 class PendingUpdate:
@@ -389,11 +393,14 @@ class Coordinator:
                 raise Rejected(f"round {round_number} is not open: no round is open now")
             current.check_upload(hospital.name, round_number)
             settings = current.task.settings
-            expected = current.task.payload.layout
-            check_header(
-                hospital.name, layout, expected, settings.update_encoding, delta=delta, num_examples=num_examples,
-                joined_with=hospital.num_examples,
-            )  # fmt: skip
+            if isinstance(current.accumulator, SecureAccumulator):
+                check_secure_header(hospital.name, layout, current.accumulator.secure.setup.length, num_examples,
+                                    hospital.num_examples, delta=delta)  # fmt: skip
+            else:
+                check_header(
+                    hospital.name, layout, current.task.payload.layout, settings.update_encoding, delta=delta,
+                    num_examples=num_examples, joined_with=hospital.num_examples,
+                )  # fmt: skip
             current.receiving.add(hospital.name)
             self.monitor.uploading(hospital.name)
             contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy, layout.total_bytes)
@@ -427,12 +434,21 @@ class Coordinator:
                     raise Rejected(f"round {current.task.round} closed while the update was being received")
                 if contribution.name not in current.selected:
                     raise PermissionDenied(f"{contribution.name} is no longer part of round {current.task.round}")
-            if (reason := refusal(state, decoded, current.task.payload.tensors())) is not None:
-                raise InvalidUpdate(reason)
-            try:
-                current.accumulator.add(decoded, contribution.num_examples)
-            except AggregationError as exc:
-                raise InvalidUpdate(str(exc)) from None
+            if isinstance(current.accumulator, SecureAccumulator):
+                # Masked values look uniform: nothing to check in them. The sum is kept under the condition,
+                # which the secure stages read.
+                with self._cond:
+                    try:
+                        current.accumulator.add_from(contribution.name, state, contribution.num_examples)
+                    except AggregationError as exc:
+                        raise InvalidUpdate(str(exc)) from None
+            else:
+                if (reason := refusal(state, decoded, current.task.payload.tensors())) is not None:
+                    raise InvalidUpdate(reason)
+                try:
+                    current.accumulator.add(decoded, contribution.num_examples)
+                except AggregationError as exc:
+                    raise InvalidUpdate(str(exc)) from None
             with self._cond:
                 current.contributions[contribution.name] = contribution
                 current.receiving.discard(contribution.name)
@@ -456,3 +472,82 @@ class Coordinator:
             if holds_slot:
                 self._receiving_now -= 1
             self._cond.notify_all()
+
+    # ----- secure aggregation's stages (server/secure_aggregation.py) ----------------------------
+
+    def joined_examples(self, name: str) -> int:
+        """The training-set size ``name`` declared at join (its weight in a secure round)."""
+        with self._cond:
+            return self._members.hospitals[name].num_examples
+
+    def secure_stage(
+        self,
+        session_id: str,
+        round_number: int,
+        stage: int,
+        send: Callable[[SecureRound, str], None],
+        answer: Callable[[SecureRound, str], T],
+        *,
+        caller: str | None = None,
+        timeout: float,
+    ) -> T:
+        """A hospital's part of ``stage`` (``send``), then, once the driver closes the stage, the next
+        stage's input for it (``answer``)."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            hospital = self._hospital(session_id, caller)
+            current = self._round
+            if current is None or current.task.round != round_number:
+                raise Rejected(f"round {round_number} is not open")
+            accumulator = current.accumulator
+            if not isinstance(accumulator, SecureAccumulator):
+                raise Rejected(f"round {round_number} is not securely aggregated")
+            if hospital.name not in current.selected:
+                raise PermissionDenied(f"{hospital.name} was not chosen for round {round_number}")
+            try:
+                send(accumulator.secure, hospital.name)
+            except SecureAggregationError as exc:
+                raise InvalidUpdate(str(exc)) from None
+            self._cond.notify_all()
+            last = stage >= 5  # a reveal is the hospital's last word: nothing to wait for
+            while not last and accumulator.secure.stage <= stage and self._round is current and not accumulator.failed:
+                if self._finished is not None:
+                    raise Rejected(f"the federation is over ({self._finished.reason})")
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise Rejected(f"round {round_number}'s secure stage {stage} did not close in {timeout:.0f} s")
+                self._cond.wait(remaining)
+            if self._round is not current or accumulator.failed is not None:
+                raise Rejected(f"round {round_number} ended: {accumulator.failed or 'it closed'}")
+            try:
+                return answer(accumulator.secure, hospital.name)
+            except SecureAggregationError as exc:
+                raise Rejected(str(exc)) from None
+
+    def secure_wait(self, stage: int, deadline: float) -> set[str]:
+        """The driver: wait until everyone ``stage`` waits for answered, or the deadline; who is missing."""
+        with self._cond:
+            current = self._round
+            if current is None or not isinstance(current.accumulator, SecureAccumulator):
+                raise RuntimeError("no secure round is open")
+            secure = current.accumulator.secure
+            while self._finished is None:
+                pending = secure.pending(stage)
+                remaining = deadline - self._clock()
+                if not pending or remaining <= 0:
+                    return pending
+                self._cond.wait(remaining)
+            return secure.pending(stage)
+
+    def secure_advance(self, stage: int) -> str | None:
+        """The driver: close ``stage``; returns why the round fails (too few hospitals left), or None."""
+        with self._cond:
+            current = self._round
+            if current is None or not isinstance(current.accumulator, SecureAccumulator):
+                raise RuntimeError("no secure round is open")
+            try:
+                current.accumulator.secure.advance(stage)
+            except SecureAggregationError as exc:
+                current.accumulator.failed = str(exc)
+            self._cond.notify_all()
+            return current.accumulator.failed

@@ -36,6 +36,7 @@ from medfed.server.privacy_record import PrivacyRecorder
 from medfed.server.report import write_report
 from medfed.server.rounds import RoundOutcome, Task
 from medfed.server.run_dir import CHECKPOINT_MODEL, Checkpoint, Resumed, RunDir
+from medfed.server.secure_rounds import run_secure_round, secure_parameters
 from medfed.server.strategy import NO_STATE, AggregationError, SendsTensors, Strategy, StrategyState
 from medfed.server.strategy.central_dp import DpFedAvg
 from medfed.server.strategy.registry import build_strategy, central_strategy, local_requests
@@ -337,9 +338,18 @@ def run_federation(
             proximal_mu=requests.proximal_mu,
             scaffold=requests.scaffold,
             local_normalization=requests.local_normalization,
+            secure_aggregation=secure_parameters(cfg, coordinator, selected, run.global_state)
+            if cfg.secure_aggregation
+            else None,
         )
         task = Task(round_number, rounds, settings, model_spec, _task_payload(strategy, run))
-        outcome = _run_round(cfg, coordinator, task, strategy, run, selected)
+        if cfg.secure_aggregation:
+            outcome = run_secure_round(cfg, coordinator, task, coordinator.federation_id, run.global_state)
+            if coordinator.finished is not None:
+                outcome.accumulator.close()
+                raise FederationAborted(coordinator.finished.reason)
+        else:
+            outcome = _run_round(cfg, coordinator, task, strategy, run, selected)
         del task
         adopted = _adopt(outcome, models)
         if not isinstance(adopted, str):

@@ -19,8 +19,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from medfed.common.errors import SecureAggregationError
-from medfed.common.secagg import keys, masking, shamir
+from medfed.common.secagg import keys, masking, shamir, vector
 from medfed.common.secagg.messages import Reveal, Setup, ShareBundle, UnmaskRequest
+from medfed.common.tensors import StateDict
+from medfed.server.strategy import NO_STATE, AggregationError, CentralRound, StrategyState
 
 
 class SecureRound:
@@ -47,6 +49,8 @@ class SecureRound:
     def take_keys(self, advertised: keys.PublicKeys) -> None:
         self._at(1, f"{advertised.hospital}'s keys")
         self._check_hospital(advertised.hospital, "keys")
+        if self._keys.get(advertised.hospital) == advertised:
+            return  # a retried call
         if advertised.hospital in self._keys:
             raise SecureAggregationError(f"{advertised.hospital} already sent its keys for this round")
         self._keys[advertised.hospital] = advertised
@@ -63,9 +67,11 @@ class SecureRound:
         self._at(2, f"{sender}'s shares")
         if sender not in self._keys:
             raise SecureAggregationError(f"{sender} sent shares without keys")
+        kept = list(bundles)
+        if self._bundles.get(sender) == kept:
+            return  # a retried call
         if sender in self._bundles:
             raise SecureAggregationError(f"{sender} already sent its shares for this round")
-        kept = list(bundles)
         allowed = self.setup.neighbours(sender) & self._keys.keys()
         for bundle in kept:
             if bundle.sender != sender or bundle.recipient not in allowed:
@@ -106,13 +112,44 @@ class SecureRound:
         return self._request
 
     def take_confirmation(self, sender: str, signature: bytes) -> None:
+        self._at(4, f"{sender}'s confirmation")
         request = self.unmask_request()
         if sender not in request.survivors:
             raise SecureAggregationError(f"{sender} is not a survivor of this round")
         self._signatures[sender] = signature
 
     def confirmations(self) -> dict[str, bytes]:
+        """Stage 4b's input: the survivors' signatures (no more are taken once they are handed out)."""
+        self._stage = max(self._stage, 5)
         return dict(self._signatures)
+
+    @property
+    def stage(self) -> int:
+        """1 keys, 2 shares, 3 masked vectors, 4 confirmations, 5 reveals."""
+        return self._stage
+
+    def pending(self, stage: int) -> set[str]:
+        """Who the stage still waits for."""
+        if stage == 1:
+            return set(self.setup.names) - self._keys.keys()
+        if stage == 2:
+            return set(self._keys) - self._bundles.keys()
+        if stage == 3:
+            return set(self._bundles) - self._masked
+        survivors = set(self._request.survivors) if self._request is not None else set()
+        return survivors - (self._signatures.keys() if stage == 4 else self._reveals.keys())
+
+    def advance(self, stage: int) -> None:
+        """Close ``stage``: the next one's input is fixed (SecureAggregationError below the threshold)."""
+        if stage == 1:
+            self.relayed_keys()
+        elif stage == 2:
+            self.bundles_for("")
+        elif stage == 3:
+            self.unmask_request()
+        elif stage == 4:
+            self._enough(len(self._signatures), "confirmations")
+            self.confirmations()
 
     def take_reveal(self, reveal: Reveal) -> None:
         request = self.unmask_request()
@@ -165,3 +202,55 @@ class SecureRound:
             raise SecureAggregationError(
                 f"{count} {what} arrived; the round needs {self.setup.threshold}: it fails and nothing is revealed"
             )
+
+
+class SecureAccumulator:
+    """A secure round as the coordinator's rounds see an accumulator: masked vectors folded as they
+    arrive (``add_from``), and the result the global model moved by the unmasked weighted average."""
+
+    def __init__(self, global_state: Mapping[str, np.ndarray], secure: SecureRound) -> None:
+        self._global = global_state
+        self.secure = secure
+        self._examples: dict[str, int] = {}
+        self._result: StateDict | None = None
+        self.failed: str | None = None
+        """why the round cannot be unmasked (too few hospitals at a stage), once it is known"""
+
+    @property
+    def num_updates(self) -> int:
+        return len(self._examples)
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self._examples.values())
+
+    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
+        raise AggregationError("a securely aggregated update needs its sender: the coordinator folds it with add_from")
+
+    def add_from(self, sender: str, update: Mapping[str, np.ndarray], num_examples: int) -> None:
+        try:
+            self.secure.fold(sender, vector.from_update(update))
+        except SecureAggregationError as exc:
+            raise AggregationError(str(exc)) from None
+        self._examples[sender] = num_examples
+
+    def result(self) -> StateDict:
+        if self._result is None:
+            if self.failed is not None:
+                raise AggregationError(f"secure aggregation failed: {self.failed}")
+            try:
+                self._result = vector.apply(self._global, self.secure.result())
+            except SecureAggregationError as exc:
+                raise AggregationError(f"secure aggregation failed: {exc}") from None
+        return self._result
+
+    @property
+    def next_state(self) -> StrategyState:
+        return NO_STATE
+
+    @property
+    def central(self) -> CentralRound | None:
+        return None
+
+    def close(self) -> None:
+        """Nothing outside memory to free."""

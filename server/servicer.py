@@ -48,6 +48,7 @@ from medfed.server.errors import (
 )
 from medfed.server.refusal_log import RefusalLog
 from medfed.server.rounds import Finished, Task
+from medfed.server.secure_exchange import secure_exchange
 from medfed.server.transfers import SendSlots, Ticket, TransferWatch
 
 log = logging.getLogger("medfed.server")
@@ -243,8 +244,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         caller = None
         try:
             caller = self._caller(context)
-            self._coordinator.heartbeat(request.session_id, caller=caller)
-            raise Rejected(f"round {request.round} is not securely aggregated: this coordinator runs no secure rounds")
+            stage, send, answer = secure_exchange(request)
+            return self._coordinator.secure_stage(
+                request.session_id, request.round, stage, send, answer, caller=caller, timeout=self._upload_timeout
+            )
         except Refusal as exc:
             self._refuse(context, "secure aggregation", exc, caller)
 

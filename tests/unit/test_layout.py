@@ -64,7 +64,7 @@ def test_pyprojects_packages_are_the_packages_on_disk() -> None:
 
 TRANSPORT_EDGES = {
     "server/servicer.py", "server/admin_service.py", "server/app.py", "server/health.py", "client/connection.py",
-    "client/app.py", "tools/admin.py",
+    "client/app.py", "tools/admin.py", "server/secure_exchange.py",
 }  # fmt: skip
 """the only modules outside common/wire/ that touch gRPC or the generated protos (through common/wire/proto)"""
 
