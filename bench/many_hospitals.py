@@ -7,13 +7,17 @@ as threads, 25 to a worker process. By default every hospital trains the small C
 32 generated 8x8 images per round; ``--model resnet18 --local-epochs 0`` makes them pure
 communication rounds with a 44.7 MB model instead. ``--strategies fedavg median multi-krum`` measures
 each aggregation rule at each N (the robust rules keep every update of a round on disk, in the run
-folder's update store, and combine them tensor by tensor).
+folder's update store, and combine them tensor by tensor). ``secure`` among the strategies is FedAvg
+under secure aggregation (fed-server --secure-aggregation): coordinator and hospitals then use mutual
+TLS with certificates made for the run, and every round runs the SecAgg+ stages.
 
     python bench/many_hospitals.py --hospitals 1 2 5 10 25 50 100 --rounds 4     (from the repository root)
     python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 1 10 25 50 100 --rounds 4 \
         --out bench/many_hospitals_resnet18.json
     python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 10 50 --rounds 4 \
         --strategies fedavg median multi-krum --out bench/many_hospitals_strategies.json
+    python bench/many_hospitals.py --model resnet18 --local-epochs 0 --hospitals 3 10 25 --rounds 4 \
+        --strategies fedavg secure --out bench/secure_aggregation_resnet18.json
 
 Round 1 is a warm-up and is left out of the median. Coordinator peak RSS is the coordinator's own
 peak RSS (VmHWM) as recorded in history.jsonl after its last round. A run counts only if every round
@@ -62,19 +66,26 @@ def measure(
     data = work / f"data{hospitals}-{strategy}"
     partition_to_folders(tiny_dataset(hospitals), data, clients=hospitals, scheme="iid")
     names = hospital_names(hospitals)
+    security = ["--insecure", "--strategy", strategy]
+    pki_dir = ""
+    if strategy == "secure":
+        pki_dir = str(make_pki(work / f"pki{hospitals}", names))
+        security = ["--tls-cert", f"{pki_dir}/server.crt", "--tls-key", f"{pki_dir}/server.key", "--tls-ca",
+                    f"{pki_dir}/ca.crt", "--secure-aggregation", "--secure-clip", "10"]  # fmt: skip
     out, port_file = work / f"run{hospitals}-{strategy}", work / f"port{hospitals}-{strategy}"
     procs = ProcessGroup(work / f"logs{hospitals}-{strategy}")
     try:
         server = procs.start(
-            "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
+            "server", "medfed.server", *security, "--address", "127.0.0.1:0", "--port-file", str(port_file),
             "--rounds", str(rounds), "--min-clients", str(hospitals), "--model", model,
-            "--local-epochs", str(local_epochs),
-            "--batch-size", "16", "--out", str(out), "--round-timeout", "600", "--strategy", strategy,
+            "--local-epochs", str(local_epochs), "--dashboard-address", "off",
+            "--batch-size", "16", "--out", str(out), "--round-timeout", "600",
         )  # fmt: skip
         port = procs.wait_for_port("server", port_file, 120)
         for i in range(0, hospitals, PER_PROCESS):
             group = ",".join(names[i : i + PER_PROCESS])
-            procs.start(f"worker{i}", "bench.many_hospitals", "--worker", f"127.0.0.1:{port}", str(data), group)
+            procs.start(f"worker{i}", "bench.many_hospitals", "--worker", f"127.0.0.1:{port}", str(data), group,
+                        pki_dir)  # fmt: skip
         while server.poll() is None and not procs.failed():  # a failed worker ends the wait at once
             time.sleep(0.5)
         codes = procs.wait_all(timeout=600)
@@ -93,18 +104,35 @@ def measure(
             "model_bytes": history[-1].bytes_down // hospitals}  # fmt: skip
 
 
-def worker(server: str, data: Path, names: list[str]) -> int:
-    """Run one HospitalNode per name, each in a thread with its own channel; 0 when all finished."""
+def make_pki(folder: Path, names: list[str]) -> Path:
+    """A CA, the coordinator's certificate for 127.0.0.1 and one certificate per hospital, as fed-certs makes."""
+    from medfed.common import pki
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = pki.make_ca()
+    pki.write_public(folder / "ca.crt", ca)
+    for name, hosts in [("server", ["127.0.0.1"]), *((n, None) for n in names)]:
+        key, cert = pki.issue(ca_key, ca, name, server_hosts=hosts)
+        pki.write_private_key(folder / f"{name}.key", key)
+        pki.write_public(folder / f"{name}.crt", cert)
+    return folder
+
+
+def worker(server: str, data: Path, names: list[str], pki_dir: str = "") -> int:
+    """Run one HospitalNode per name, each in a thread with its own channel; 0 when all finished. With
+    ``pki_dir``, over mutual TLS with each hospital's certificate (for secure aggregation)."""
     import grpc
     import torch
 
     from medfed.client.connection import GrpcConnection
     from medfed.client.node import HospitalNode
+    from medfed.client.secure_aggregation import Identity
     from medfed.client.trainer import Trainer
     from medfed.common.cli import setup_logging
     from medfed.common.data.folders import load_folder
     from medfed.common.wire.options import channel_options
     from medfed.common.wire.proto import pb_grpc
+    from medfed.common.wire.tls import channel_credentials
 
     setup_logging(False)
     torch.set_num_threads(1)
@@ -112,10 +140,17 @@ def worker(server: str, data: Path, names: list[str]) -> int:
 
     def run(name: str) -> None:
         folder = load_folder(data / name, require=("train",))
-        with grpc.insecure_channel(server, options=channel_options()) as channel:
+        identity = None
+        if pki_dir:
+            files = (Path(pki_dir) / f"{name}.crt", Path(pki_dir) / f"{name}.key", Path(pki_dir) / "ca.crt")
+            channel = grpc.secure_channel(server, channel_credentials(*files), options=channel_options())
+            identity = Identity.load(*files)
+        else:
+            channel = grpc.insecure_channel(server, options=channel_options())
+        with channel:
             trainer = Trainer(folder, torch.device("cpu"), name=name, progress=False)
-            connection = GrpcConnection(pb_grpc.FederationStub(channel), server=server, max_wait=300)
-            node = HospitalNode(connection, folder, trainer, name=name, max_wait=300)
+            connection = GrpcConnection(pb_grpc.FederationStub(channel), server=server, max_wait=300, tls=bool(pki_dir))
+            node = HospitalNode(connection, folder, trainer, name=name, max_wait=300, identity=identity)
             try:
                 node.run()
             except Exception as exc:
@@ -165,7 +200,7 @@ def plot(results: list[dict[str, Any]], floor: float, path: Path, workload: str)
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        sys.exit(worker(sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")))
+        sys.exit(worker(sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(","), *sys.argv[5:6]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hospitals", type=int, nargs="+", default=[1, 2, 5, 10, 25, 50, 100])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run, the first being a warm-up")
