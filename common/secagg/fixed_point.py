@@ -45,9 +45,12 @@ class FixedPoint:
         """A hospital's term: ``difference`` (flat floats) clipped, times ``weight``, as uint32."""
         if not 0 < weight <= 1:
             raise SecureAggregationError(f"a FedAvg weight lies in (0, 1], not {weight}")
-        clipped = np.clip(np.asarray(difference, dtype=np.float64), -self.clip, self.clip)
-        clipped = np.nan_to_num(clipped, nan=0.0)
-        return np.rint(clipped * (weight * self.scale)).astype(np.int64).astype(np.uint32)
+        # In place, one array: a ResNet-18 difference is 11 million values.
+        term = np.clip(np.asarray(difference, dtype=np.float64), -self.clip, self.clip)
+        np.nan_to_num(term, copy=False, nan=0.0)
+        term *= weight * self.scale
+        np.rint(term, out=term)
+        return term.astype(np.int32).view(np.uint32)  # |term| <= clip * scale < 2^31: int32 holds it
 
     def decode(self, total: np.ndarray) -> np.ndarray:
         """The sum of the terms (uint32, modulo 2^32) as floats: the weighted average of the differences

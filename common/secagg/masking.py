@@ -16,6 +16,8 @@ import numpy as np
 
 from medfed.common.secagg.prg import mask_chunks
 
+CACHE_CHUNK = 1 << 16
+"""values per step (256 KB of uint32): small enough that the vector's chunk stays in cache across masks"""
 SELF = b"self/"
 PAIR = b"pair/"
 
@@ -24,24 +26,29 @@ def sign(me: str, other: str) -> int:
     return 1 if me < other else -1
 
 
-def _add(vector: np.ndarray, seed: bytes, label: bytes, factor: int) -> None:
-    """vector += factor * PRG(seed) (mod 2^32), in place, chunk by chunk."""
+def _add_all(vector: np.ndarray, masks: list[tuple[bytes, bytes, int]]) -> None:
+    """vector += sum of factor * PRG(seed, label) over ``masks``, chunk by chunk: each chunk of the vector
+    stays in cache while every mask's keystream for it is added."""
+    streams = [(mask_chunks(seed, label, len(vector), CACHE_CHUNK), factor) for seed, label, factor in masks]
     start = 0
-    for chunk in mask_chunks(seed, label, len(vector)):
-        view = vector[start : start + len(chunk)]
-        if factor > 0:
-            np.add(view, chunk, out=view)
-        else:
-            np.subtract(view, chunk, out=view)
-        start += len(chunk)
+    while start < len(vector):
+        view = None
+        for stream, factor in streams:
+            chunk = next(stream)
+            view = vector[start : start + len(chunk)] if view is None else view
+            (np.add if factor > 0 else np.subtract)(view, chunk, out=view)
+        if view is None:
+            return
+        start += len(view)
 
 
 def masked(term: np.ndarray, me: str, self_seed: bytes, pairs: Mapping[str, bytes], label: bytes) -> np.ndarray:
     """``term`` (uint32, from fixed_point) masked with this hospital's self mask and pair masks."""
     vector = np.array(term, dtype=np.uint32, copy=True)
-    _add(vector, self_seed, SELF + label, 1)
-    for other, seed in sorted(pairs.items()):
-        _add(vector, seed, PAIR + label, sign(me, other))
+    masks = [(self_seed, SELF + label, 1)] + [
+        (seed, PAIR + label, sign(me, other)) for other, seed in sorted(pairs.items())
+    ]
+    _add_all(vector, masks)
     return vector
 
 
@@ -51,8 +58,7 @@ def unmask(
     """The sum of the included hospitals' terms: ``total`` less their self masks (``self_seeds``) and less
     the pair masks ``(included, dropped, seed)`` an included hospital added towards a dropped one."""
     vector = np.array(total, dtype=np.uint32, copy=True)
-    for seed in self_seeds:
-        _add(vector, seed, SELF + label, -1)
-    for included, dropped, seed in stray_pairs:
-        _add(vector, seed, PAIR + label, -sign(included, dropped))
+    masks = [(seed, SELF + label, -1) for seed in self_seeds]
+    masks += [(seed, PAIR + label, -sign(included, dropped)) for included, dropped, seed in stray_pairs]
+    _add_all(vector, masks)
     return vector
