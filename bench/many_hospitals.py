@@ -183,7 +183,7 @@ def plot(results: list[dict[str, Any]], floor: float, path: Path, workload: str)
     times = {s: ([r["hospitals"] for r in rs], [r["median_s"] for r in rs]) for s, rs in rows.items()}
     rss = {s: ([r["hospitals"] for r in rs], [r["coordinator_peak_rss_mb"] for r in rs]) for s, rs in rows.items()}
     lines = {"300 MB + 4 x model": (ns, [300 + 4 * model_mb] * len(ns))}
-    if set(strategies) - {"fedavg"}:
+    if set(strategies) - {"fedavg", "secure"}:
         lines["300 MB + 6 x model (robust rules)"] = (ns, [300 + 6 * model_mb] * len(ns))
     lines["importing the coordinator's modules"] = (ns, [floor] * len(ns))
     if len(strategies) == 1:
