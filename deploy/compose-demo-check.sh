@@ -170,4 +170,9 @@ print(f"[compose-demo] 2 rounds, all three hospitals in each; final test accurac
 EOF
 grep -q "policy /etc/medfed/policy.toml: every task is checked" "$RUN_DIR/compose.log" \
     || { echo "FAILED: the hospitals did not run under deploy/hospital-policy.toml"; exit 1; }
+if [ -n "${MEDFED_SECURE_AGGREGATION:-}" ]; then
+    [ "$(grep -c "securely aggregated with 2 other hospital(s)" "$RUN_DIR/compose.log")" = 6 ] \
+        || { echo "FAILED: MEDFED_SECURE_AGGREGATION is set, but not every round was securely aggregated"; exit 1; }
+    log "every round was securely aggregated (MEDFED_SECURE_AGGREGATION)"
+fi
 log "passed; tearing down"

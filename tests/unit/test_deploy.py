@@ -41,10 +41,11 @@ def defaults(text: str) -> str:
     return re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", text).replace("$$", "$")
 
 
-def invocations(service: dict[str, Any]) -> list[list[str]]:
-    """Every fed-* command a service runs, with shell variables filled in as the script would."""
+def invocations(service: dict[str, Any], **overrides: str) -> list[list[str]]:
+    """Every fed-* command a service runs, with shell variables filled in as the script would (the
+    compose file's defaults, or ``overrides``)."""
     command = service["command"]
-    env = {k: defaults(str(v)) for k, v in (service.get("environment") or {}).items()}
+    env = {k: defaults(str(v)) for k, v in (service.get("environment") or {}).items()} | overrides
     if command[:2] != ["sh", "-ec"]:
         return [[defaults(str(a)) for a in command]]
     script = defaults(command[2]).replace("\\\n", " ")
@@ -56,7 +57,13 @@ def invocations(service: dict[str, Any]) -> list[list[str]]:
                 loop = ["hospital_a", "hospital_b", "hospital_c"] if "$h" in part else [""]
                 for h in loop:
                     found.append([w.replace("$h", h) for w in words])
-    return [[re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), w) for w in c] for c in found]
+
+    def fill(word: str) -> str:
+        word = re.sub(r"\$\{(\w+):\+([^}]*)\}", lambda m: m.group(2) if env.get(m.group(1)) else "", word)
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), word)
+
+    filled = [[fill(w) for w in c] for c in found]
+    return [[w for w in c if w] for c in filled]  # an optional flag left empty is no word at all
 
 
 def test_every_command_is_a_valid_invocation_of_our_clis(compose: dict[str, Any]) -> None:
@@ -164,3 +171,10 @@ def test_the_grafana_dashboard_plots_only_metrics_the_coordinator_exports() -> N
     }
     assert used and used <= exported, used - exported
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_the_compose_demo_turns_secure_aggregation_on_from_the_environment(compose: dict[str, Any]) -> None:
+    plain = invocations(compose["services"]["server"])[0]
+    secure = invocations(compose["services"]["server"], MEDFED_SECURE_AGGREGATION="1")[0]
+    assert "--secure-aggregation" not in plain and secure == [*plain, "--secure-aggregation"]
+    server_parser().parse_args(secure[1:])
