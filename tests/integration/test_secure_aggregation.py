@@ -60,3 +60,28 @@ def test_secure_aggregation_refuses_what_would_need_individual_updates() -> None
     ):
         result = run_cli("medfed.server", "--secure-aggregation", *flags, "--rounds", "1")
         assert result.returncode == 2 and reason in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_hospital_that_drops_before_its_keys_leaves_the_others_securely_aggregated(
+    tmp_path: Path, procs: ProcessGroup
+) -> None:
+    partition_to_folders(synthetic_dataset(num_classes=4), tmp_path / "data", clients=3, scheme="iid", seed=0)
+    tls = make_pki(tmp_path / "pki")
+    port = start_server(procs, tmp_path, *tls, "--rounds", "1", "--min-clients", "3", "--out", str(tmp_path / "run"),
+                        "--dashboard-address", "off", "--secure-aggregation", "--secure-threshold", "2",
+                        "--secure-stage-timeout", "5")  # fmt: skip
+    refusing = tmp_path / "policy.toml"
+    refusing.write_text('allowed_models = ["resnet18"]\n')  # hospital_c refuses the task before sending any key
+    for name in ("hospital_a", "hospital_b", "hospital_c"):
+        pki = tmp_path / "pki"
+        policy = ["--policy", str(refusing)] if name == "hospital_c" else []
+        procs.start(name, "medfed.client", "--data", str(tmp_path / "data" / name), "--server", f"127.0.0.1:{port}",
+                    "--tls-cert", str(pki / f"{name}.crt"), "--tls-key", str(pki / f"{name}.key"), "--tls-ca",
+                    str(pki / "ca.crt"), "--threads", "1", "--no-progress", *policy)  # fmt: skip
+    codes = procs.wait_all(timeout=180)
+    assert codes["server"] == 0 and codes["hospital_a"] == codes["hospital_b"] == 0, procs.tail("server", 10)
+    assert codes["hospital_c"] != 0 and "allowed_models" in procs.log("hospital_c")
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert sorted(record["clients"]) == ["hospital_a", "hospital_b"] and record.get("failed") is None
+    assert "no keys from hospital_c" in procs.log("server")
+    assert "securely aggregated with 1 other hospital(s)" in procs.log("hospital_a")
