@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -68,15 +70,27 @@ def start_server(procs: ProcessGroup, tmp: Path, *args: str, timeout: float = 60
 
 
 POLL_S = 0.05
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout: float, failure: Callable[[], str]) -> T:
+    """Poll ``check`` every POLL_S until it returns something true and return that; fail with
+    ``failure()`` once ``timeout`` seconds have passed. The one polling loop the tests share."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, failure()
+        time.sleep(POLL_S)
+    return value
 
 
 def wait_for_log(procs: ProcessGroup, name: str, text: str, timeout: float = 120) -> None:
     """Poll ``name``'s log until it holds ``text``; fail early, with its log's end, if it exits first."""
-    deadline = time.monotonic() + timeout
-    while text not in procs.log(name):
+
+    def logged() -> bool:
         assert procs.procs[name].poll() is None, f"{name} exited before logging {text!r}:\n{procs.tail(name)}"
-        assert time.monotonic() < deadline, f"{name} did not log {text!r} in {timeout} s:\n{procs.tail(name)}"
-        time.sleep(POLL_S)
+        return text in procs.log(name)
+
+    wait_until(logged, timeout, lambda: f"{name} did not log {text!r} in {timeout} s:\n{procs.tail(name)}")
 
 
 def run_cli(

@@ -4,7 +4,6 @@ the Prometheus text."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from medfed.server.coordinator import Coordinator
 from medfed.server.history import RoundRecord, TestResult
 from medfed.server.live.monitor import Monitor
 from medfed.server.live.web import Dashboard
+from tests.helpers import wait_until
 from tests.unit.server.test_coordinator import INFO, open_round, update
 
 TOKEN = "sixteen-or-more-chars"
@@ -188,24 +188,20 @@ def test_connections_beyond_the_limit_are_closed_and_the_slots_come_back() -> No
     server.start()
     try:
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
-        deadline = time.monotonic() + 10
-        while True:  # the server takes the two idle connections in its own time: poll until a third is turned away
+
+        def turned_away() -> bool:
+            """The server takes the two idle connections in its own time; then a third gets no answer."""
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as third:
                 try:
                     third.sendall(b"GET /api/status HTTP/1.0\r\n\r\n")
-                    answer = third.recv(100)
+                    return third.recv(100) == b""
                 except ConnectionResetError:
-                    answer = b""
-                if answer == b"":
-                    break
-            assert time.monotonic() < deadline, "a third connection was still served"
-            time.sleep(0.05)
+                    return True
+
+        wait_until(turned_away, 10, lambda: "a third connection was still served")
         for each in idle:
             each.close()
-        deadline = time.monotonic() + 10
-        while get(server.url + "api/status")[0] != 200:
-            assert time.monotonic() < deadline, "the slots did not come back"
-            time.sleep(0.05)
+        wait_until(lambda: get(server.url + "api/status")[0] == 200, 10, lambda: "the slots did not come back")
     finally:
         server.close()
 
