@@ -64,7 +64,7 @@ class HospitalPolicy(BaseModel):
             )
         if self.max_epsilon is not None and epsilon_after is not None and epsilon_after > self.max_epsilon:
             return f"max_epsilon = {self.max_epsilon:g}: taking part would raise this data's ε to {epsilon_after:.3g}"
-        if self.require_secure_aggregation and not settings_use_secure_aggregation(settings):
+        if self.require_secure_aggregation and settings.secure_aggregation is None:
             return "require_secure_aggregation = true: the round does not use secure aggregation"
         return None
 
@@ -81,11 +81,6 @@ class HospitalPolicy(BaseModel):
                 f"the policy's allowed_coordinators = {self.allowed_coordinators} does not include {name!r}, the "
                 "coordinator --server (or --server-name) names"
             )
-
-
-def settings_use_secure_aggregation(settings: TrainSettings) -> bool:
-    """Whether the round's update is summed under secure aggregation's masks (TrainConfig.secure_aggregation)."""
-    return settings.secure_aggregation is not None
 
 
 def load_policy(path: Path) -> HospitalPolicy:

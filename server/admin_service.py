@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import NoReturn, cast
 
 import grpc
@@ -56,26 +57,21 @@ class AdminServicer(pb_grpc.AdminServicer):
             self._refuse(context, "status", exc)
         return pb.StatusReply(status_json=json.dumps(self._coordinator.monitor.snapshot().to_json(), allow_nan=False))
 
-    def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.AdminReply:
+    def _command(self, context: grpc.ServicerContext, what: str, act: Callable[[str], str]) -> pb.AdminReply:
+        """An operator's command: who it is, then ``act(operator)``'s one-line answer, or the refusal."""
         try:
-            operator = self._operator(context)
-            message = self._control.stop(operator, resumable=request.resumable, reason=cleaned(request.reason))
+            return pb.AdminReply(message=act(self._operator(context)))
         except CoordinatorError as exc:
-            self._refuse(context, "stop", exc)
-        return pb.AdminReply(message=message)
+            self._refuse(context, what, exc)
+
+    def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.AdminReply:
+        reason = cleaned(request.reason)
+        return self._command(context, "stop", lambda op: self._control.stop(op, resumable=request.resumable,
+                                                                             reason=reason))  # fmt: skip
 
     def Remove(self, request: pb.RemoveRequest, context: grpc.ServicerContext) -> pb.AdminReply:
-        try:
-            operator = self._operator(context)
-            message = self._control.remove(operator, cleaned(request.name, MAX_TEXT), cleaned(request.reason))
-        except CoordinatorError as exc:
-            self._refuse(context, "remove", exc)
-        return pb.AdminReply(message=message)
+        name, reason = cleaned(request.name, MAX_TEXT), cleaned(request.reason)
+        return self._command(context, "remove", lambda op: self._control.remove(op, name, reason))
 
     def Extend(self, request: pb.ExtendRequest, context: grpc.ServicerContext) -> pb.AdminReply:
-        try:
-            operator = self._operator(context)
-            message = self._control.extend(operator, request.rounds)
-        except CoordinatorError as exc:
-            self._refuse(context, "extend", exc)
-        return pb.AdminReply(message=message)
+        return self._command(context, "extend", lambda op: self._control.extend(op, request.rounds))

@@ -53,8 +53,8 @@ def check_secure_header(
 ) -> None:
     """A securely aggregated update: one int32 tensor of the round's vector length, and exactly the count
     the hospital joined with (its weight is already inside the masked values)."""
-    (spec,) = layout.tensors if len(layout.tensors) == 1 else (None,)
-    if spec is None or spec.name != MASKED or spec.dtype != np.int32 or spec.shape != (length,) or delta:
+    expected = (MASKED, np.dtype(np.int32), (length,))
+    if delta or [(spec.name, spec.dtype, spec.shape) for spec in layout.tensors] != [expected]:
         raise InvalidUpdate(f"a securely aggregated update is one int32 tensor {MASKED!r} of {length} values")
     if num_examples != joined_with:
         raise InvalidUpdate(f"num_examples {num_examples} differs from the {joined_with} {name} joined with, which "

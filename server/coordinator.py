@@ -527,10 +527,7 @@ class Coordinator:
     def secure_wait(self, stage: int, deadline: float) -> set[str]:
         """The driver: wait until everyone ``stage`` waits for answered, or the deadline; who is missing."""
         with self._cond:
-            current = self._round
-            if current is None or not isinstance(current.accumulator, SecureAccumulator):
-                raise RuntimeError("no secure round is open")
-            secure = current.accumulator.secure
+            secure = self._open_secure().secure
             while self._finished is None:
                 pending = secure.pending(stage)
                 remaining = deadline - self._clock()
@@ -542,12 +539,17 @@ class Coordinator:
     def secure_advance(self, stage: int) -> str | None:
         """The driver: close ``stage``; returns why the round fails (too few hospitals left), or None."""
         with self._cond:
-            current = self._round
-            if current is None or not isinstance(current.accumulator, SecureAccumulator):
-                raise RuntimeError("no secure round is open")
+            accumulator = self._open_secure()
             try:
-                current.accumulator.secure.advance(stage)
+                accumulator.secure.advance(stage)
             except SecureAggregationError as exc:
-                current.accumulator.failed = str(exc)
+                accumulator.failed = str(exc)
             self._cond.notify_all()
-            return current.accumulator.failed
+            return accumulator.failed
+
+    def _open_secure(self) -> SecureAccumulator:
+        """Caller holds the condition: the open round's secure accumulator (the driver's own calls)."""
+        current = self._round
+        if current is None or not isinstance(current.accumulator, SecureAccumulator):
+            raise RuntimeError("no secure round is open")
+        return current.accumulator

@@ -22,7 +22,7 @@ from medfed.common.errors import SecureAggregationError
 from medfed.common.secagg import keys, masking, shamir, vector
 from medfed.common.secagg.messages import Reveal, Setup, ShareBundle, UnmaskRequest
 from medfed.common.tensors import StateDict
-from medfed.server.strategy import NO_STATE, AggregationError, CentralRound, StrategyState
+from medfed.server.strategy import AggregationError, Stateless
 
 
 class SecureRound:
@@ -31,6 +31,8 @@ class SecureRound:
         self._keys: dict[str, keys.PublicKeys] = {}
         self._bundles: dict[str, list[ShareBundle]] = {}
         """sender -> its bundles (U2 is the senders)"""
+        self._inbox: dict[str, list[ShareBundle]] | None = None
+        """recipient -> the bundles addressed to it, sorted once stage 2 closes"""
         self._sum = np.zeros(setup.length, dtype=np.uint32)
         self._masked: set[str] = set()
         self._request: UnmaskRequest | None = None
@@ -82,9 +84,14 @@ class SecureRound:
 
     def bundles_for(self, recipient: str) -> list[ShareBundle]:
         """Stage 3's input for one hospital: the bundles addressed to it."""
-        self._enough(len(self._bundles), "hospitals' shares")
-        self._stage = max(self._stage, 3)
-        return [b for sender in sorted(self._bundles) for b in self._bundles[sender] if b.recipient == recipient]
+        if self._inbox is None:
+            self._enough(len(self._bundles), "hospitals' shares")
+            self._stage = max(self._stage, 3)
+            self._inbox = {}
+            for sender in sorted(self._bundles):
+                for bundle in self._bundles[sender]:
+                    self._inbox.setdefault(bundle.recipient, []).append(bundle)
+        return list(self._inbox.get(recipient, []))
 
     # ----- stage 3: masked vectors ---------------------------------------------------------------
 
@@ -169,9 +176,9 @@ class SecureRound:
         stray: list[tuple[str, str, bytes]] = []
         for gone in request.dropped:
             private = X25519PrivateKey.from_private_bytes(self._rebuild(gone, "key"))
-            for survivor in sorted(setup.neighbours(gone) & set(request.survivors)):
-                if survivor not in {b.recipient for b in self._bundles[gone]}:
-                    continue  # the survivor never had the dropped hospital's shares: it added no pair mask for it
+            # Only a survivor that had the dropped hospital's shares added a pair mask for it.
+            had_shares = {b.recipient for b in self._bundles[gone]}
+            for survivor in sorted(had_shares & set(request.survivors)):
                 seed = keys.agree(private, self._keys[survivor].mask, use="mask", federation=setup.federation,
                                   round_number=setup.round, a=gone, b=survivor)  # fmt: skip
                 stray.append((survivor, gone, seed))
@@ -181,11 +188,8 @@ class SecureRound:
 
     def _rebuild(self, owner: str, which: str) -> bytes:
         """``owner``'s self seed or mask key from the revealed shares (its own and its neighbours')."""
-        shares: Mapping[int, bytes] = {
-            self.setup.index(r.sender): (r.self_shares if which == "self" else r.key_shares)[owner]
-            for r in self._reveals.values()
-            if owner in (r.self_shares if which == "self" else r.key_shares)
-        }
+        revealed = ((r.sender, r.self_shares if which == "self" else r.key_shares) for r in self._reveals.values())
+        shares: Mapping[int, bytes] = {self.setup.index(s): held[owner] for s, held in revealed if owner in held}
         if len(shares) < self.setup.threshold:
             raise SecureAggregationError(
                 f"only {len(shares)} shares of {owner}'s {'self-mask seed' if which == 'self' else 'mask key'} "
@@ -204,7 +208,7 @@ class SecureRound:
             )
 
 
-class SecureAccumulator:
+class SecureAccumulator(Stateless):
     """A secure round as the coordinator's rounds see an accumulator: masked vectors folded as they
     arrive (``add_from``), and the result the global model moved by the unmasked weighted average."""
 
@@ -243,14 +247,6 @@ class SecureAccumulator:
             except SecureAggregationError as exc:
                 raise AggregationError(f"secure aggregation failed: {exc}") from None
         return self._result
-
-    @property
-    def next_state(self) -> StrategyState:
-        return NO_STATE
-
-    @property
-    def central(self) -> CentralRound | None:
-        return None
 
     def close(self) -> None:
         """Nothing outside memory to free."""

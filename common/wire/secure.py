@@ -114,9 +114,7 @@ def confirmations_to_proto(value: Mapping[str, bytes]) -> pb.Confirmations:
 
 def confirmations_from_proto(msg: pb.Confirmations) -> dict[str, bytes]:
     names = _names(list(msg.signatures), "confirming hospitals")
-    if any(not 0 < len(msg.signatures[n]) <= MAX_SIGNATURE for n in names):
-        raise WireFormatError("a confirmation signature has an impossible size")
-    return {n: msg.signatures[n] for n in names}
+    return {n: signature_from_proto(msg.signatures[n]) for n in names}
 
 
 def signature_from_proto(value: bytes) -> bytes:

@@ -30,7 +30,7 @@ class FederationCollector(Collector):
         yield CounterMetricFamily("medfed_rounds_completed", "Rounds completed", value=status.rounds_completed)
         yield GaugeMetricFamily("medfed_rounds_planned", "Rounds the run is set to train", value=status.total_rounds)
         yield GaugeMetricFamily("medfed_round", "The round open now, else the last completed", value=status.round)
-        durations = self._monitor.durations()
+        durations = [point.duration_s for point in status.rounds]
         buckets = [(f"{le:g}", float(sum(d <= le for d in durations))) for le in DURATION_BUCKETS]
         yield HistogramMetricFamily(
             "medfed_round_duration_seconds", "Wall-clock time of each completed round",

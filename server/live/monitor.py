@@ -10,6 +10,7 @@ MAX_HOSPITALS hospitals are tracked. Peer text reaches it already cut and escape
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -47,7 +48,6 @@ class Monitor:
         self._bytes_down = 0
         self._bytes_up = 0
         self._refusals: dict[str, int] = {}
-        self._durations: list[float] = []
 
     # ----- the run ---------------------------------------------------------------------------------
 
@@ -103,7 +103,6 @@ class Monitor:
             self._rounds = [p for p in self._rounds if p.round < record.round] + [point]
             self._completed = max(self._completed, record.round)
             self._round = max(self._round, record.round)
-            self._durations.append(record.duration_s)
             if test is not None:
                 self._confusion = [list(row) for row in test.confusion_matrix]
         if not quiet:
@@ -189,8 +188,8 @@ class Monitor:
     def event(self, kind: str, text: str, *, coalesce: bool = False) -> None:
         text = cleaned(text, 400)
         with self._lock:
-            recent = list(self._events)[-8:] if coalesce else []
-            for earlier in reversed(recent):
+            recent = itertools.islice(reversed(self._events), 8) if coalesce else ()
+            for earlier in recent:
                 if earlier.kind == kind and earlier.text == text:
                     earlier.count += 1
                     earlier.time = self._clock()
@@ -198,10 +197,6 @@ class Monitor:
             self._events.append(Event(self._clock(), kind, text))
 
     # ----- reading ---------------------------------------------------------------------------------
-
-    def durations(self) -> list[float]:
-        with self._lock:
-            return list(self._durations)
 
     def snapshot(self) -> Status:
         with self._lock:

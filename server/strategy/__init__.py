@@ -130,6 +130,18 @@ def check_update(template: Mapping[str, np.ndarray], update: Mapping[str, np.nda
             raise AggregationError(f"tensor {quoted(name)} has shape {shape}, expected {tuple(expected.shape)}")
 
 
+class Stateless:
+    """For accumulators that carry nothing to the next round and run no central DP."""
+
+    @property
+    def next_state(self) -> StrategyState:
+        return NO_STATE
+
+    @property
+    def central(self) -> CentralRound | None:
+        return None
+
+
 class SumAccumulator:
     """The part every accumulator shares: float64 sums shaped like the model, and what went into them."""
 

@@ -15,16 +15,15 @@ import numpy as np
 
 from medfed.common.tensors import StateDict, is_float
 from medfed.server.strategy import (
-    NO_STATE,
     AggregationError,
-    CentralRound,
+    Stateless,
     StrategyState,
     SumAccumulator,
     check_update,
 )
 
 
-class FedAvgAccumulator(SumAccumulator):
+class FedAvgAccumulator(Stateless, SumAccumulator):
     """Running float64 sums of n_i * w_i; ``result`` divides by sum(n_i)."""
 
     def __init__(self, template: Mapping[str, np.ndarray]) -> None:
@@ -60,14 +59,6 @@ class FedAvgAccumulator(SumAccumulator):
             out[name] = np.asarray(value)  # numpy turns 0-d results (BatchNorm's counter) into scalars
         self._result = out
         return out
-
-    @property
-    def next_state(self) -> StrategyState:
-        return NO_STATE  # FedAvg carries nothing from round to round
-
-    @property
-    def central(self) -> CentralRound | None:
-        return None
 
 
 class FedAvg:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medfed.common.tensors import StateDict, is_float
-from medfed.server.strategy import NO_STATE, AggregationError, CentralRound, StrategyState, check_update
+from medfed.server.strategy import AggregationError, Stateless, check_update
 from medfed.server.strategy.update_store import UpdateStore
 
 
@@ -27,7 +27,7 @@ def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(np.rint(values).astype(dtype))
 
 
-class StoredAccumulator:
+class StoredAccumulator(Stateless):
     """Keeps each update on disk; ``combine`` (per rule) turns one tensor of all of them into one."""
 
     def __init__(self, store_dir: Path, global_state: Mapping[str, np.ndarray]) -> None:
@@ -73,14 +73,6 @@ class StoredAccumulator:
             out[name] = cast_like(self._combine(name).reshape(tensor.shape), tensor.dtype)
         self._result = out
         return out
-
-    @property
-    def next_state(self) -> StrategyState:
-        return NO_STATE
-
-    @property
-    def central(self) -> CentralRound | None:
-        return None
 
     def close(self) -> None:
         self._store.close()
