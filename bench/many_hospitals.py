@@ -125,8 +125,8 @@ def worker(server: str, data: Path, names: list[str], pki_dir: str = "") -> int:
     import torch
 
     from medfed.client.connection import GrpcConnection
+    from medfed.client.identity import Identity
     from medfed.client.node import HospitalNode
-    from medfed.client.secure_aggregation import Identity
     from medfed.client.trainer import Trainer
     from medfed.common.cli import setup_logging
     from medfed.common.data.folders import load_folder

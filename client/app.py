@@ -193,11 +193,13 @@ def _run(argv: Sequence[str] | None) -> int:
     import torch
 
     from medfed.client.connection import GrpcConnection
+    from medfed.client.identity import Identity
+    from medfed.client.local_state import STATE_FOLDER
     from medfed.client.node import HospitalNode
     from medfed.client.privacy import LEDGER_FILE, BudgetExhausted, HospitalPrivacy
     from medfed.client.probe import Probe
     from medfed.client.protocol import NodeError
-    from medfed.client.secure_aggregation import Identity
+    from medfed.client.receipts import Provenance
     from medfed.client.trainer import TaskError, Trainer
     from medfed.common.ml.training import pick_device
 
@@ -247,8 +249,11 @@ def _run(argv: Sequence[str] | None) -> int:
                         "defences only)", cfg.attack.describe())  # fmt: skip
         trainer = Trainer(data, device, name=name, progress=progress, attack=cfg.attack, state_dir=cfg.state_dir)
         identity = Identity.load(*cfg.tls_paths()) if cfg.tls else None
+        provenance = Provenance(identity, name, cfg.state_dir or data.path / STATE_FOLDER) if identity else None
+        if provenance is not None:
+            provenance.check_folder()
         node = HospitalNode(connection, data, trainer, name=name, max_wait=cfg.max_wait, privacy=privacy,
-                            policy=policy, stay=cfg.stay, identity=identity)  # fmt: skip
+                            policy=policy, stay=cfg.stay, identity=identity, provenance=provenance)  # fmt: skip
         if policy is not None:
             log.info("policy %s: every task is checked against it before training", cfg.policy)
         try:

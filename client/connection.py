@@ -36,6 +36,7 @@ from medfed.common.tensors import EncodedModel
 from medfed.common.wire import secure
 from medfed.common.wire.convert import info_to_proto
 from medfed.common.wire.proto import pb, pb_grpc
+from medfed.common.wire.provenance import receipt_from_proto
 from medfed.common.wire.stream import read_task, update_messages
 
 log = logging.getLogger("medfed.client")
@@ -150,7 +151,7 @@ class GrpcConnection:
 
     def submit(self, header: UpdateHeader, model: EncodedModel) -> SubmitOutcome:
         try:
-            self._retrying(
+            reply = self._retrying(
                 "sending the update",
                 lambda: self._stub.SubmitUpdate(update_messages(header, model), timeout=TRANSFER_DEADLINE_S),
             )
@@ -161,7 +162,13 @@ class GrpcConnection:
             if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise NodeError(f"the coordinator refused this hospital's update: {_details(exc)}") from None
             raise self._session_error(exc) from None
-        return SubmitOutcome(Submitted.ACCEPTED)
+        if not reply.HasField("receipt"):
+            return SubmitOutcome(Submitted.ACCEPTED)
+        try:
+            return SubmitOutcome(Submitted.ACCEPTED, receipt=receipt_from_proto(reply.receipt))
+        except WireFormatError as exc:
+            log.warning("the coordinator's receipt is malformed (%s); the update was accepted", exc)
+            return SubmitOutcome(Submitted.ACCEPTED)
 
     def _secure(self, what: str, request: pb.SecAggRequest, reply_kind: str) -> pb.SecAggReply:
         """One SecureAggregate call: retried while the coordinator is unreachable; a round the coordinator

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from medfed.client.identity import Identity
 from medfed.client.policy import HospitalPolicy
 from medfed.client.privacy import HospitalPrivacy
 from medfed.client.protocol import (
@@ -27,9 +28,11 @@ from medfed.client.protocol import (
     RoundAbandoned,
     Session,
     SessionLost,
+    SubmitOutcome,
     Submitted,
 )
-from medfed.client.secure_aggregation import HospitalRound, Identity
+from medfed.client.receipts import Provenance
+from medfed.client.secure_aggregation import HospitalRound
 from medfed.client.trainer import LocalResult, TaskError, Trainer
 from medfed.common import __version__
 from medfed.common.compression import encode_update
@@ -40,7 +43,7 @@ from medfed.common.peer_text import cleaned
 from medfed.common.retry import Backoff
 from medfed.common.secagg import vector
 from medfed.common.secagg.messages import ShareBundle
-from medfed.common.tensors import encode
+from medfed.common.tensors import EncodedModel, encode
 
 log = logging.getLogger("medfed.client")
 
@@ -70,9 +73,11 @@ class HospitalNode:
         policy: HospitalPolicy | None = None,
         stay: bool = False,
         identity: Identity | None = None,
+        provenance: Provenance | None = None,
     ) -> None:
         """``stay``: after a federation ends (or this node leaves it), wait for the coordinator's next one
-        instead of returning; ``policy``: the rules every task is checked against before training."""
+        instead of returning; ``policy``: the rules every task is checked against before training;
+        ``provenance``: what signs each update and keeps the coordinator's receipts (under TLS)."""
         self._connection, self._data, self._trainer = connection, data, trainer
         self._name, self._max_wait = name, max_wait
         self._sleep, self._clock = sleep, clock
@@ -84,6 +89,7 @@ class HospitalNode:
         self._policy, self._stay = policy, stay
         self._identity = identity
         """the TLS files a secure round's keys are signed with and checked against"""
+        self._provenance = provenance
         self._refused: set[str] = set()
         """federations this node left (a broken policy, a task it cannot do): with --stay, not joined again"""
 
@@ -239,10 +245,12 @@ class HospitalNode:
         encoded = encode(vector.as_update(party.mask(mine, term)))
         declared = len(self._data.split("train"))
         header = UpdateHeader(session.id, round_number, declared, result.metrics, encoded.layout, result.privacy)
+        header, digest = self._signed(header, encoded)
         outcome = self._connection.submit(header, encoded)
         if outcome.kind is Submitted.DISCARDED:
             log.warning("round %d: masked update discarded by the coordinator: %s", round_number, outcome.detail)
             return
+        self._keep(task, header, digest, outcome)
         request = self._connection.secure_await_unmask(session, round_number)
         confirmations = self._connection.secure_confirm(session, round_number, party.confirm(request))
         self._connection.secure_reveal(session, round_number, party.reveal(request, confirmations))
@@ -306,15 +314,32 @@ class HospitalNode:
             self._session.id, round_number, result.num_examples, result.metrics, encoded.layout, result.privacy,
             delta=encoding == "int8",
         )  # fmt: skip
+        header, digest = self._signed(header, encoded)
         try:
             outcome = self._connection.submit(header, encoded)
         except SessionLost as exc:
             self._rejoin(exc)
             return
+        self._keep(task, header, digest, outcome)
         if outcome.kind is Submitted.ALREADY_HAD:
             log.info("round %d: the coordinator already had this update", round_number)
         elif outcome.kind is Submitted.DISCARDED:
             log.warning("round %d: update discarded by the coordinator: %s", round_number, outcome.detail)
+
+    def _signed(self, header: UpdateHeader, encoded: EncodedModel) -> tuple[UpdateHeader, bytes | None]:
+        """The header with this hospital's signature over the update (under TLS), and the update's digest."""
+        if self._provenance is None or self._session is None:
+            return header, None
+        return self._provenance.sign(self._session.federation, header, encoded)
+
+    def _keep(self, task: ReceivedTask, header: UpdateHeader, digest: bytes | None, outcome: SubmitOutcome) -> None:
+        if (
+            self._provenance is not None
+            and self._session is not None
+            and digest is not None
+            and (outcome.kind is Submitted.ACCEPTED)
+        ):
+            self._provenance.keep(self._session.federation, task, header, digest, outcome.receipt)
 
     def _log_round(self, task: ReceivedTask, result: LocalResult) -> None:
         header = task.header

@@ -16,6 +16,7 @@ from typing import Protocol
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import MedfedError
 from medfed.common.messages import FinishedNotice, ReceivedTask, UpdateHeader
+from medfed.common.provenance.receipts import Receipt
 from medfed.common.secagg.keys import PublicKeys
 from medfed.common.secagg.messages import Reveal, ShareBundle, UnmaskRequest
 from medfed.common.tensors import EncodedModel
@@ -66,6 +67,8 @@ class Submitted(Enum):
 class SubmitOutcome:
     kind: Submitted
     detail: str = ""
+    receipt: Receipt | None = None
+    """the coordinator's signed receipt for an accepted update (client/receipts.py keeps it)"""
 
 
 class Connection(Protocol):

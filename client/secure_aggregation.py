@@ -14,34 +14,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from medfed.common.errors import SecureAggregationError
-from medfed.common.pki import load_cert, load_key
 from medfed.common.secagg import keys, masking, shamir
 from medfed.common.secagg.messages import Reveal, Setup, ShareBundle, UnmaskRequest
 
 SHARE_PAIR = 2 * shamir.SHARE_BYTES
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a hospital signs its round keys with and checks its peers' against (its TLS files)."""
-
-    ca: x509.Certificate
-    signing_key: ec.EllipticCurvePrivateKey
-    certificate: bytes
-
-    @classmethod
-    def load(cls, cert: Path, key: Path, ca: Path) -> Identity:
-        return cls(load_cert(ca), load_key(key), load_cert(cert).public_bytes(serialization.Encoding.PEM))
 
 
 def _associated(setup: Setup, sender: str, recipient: str) -> bytes:

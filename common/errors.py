@@ -16,6 +16,7 @@ Every exception medfed raises on purpose is a ``MedfedError``. The tree, and whe
     │   └── WireTooLarge              more than the limits allow (common/limits.py)
     ├── IncompatibleUpdate            an update not in the model's form (common/compression.py)
     ├── SecureAggregationError        a secure-aggregation value that fails its check (common/secagg/)
+    ├── ProvenanceError               an audit record or receipt that is not well-formed (common/provenance/)
     ├── CliError                      a command's failure reported as one line (common/cli.py)
     ├── server: CoordinatorError      a refused call, one status code each (server/errors.py)
     │           AggregationError      updates that cannot be combined (server/strategy/)
@@ -25,6 +26,7 @@ Every exception medfed raises on purpose is a ``MedfedError``. The tree, and whe
     │           TaskError             a task this hospital cannot carry out (client/trainer.py)
     │           BudgetExhausted       the next round would pass --dp-target-epsilon (client/privacy.py)
     └── tools:  ProcessError          a child process that failed or did not start (tools/local_run.py)
+                AuditFileError        a file fed-audit cannot read (tools/audit/verify.py)
 
 ``USER_ERRORS`` lists the user errors by kind: what a command turns into ``<prog>: error: ...`` with exit
 status 2, and what the model helper's replies name.
@@ -71,6 +73,10 @@ class UnusableModel(UserError):
 
 class WireFormatError(MedfedError, ValueError):
     """A header or byte stream that does not describe a valid model."""
+
+
+class ProvenanceError(MedfedError, ValueError):
+    """An audit chain record, receipt or kept update that is not well-formed (what a verifier names)."""
 
 
 class SecureAggregationError(MedfedError, ValueError):

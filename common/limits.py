@@ -23,6 +23,10 @@ MAX_TEXT = 128
 """Longest dataset name, task, class name, metric name or version string accepted from the other side."""
 MAX_CLASSES = 1000
 MAX_METRICS = 64
+MAX_CERTIFICATE = 16 << 10
+"""Longest certificate (PEM) accepted from the other side: relayed round keys, receipts."""
+MAX_SIGNATURE = 160
+"""Longest signature accepted: an ECDSA P-256 signature in DER is at most 72 bytes; room for larger curves."""
 HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """A hospital's name: its identity in certificates, logs, history and file names."""
 

@@ -103,3 +103,5 @@ class UpdateHeader:
     privacy: PrivacyReport | None = None
     delta: bool = False
     """the float tensors are int8 differences from the round's global model (common/compression.py)"""
+    signature: bytes = b""
+    """the hospital's signature over the update's digest (common/provenance/): required under TLS"""

@@ -13,6 +13,10 @@ refused when
   the square root of a negative number, NaN for every input (a sign-flipped model does this);
 - BatchNorm's batch counter (a tensor named ``*num_batches_tracked``) is negative.
 
+Under TLS an update must also carry its hospital's signature over its digest, made with the key of the
+certificate that delivered it (``check_signature``): the audit chain credits it to that hospital, and
+nobody else can produce it (server/audit_log.py).
+
 Each property survives FedAvg's weighted mean (a mean of finite values lies between them; a mean of
 non-negative values is non-negative), so the average of acceptable updates has them too. A global
 model that is unusable anyway (non-finite after a strategy's own arithmetic, or failing evaluation) is
@@ -28,9 +32,11 @@ import numpy as np
 from medfed.common.compression import IncompatibleUpdate, check_form
 from medfed.common.limits import Encoding
 from medfed.common.peer_text import quoted
+from medfed.common.provenance.signing import update_signed
 from medfed.common.secagg.vector import MASKED
 from medfed.common.tensors import ALIGNMENT, Layout, is_float
 from medfed.server.errors import InvalidUpdate, TooLarge
+from medfed.server.rounds import UpdateProof
 
 
 def check_header(
@@ -46,6 +52,19 @@ def check_header(
         raise TooLarge(f"an update of {layout.total_bytes} bytes is larger than the model needs")
     if not 1 <= num_examples <= joined_with:
         raise InvalidUpdate(f"num_examples {num_examples} is outside 1..{joined_with} (the count {name} joined with)")
+
+
+def check_signature(name: str, proof: UpdateProof) -> None:
+    """Refuse an update delivered over TLS that is not signed by the key of the certificate that sent it."""
+    if proof.certificate is None:
+        return  # an --insecure coordinator: no certificate to check a signature against
+    if not proof.signature:
+        raise InvalidUpdate(
+            f"{name}'s update is not signed: under TLS every update carries its hospital's signature over its "
+            "digest (update fed-client)"
+        )
+    if proof.digest is None or not update_signed(proof.certificate, proof.signature, proof.digest):
+        raise InvalidUpdate(f"{name}'s update signature does not verify with the key of the certificate that sent it")
 
 
 def check_secure_header(

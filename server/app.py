@@ -10,6 +10,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -28,9 +29,11 @@ from medfed.common.data.folders import DatasetInfo
 from medfed.common.dp.accounting import epsilon, rounds_within
 from medfed.common.errors import ConfigError
 from medfed.common.limits import ENCODINGS, LR_SCHEDULES, MODEL_NAMES, STRATEGIES
-from medfed.common.pki import check_pair, load_cert
+from medfed.common.pki import check_pair, load_cert, load_key
+from medfed.common.provenance.signing import Signer
 from medfed.common.wire.tls import server_credentials
 from medfed.server.admin_service import AdminServicer
+from medfed.server.audit_log import AuditLog
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.config import DEFAULT_DASHBOARD, ServerConfig
 from medfed.server.control import RunControl
@@ -333,6 +336,14 @@ def _resume(cfg: ServerConfig, run_dir: RunDir) -> Resumed | None:
     return resumed
 
 
+def _audit_log(cfg: ServerConfig, run_dir: RunDir, federation_id: str) -> AuditLog:
+    """The run's audit chain, signed with the coordinator's TLS key (unsigned on an --insecure run)."""
+    if not cfg.tls:
+        return AuditLog(run_dir.audit_path, federation_id)
+    cert, key, ca = cfg.tls_paths()
+    return AuditLog(run_dir.audit_path, federation_id, Signer(load_key(key), load_cert(cert)), load_cert(ca))
+
+
 def _tls(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, PeerAuthenticator | None]:
     """Check the coordinator's certificate, key, CA and CRL before listening, with a reason if unusable."""
     if not cfg.tls:
@@ -439,14 +450,16 @@ def _serve(
     allowed = frozenset(cfg.allow) if cfg.allow is not None else None
     monitor = Monitor()
     dashboard = _dashboard(cfg, monitor, authenticator)
+    audit = _audit_log(cfg, run_dir, resume.checkpoint.federation_id if resume else secrets.token_hex(8))
     coordinator = Coordinator(
         data_info=info,
         allowed=allowed,
         max_examples=cfg.max_examples,
-        federation_id=resume.checkpoint.federation_id if resume else None,
+        federation_id=audit.federation_id,
         heartbeat_timeout=cfg.heartbeat_timeout,
         max_receiving=cfg.max_concurrent_uploads,
         monitor=monitor,
+        receipts=audit,
     )
     if resume is not None:
         coordinator.keep_out(run_dir.removed())
@@ -496,7 +509,7 @@ def _serve(
     received: list[int] = []
     _install_signal_handlers(coordinator, received)
     try:
-        completed = run_federation(cfg, coordinator, run_dir, models, resume, control)
+        completed = run_federation(cfg, coordinator, run_dir, models, resume, control, audit)
         untold = coordinator.wait_until_told(cfg.finish_grace)
         if untold:
             log.warning("did not hear from %s after the last round", ", ".join(untold))

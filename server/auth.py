@@ -11,6 +11,7 @@ No gRPC import: the servicer passes in the call's auth context (a mapping of pro
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -161,6 +162,21 @@ class PeerAuthenticator:
                 self._certs.clear()
             self._certs[pem] = facts
         return facts
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def peer_certificate(auth_context: AuthContext) -> x509.Certificate | None:
+    """The certificate of the TLS connection a call came over (gRPC checked it in the handshake); None
+    without one. An update's signature must verify with its key."""
+    pems = auth_context.get("x509_pem_cert") or []
+    try:
+        return _parsed(bytes(pems[0])) if pems else None
+    except ValueError:
+        return None
 
 
 def certificate_expiry(auth_context: AuthContext) -> datetime | None:

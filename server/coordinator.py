@@ -27,23 +27,37 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
+from cryptography import x509
 
 from medfed.common.compression import DecodedUpdate
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import SecureAggregationError
 from medfed.common.messages import PrivacyReport
 from medfed.common.peer_text import quoted
-from medfed.common.tensors import Layout, layout_of
-from medfed.server.admission import check_header, check_secure_header, refusal
+from medfed.common.provenance.digests import update_digest
+from medfed.common.provenance.receipts import Receipt
+from medfed.common.tensors import Layout, encode
+from medfed.server.admission import check_header, check_secure_header, check_signature, refusal
 from medfed.server.errors import CoordinatorError, InvalidUpdate, NotFound, PermissionDenied, Rejected
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
-from medfed.server.rounds import Contribution, Finished, Instruction, OpenRound, RoundOutcome, Task, Wait
+from medfed.server.rounds import (
+    Contribution,
+    Finished,
+    Instruction,
+    OpenRound,
+    RefusedUpdate,
+    RoundOutcome,
+    Task,
+    UpdateProof,
+    Wait,
+)
 from medfed.server.secure_aggregation import SecureAccumulator, SecureRound
 from medfed.server.strategy import Accumulator, AggregationError
 
@@ -59,16 +73,20 @@ class PendingUpdate:
     Entering waits for one of the coordinator's receive slots; leaving frees both."""
 
     def __init__(
-        self, coordinator: Coordinator, current: OpenRound, contribution: Contribution, layout: Layout
-    ) -> None:
+        self, coordinator: Coordinator, current: OpenRound, contribution: Contribution, layout: Layout,
+        signature: bytes = b"", certificate: x509.Certificate | None = None,
+    ) -> None:  # fmt: skip
         self._coordinator, self._round, self._contribution = coordinator, current, contribution
         self._layout = layout
+        self._signature, self._certificate = signature, certificate
         self.name = contribution.name
 
-    def commit(self, state: Mapping[str, np.ndarray]) -> None:
-        """Fold the received tensors (as the header described them) into the round."""
+    def commit(self, state: Mapping[str, np.ndarray], digest: bytes | None = None) -> Receipt | None:
+        """Fold the received tensors (as the header described them, ``digest`` their digest as received)
+        into the round; returns the coordinator's receipt for them (None without a signing key)."""
         decoded = DecodedUpdate(state, self._layout, self._round.task.payload.tensors())
-        self._coordinator._fold(self._round, self._contribution, state, decoded)
+        proof = UpdateProof(digest, self._signature, self._certificate)
+        return self._coordinator._fold(self._round, replace(self._contribution, proof=proof), state, decoded)
 
     def __enter__(self) -> PendingUpdate:
         try:
@@ -80,6 +98,12 @@ class PendingUpdate:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._coordinator._release(self._round, self.name)
+
+
+class ReceiptIssuer(Protocol):
+    """Signs receipts for accepted updates (server/audit_log.py)."""
+
+    def receipt(self, hospital: str, round_number: int, update: bytes, num_examples: int) -> Receipt | None: ...
 
 
 class Coordinator:
@@ -94,7 +118,9 @@ class Coordinator:
         heartbeat_timeout: float | None = None,
         max_receiving: int = 2,
         monitor: Monitor | None = None,
+        receipts: ReceiptIssuer | None = None,
     ) -> None:
+        """``receipts``: what signs a receipt for each accepted update (none: no receipts)."""
         if max_receiving < 1:
             raise ValueError(f"max_receiving must be at least 1, got {max_receiving}")
         self._receiving_now = 0
@@ -109,6 +135,7 @@ class Coordinator:
         self._heartbeat_timeout = heartbeat_timeout
         self.monitor = monitor or Monitor()
         """the live view (server/live/): told what happens here, read by the dashboard"""
+        self._receipts = receipts
 
     # ----- membership ------------------------------------------------------------------------
 
@@ -384,8 +411,11 @@ class Coordinator:
         caller: str | None = None,
         privacy: PrivacyReport | None = None,
         delta: bool = False,
+        signature: bytes = b"",
+        certificate: x509.Certificate | None = None,
     ) -> PendingUpdate:
-        """Check an upload's header and reserve its slot; use the result as a context manager."""
+        """Check an upload's header and reserve its slot; use the result as a context manager.
+        ``signature``: the hospital's over the update's digest; ``certificate``: the TLS connection's."""
         with self._cond:
             hospital = self._hospital(session_id, caller)
             current = self._round
@@ -393,18 +423,22 @@ class Coordinator:
                 raise Rejected(f"round {round_number} is not open: no round is open now")
             current.check_upload(hospital.name, round_number)
             settings = current.task.settings
-            if isinstance(current.accumulator, SecureAccumulator):
-                check_secure_header(hospital.name, layout, current.accumulator.secure.setup.length, num_examples,
-                                    hospital.num_examples, delta=delta)  # fmt: skip
-            else:
-                check_header(
-                    hospital.name, layout, current.task.payload.layout, settings.update_encoding, delta=delta,
-                    num_examples=num_examples, joined_with=hospital.num_examples,
-                )  # fmt: skip
+            try:
+                if isinstance(current.accumulator, SecureAccumulator):
+                    check_secure_header(hospital.name, layout, current.accumulator.secure.setup.length, num_examples,
+                                        hospital.num_examples, delta=delta)  # fmt: skip
+                else:
+                    check_header(
+                        hospital.name, layout, current.task.payload.layout, settings.update_encoding, delta=delta,
+                        num_examples=num_examples, joined_with=hospital.num_examples,
+                    )  # fmt: skip
+            except CoordinatorError as exc:
+                current.refuse(RefusedUpdate(hospital.name, num_examples, str(exc)))
+                raise
             current.receiving.add(hospital.name)
             self.monitor.uploading(hospital.name)
             contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy, layout.total_bytes)
-            return PendingUpdate(self, current, contribution, layout)
+            return PendingUpdate(self, current, contribution, layout, signature, certificate)
 
     def submit_update(
         self,
@@ -415,10 +449,13 @@ class Coordinator:
         state: Mapping[str, np.ndarray],
         *,
         caller: str | None = None,
-    ) -> None:
+    ) -> Receipt | None:
         """``begin_update`` and ``commit`` in one step, for callers that hold the whole update already."""
-        with self.begin_update(session_id, round_number, num_examples, metrics, layout_of(state), caller=caller) as up:
-            up.commit(state)
+        encoded = encode(state)
+        digest = update_digest(self.federation_id, round_number, num_examples, encoded.layout, encoded.buffer,
+                               delta=False)  # fmt: skip
+        with self.begin_update(session_id, round_number, num_examples, metrics, encoded.layout, caller=caller) as up:
+            return up.commit(encoded.tensors(), digest)
 
     def _fold(
         self,
@@ -426,7 +463,7 @@ class Coordinator:
         contribution: Contribution,
         state: Mapping[str, np.ndarray],
         decoded: Mapping[str, np.ndarray],
-    ) -> None:
+    ) -> Receipt | None:
         """``state`` as received, ``decoded`` its full values: checked by server/admission.py, then folded."""
         with self._fold_lock:
             with self._cond:
@@ -434,27 +471,49 @@ class Coordinator:
                     raise Rejected(f"round {current.task.round} closed while the update was being received")
                 if contribution.name not in current.selected:
                     raise PermissionDenied(f"{contribution.name} is no longer part of round {current.task.round}")
-            if isinstance(current.accumulator, SecureAccumulator):
-                # Masked values look uniform: nothing to check in them. The sum is kept under the condition,
-                # which the secure stages read.
+            try:
+                self._check_and_add(current, contribution, state, decoded)
+            except InvalidUpdate as exc:
                 with self._cond:
-                    try:
-                        current.accumulator.add_from(contribution.name, state, contribution.num_examples)
-                    except AggregationError as exc:
-                        raise InvalidUpdate(str(exc)) from None
-            else:
-                if (reason := refusal(state, decoded, current.task.payload.tensors())) is not None:
-                    raise InvalidUpdate(reason)
-                try:
-                    current.accumulator.add(decoded, contribution.num_examples)
-                except AggregationError as exc:
-                    raise InvalidUpdate(str(exc)) from None
+                    current.refuse(RefusedUpdate(contribution.name, contribution.num_examples, str(exc),
+                                                 contribution.proof))  # fmt: skip
+                raise
             with self._cond:
                 current.contributions[contribution.name] = contribution
                 current.receiving.discard(contribution.name)
                 self._cond.notify_all()
             epsilon = contribution.privacy.epsilon if contribution.privacy is not None else None
             self.monitor.reported(contribution.name, contribution.nbytes, contribution.metrics, epsilon)
+        proof = contribution.proof
+        if self._receipts is None or proof is None or proof.digest is None:
+            return None
+        return self._receipts.receipt(contribution.name, current.task.round, proof.digest, contribution.num_examples)
+
+    def _check_and_add(
+        self,
+        current: OpenRound,
+        contribution: Contribution,
+        state: Mapping[str, np.ndarray],
+        decoded: Mapping[str, np.ndarray],
+    ) -> None:
+        """Caller holds the fold lock: refuse (InvalidUpdate) or fold the update into the round's sum."""
+        if contribution.proof is not None:
+            check_signature(contribution.name, contribution.proof)
+        if isinstance(current.accumulator, SecureAccumulator):
+            # Masked values look uniform: nothing to check in them. The sum is kept under the condition,
+            # which the secure stages read.
+            with self._cond:
+                try:
+                    current.accumulator.add_from(contribution.name, state, contribution.num_examples)
+                except AggregationError as exc:
+                    raise InvalidUpdate(str(exc)) from None
+            return
+        if (reason := refusal(state, decoded, current.task.payload.tensors())) is not None:
+            raise InvalidUpdate(reason)
+        try:
+            current.accumulator.add(decoded, contribution.num_examples)
+        except AggregationError as exc:
+            raise InvalidUpdate(str(exc)) from None
 
     def _receive_slot(self, current: OpenRound) -> None:
         """Wait for a free receive slot; refuse if the round closes meanwhile (nothing read in vain)."""

@@ -23,9 +23,11 @@ from medfed.common.data.folders import DatasetInfo
 from medfed.common.errors import MedfedError, UnusableModel
 from medfed.common.messages import ModelSpec, TrainSettings
 from medfed.common.peer_text import quoted
+from medfed.common.provenance.digests import model_digest
 from medfed.common.tensors import EncodedModel, StateDict, encode
 from medfed.common.training_plan import NORMALIZATION, lr_factor
 from medfed.server.admission import first_unusable
+from medfed.server.audit_log import AuditLog
 from medfed.server.config import ServerConfig
 from medfed.server.control import RunControl
 from medfed.server.coordinator import Coordinator
@@ -181,6 +183,8 @@ class _Run:
     """the strategy's ``next_state`` after the last round (central DP's clipping bound)"""
     privacy: PrivacyRecorder
     last_eval: TestResult | None
+    model_digest: str = ""
+    """the global model's digest (common/provenance/digests.py), for the audit chain"""
 
     @property
     def global_state(self) -> StateDict:
@@ -197,7 +201,8 @@ def _start(
 ) -> _Run:
     privacy = PrivacyRecorder(central, cfg.central_delta)
     if resume is None:
-        return _Run(0, models.initial_model(info, cfg.seed), random.Random(cfg.seed), NO_STATE, privacy, None)
+        first = models.initial_model(info, cfg.seed)
+        return _Run(0, first, random.Random(cfg.seed), NO_STATE, privacy, None, model_digest(first.tensors()))
     checkpoint = resume.checkpoint
     rng = random.Random()
     version, internal, gauss = checkpoint.rng_state
@@ -205,7 +210,8 @@ def _start(
     privacy.restore(checkpoint.privacy)
     log.info("resuming after round %d of %d", checkpoint.round, cfg.rounds)
     last_eval = TestResult.from_json(checkpoint.last_eval) if checkpoint.last_eval else None
-    return _Run(checkpoint.round, encode(resume.model), rng, resume.strategy, privacy, last_eval)
+    return _Run(checkpoint.round, encode(resume.model), rng, resume.strategy, privacy, last_eval,
+                model_digest(resume.model))  # fmt: skip
 
 
 def _checkpoint(cfg: ServerConfig, coordinator: Coordinator, run_dir: RunDir, run: _Run, info: DatasetInfo) -> None:
@@ -263,7 +269,9 @@ def _record(
     )
 
 
-def _metadata(cfg: ServerConfig, info: DatasetInfo, strategy: Strategy, run: _Run) -> dict[str, object]:
+def _metadata(
+    cfg: ServerConfig, info: DatasetInfo, strategy: Strategy, run: _Run, audit: AuditLog
+) -> dict[str, object]:
     """model.json: what the final model is, how it was made, and its privacy."""
     metrics = run.last_eval.to_json() if run.last_eval is not None else {}
     return {
@@ -283,6 +291,7 @@ def _metadata(cfg: ServerConfig, info: DatasetInfo, strategy: Strategy, run: _Ru
         "metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "medfed_version": __version__,
+        "audit": audit.summary(),
     }
 
 
@@ -293,12 +302,17 @@ def run_federation(
     models: Models,
     resume: Resumed | None = None,
     control: RunControl | None = None,
+    audit: AuditLog | None = None,
 ) -> int:
     """Run every round (after the checkpoint's, when resuming); returns the number completed.
 
-    ``control`` carries what an operator changes meanwhile (fed-admin extend moves the last round).
+    ``control`` carries what an operator changes meanwhile (fed-admin extend moves the last round);
+    ``audit`` the chain the rounds are recorded in (by default an unsigned one in the run folder).
     Raises FederationAborted when stopped early; the last completed round is checkpointed."""
     control = control or RunControl(coordinator, cfg.rounds)
+    audit = audit or AuditLog(run_dir.audit_path, coordinator.federation_id)
+    if resume is not None:  # before the wait for hospitals: a chain that does not verify stops the run now
+        audit.resume(resume.checkpoint.round, model_digest(resume.model))
     central = central_strategy(cfg) if cfg.dp_central else None
     strategy = central or build_strategy(cfg)
     for warning in strategy_warnings(cfg):  # before the wait for hospitals, which may be long
@@ -314,6 +328,8 @@ def run_federation(
     info = _wait_for_hospitals(cfg, coordinator)
     monitor.set_class_names(info.class_names)
     run = _start(cfg, info, models, central, resume)
+    if resume is None:
+        audit.start(run.model_digest, {"rounds": cfg.rounds, **cfg.resume_settings()})
     model_spec = ModelSpec(cfg.model, info.channels, info.num_classes)
     requests = local_requests(cfg)
     if central is not None:
@@ -343,6 +359,8 @@ def run_federation(
             else None,
         )
         task = Task(round_number, rounds, settings, model_spec, _task_payload(strategy, run))
+        model_in = run.model_digest
+        task_digest = model_digest(task.payload.tensors()) if task.payload is not run.payload else None
         if cfg.secure_aggregation:
             outcome = run_secure_round(cfg, coordinator, task, coordinator.federation_id, run.global_state)
             if coordinator.finished is not None:
@@ -355,10 +373,13 @@ def run_federation(
         if not isinstance(adopted, str):
             run.payload, tested = adopted
             run.last_eval = tested or run.last_eval
+            run.model_digest = model_digest(run.global_state)
         run.strategy_state = outcome.accumulator.next_state  # moves on even when the model was not adopted
         verdict = adopted if isinstance(adopted, str) else adopted[1]
         del adopted
         record = _record(cfg, coordinator, strategy, run, outcome, time.monotonic() - started, models, verdict)
+        audit.round(outcome, model_in=model_in, model=run.model_digest, task=task_digest,
+                    strategy=strategy.describe(), secure=cfg.secure_aggregation, failed=record.failed)  # fmt: skip
         run_dir.append_history(record)
         run.completed = round_number
         _checkpoint(cfg, coordinator, run_dir, run, info)
@@ -370,7 +391,7 @@ def run_federation(
     coordinator.finish("all rounds completed", run.completed)
     monitor.phase("finished")
     monitor.event("finished", f"all {run.completed} rounds completed")
-    path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run))
+    path = run_dir.save_model(run.global_state, _metadata(cfg, info, strategy, run, audit))
     log.info("final model written to %s", path)
     title = f"Federated {strategy.name} of {cfg.model} on {info.dataset}"
     note = str(strategy.describe().get("evaluation", ""))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cryptography import x509
+
 from medfed.common.messages import ModelSpec, PrivacyReport, TrainSettings
 from medfed.common.tensors import EncodedModel
 from medfed.server.errors import DuplicateUpdate, PermissionDenied, Rejected, UploadInProgress
@@ -38,6 +40,21 @@ class Finished:
 Instruction = Task | Wait | Finished
 
 
+MAX_REFUSALS_RECORDED = 4
+"""refused updates of one hospital in one round that go into the audit chain (a hostile hospital retrying
+must not grow it without bound; the rest are counted)"""
+
+
+@dataclass(frozen=True)
+class UpdateProof:
+    """Who sent which bytes: the update's digest as received, the hospital's signature over it, and the
+    certificate of the TLS connection that delivered it (None on an --insecure coordinator)."""
+
+    digest: bytes | None
+    signature: bytes = b""
+    certificate: x509.Certificate | None = None
+
+
 @dataclass(frozen=True)
 class Contribution:
     name: str
@@ -46,6 +63,18 @@ class Contribution:
     privacy: PrivacyReport | None = None
     nbytes: int = 0
     """the update's size on the wire (its tensor bytes)"""
+    proof: UpdateProof | None = None
+
+
+@dataclass(frozen=True)
+class RefusedUpdate:
+    """An update of a chosen hospital that the round refused, for the audit chain."""
+
+    name: str
+    num_examples: int
+    reason: str
+    proof: UpdateProof | None = None
+    """None when it was refused from its header, before its bytes were read"""
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,7 @@ class RoundOutcome:
     accumulator: Accumulator
     bytes_sent: int = 0
     bytes_received: int = 0
+    refused: list[RefusedUpdate] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +100,12 @@ class OpenRound:
     receiving: set[str] = field(default_factory=set)
     bytes_sent: int = 0
     """model bytes handed out to hospitals this round (a hospital that fetches twice counts twice)"""
+    refused: list[RefusedUpdate] = field(default_factory=list)
+
+    def refuse(self, refusal: RefusedUpdate) -> None:
+        """Note a refused update of a chosen hospital (at most MAX_REFUSALS_RECORDED each)."""
+        if sum(r.name == refusal.name for r in self.refused) < MAX_REFUSALS_RECORDED:
+            self.refused.append(refusal)
 
     @property
     def short(self) -> bool:
@@ -118,4 +154,5 @@ class OpenRound:
         contributions = [self.contributions[n] for n in sorted(self.contributions)]
         missing = sorted(self.selected - self.contributions.keys())
         received = sum(c.nbytes for c in contributions)
-        return RoundOutcome(self.task.round, contributions, missing, self.accumulator, self.bytes_sent, received)
+        return RoundOutcome(self.task.round, contributions, missing, self.accumulator, self.bytes_sent, received,
+                            list(self.refused))  # fmt: skip

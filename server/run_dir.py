@@ -9,6 +9,8 @@
 - ``checkpoint-round-NNNNNN.strategy.safetensors``: the strategy's tensors, for strategies with any;
 - ``round-updates/``: a robust strategy's store of the open round's updates, deleted as it closes;
 - ``model.safetensors`` and ``model.json``: the final model and what it is (never pickle);
+- ``audit.jsonl``: the signed, hash-chained record of who contributed what to every round
+  (server/audit_log.py), whose last record holds the final model's digest;
 - the report's files (server/report.py writes them under the names given here).
 
 Nothing here overwrites a previous run silently: ``prepare`` refuses a folder holding one unless told.
@@ -49,9 +51,10 @@ PER_CLASS_FILE = "per_class_accuracy.png"
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_CSV = "confusion_matrix.csv"
 REPORT_FILES = (REPORT_FILE, CURVES_FILE, PER_CLASS_FILE, CONFUSION_PNG, CONFUSION_CSV)
+AUDIT_FILE = "audit.jsonl"
 REMOVED_FILE = "removed.json"
 """hospitals an operator removed (fed-admin remove): refused for the rest of the run and its resumptions"""
-RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE, CHECKPOINT_FILE)
+RUN_FILES = (HISTORY_FILE, MODEL_FILE, METADATA_FILE, CHECKPOINT_FILE, AUDIT_FILE)
 CHECKPOINT_FORMAT = "medfed-checkpoint/1"
 MODEL_FORMAT = "medfed-model/1"
 
@@ -187,6 +190,10 @@ class RunDir:
                 f"({sorted(set(range(1, rounds + 1)) - kept.keys())[:5]})"
             )
         files.write_text(self.history_path, "".join(kept[r] + "\n" for r in sorted(kept)), durable=True)
+
+    @property
+    def audit_path(self) -> Path:
+        return self.directory / AUDIT_FILE
 
     # ----- hospitals the operator removed --------------------------------------------------------
 

@@ -18,12 +18,15 @@ from medfed.common.errors import WireFormatError, WireTooLarge
 from medfed.common.limits import MAX_TEXT
 from medfed.common.messages import FinishedNotice, TaskHeader, UpdateHeader
 from medfed.common.peer_text import STATUS_LIMIT, cleaned, quoted
+from medfed.common.provenance.digests import UpdateDigest
+from medfed.common.provenance.receipts import Receipt
 from medfed.common.wire.convert import (
     check_text,
     info_from_proto,
 )
 from medfed.common.wire.options import server_options
 from medfed.common.wire.proto import pb, pb_grpc
+from medfed.common.wire.provenance import receipt_to_proto
 from medfed.common.wire.stream import (
     finished_message,
     read_update_header,
@@ -31,7 +34,7 @@ from medfed.common.wire.stream import (
     task_messages,
     wait_message,
 )
-from medfed.server.auth import AuthContext, PeerAuthenticator, certificate_expiry
+from medfed.server.auth import AuthContext, PeerAuthenticator, certificate_expiry, peer_certificate
 from medfed.server.coordinator import Coordinator
 from medfed.server.errors import (
     CoordinatorError,
@@ -197,13 +200,16 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.SubmitReply:
         # A hospital that stalls mid-upload must not hold its slot and a thread forever.
         with self.watch.watch("an upload", context.cancel, timeout=self._upload_timeout) as ticket:
-            header, name = self._receive(request_iterator, context, ticket)
+            header, name, receipt = self._receive(request_iterator, context, ticket)
         log.debug("round %d: update from %s accepted", header.round, name)
-        return pb.SubmitReply(message=f"update for round {header.round} accepted")
+        reply = pb.SubmitReply(message=f"update for round {header.round} accepted")
+        if receipt is not None:
+            reply.receipt.CopyFrom(receipt_to_proto(receipt))
+        return reply
 
     def _receive(
         self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext, ticket: Ticket
-    ) -> tuple[UpdateHeader, str]:
+    ) -> tuple[UpdateHeader, str, Receipt | None]:
         caller = None
         try:
             caller = self._caller(context)
@@ -217,10 +223,15 @@ class FederationServicer(pb_grpc.FederationServicer):
                 caller=caller,
                 privacy=header.privacy,
                 delta=header.delta,
+                signature=header.signature,
+                certificate=peer_certificate(cast(AuthContext, context.auth_context())) if caller else None,
             ) as pending:
                 ticket.describe(f"the upload of {pending.name}'s update for round {header.round}")
                 ticket.progress()  # it holds a receive slot from here on: a stall now counts
-                pending.commit(read_update_model(header, request_iterator, ticket.progress))
+                digest = UpdateDigest(self._coordinator.federation_id, header.round, header.num_examples,
+                                      header.layout, delta=header.delta)  # fmt: skip
+                state = read_update_model(header, request_iterator, ticket.progress, digest)
+                receipt = pending.commit(state, digest.digest())
         except Refusal as exc:
             self._refuse(context, "update", exc, caller)
         except grpc.RpcError:
@@ -229,7 +240,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 quoted(peer_of(context, caller)), self._upload_timeout,
             )  # fmt: skip
             abort(context, Rejected("upload abandoned"))
-        return header, pending.name
+        return header, pending.name, receipt
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         caller = None

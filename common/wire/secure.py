@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 
 from medfed.common.errors import WireFormatError
-from medfed.common.limits import HOSPITAL_NAME, MAX_MODEL_BYTES
+from medfed.common.limits import HOSPITAL_NAME, MAX_CERTIFICATE, MAX_MODEL_BYTES, MAX_SIGNATURE
 from medfed.common.peer_text import quoted
 from medfed.common.secagg import keys, shamir
 from medfed.common.secagg.messages import Parameters, Reveal, ShareBundle, UnmaskRequest
@@ -17,9 +17,6 @@ from medfed.common.wire.proto import pb
 
 MAX_HOSPITALS = 10_000
 """hospitals in one secure round"""
-MAX_CERTIFICATE = 16 << 10
-MAX_SIGNATURE = 160
-"""an ECDSA P-256 signature in DER is at most 72 bytes; room for larger curves"""
 SEALED_BYTES = keys.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from medfed.common.errors import WireFormatError
-from medfed.common.limits import MAX_MODEL_BYTES
+from medfed.common.errors import WireFormatError, WireTooLarge
+from medfed.common.limits import MAX_MODEL_BYTES, MAX_SIGNATURE
 from medfed.common.messages import FinishedNotice, ReceivedTask, TaskHeader, UpdateHeader
+from medfed.common.provenance.digests import UpdateDigest
 from medfed.common.tensors import Chunk, EncodedModel, StateDict, from_chunks
 from medfed.common.wire.convert import (
     layout_from_proto,
@@ -28,13 +29,19 @@ from medfed.common.wire.convert import (
 from medfed.common.wire.proto import pb
 
 
-def _chunks(messages: Iterable[pb.TaskMessage] | Iterable[pb.UpdateMessage], after: str,
-            progress: Callable[[], None] | None = None) -> Iterator[Chunk]:  # fmt: skip
+def _chunks(
+    messages: Iterable[pb.TaskMessage] | Iterable[pb.UpdateMessage],
+    after: str,
+    progress: Callable[[], None] | None = None,
+    digest: UpdateDigest | None = None,
+) -> Iterator[Chunk]:
     for message in messages:
         if message.WhichOneof("kind") != "chunk":
             raise WireFormatError(f"expected only chunks after the {after} header")
         if progress is not None:
             progress()
+        if digest is not None:  # a chunk out of place fails the whole read (from_chunks), digest and all
+            digest.update(message.chunk.data)
         yield message.chunk.offset, message.chunk.data
 
 
@@ -97,6 +104,7 @@ def update_messages(header: UpdateHeader, model: EncodedModel) -> Iterator[pb.Up
         metrics=header.metrics,
         kind=pb.UPDATE_KIND_DELTA if header.delta else pb.UPDATE_KIND_WEIGHTS,
         tensors=layout_to_proto(model.layout),
+        signature=header.signature,
     )
     if header.privacy is not None:
         message.privacy.CopyFrom(report_to_proto(header.privacy))
@@ -113,6 +121,8 @@ def read_update_header(messages: Iterator[pb.UpdateMessage]) -> UpdateHeader:
     header = first.header
     if header.kind not in (pb.UPDATE_KIND_UNSPECIFIED, pb.UPDATE_KIND_WEIGHTS, pb.UPDATE_KIND_DELTA):
         raise WireFormatError(f"unknown update kind {header.kind}")
+    if len(header.signature) > MAX_SIGNATURE:
+        raise WireTooLarge(f"the update's signature is {len(header.signature)} bytes; the limit is {MAX_SIGNATURE}")
     return UpdateHeader(
         session_id=header.session_id,
         round=header.round,
@@ -121,11 +131,14 @@ def read_update_header(messages: Iterator[pb.UpdateMessage]) -> UpdateHeader:
         layout=layout_from_proto(header.tensors, max_total_bytes=MAX_MODEL_BYTES),
         privacy=report_from_proto(header.privacy) if header.HasField("privacy") else None,
         delta=header.kind == pb.UPDATE_KIND_DELTA,
+        signature=header.signature,
     )
 
 
 def read_update_model(
-    header: UpdateHeader, messages: Iterable[pb.UpdateMessage], progress: Callable[[], None] | None = None
-) -> StateDict:
-    """The rest of an update: its chunks, into one buffer laid out as the header said."""
-    return from_chunks(header.layout, _chunks(messages, "update", progress))
+    header: UpdateHeader, messages: Iterable[pb.UpdateMessage], progress: Callable[[], None] | None = None,
+    digest: UpdateDigest | None = None,
+) -> StateDict:  # fmt: skip
+    """The rest of an update: its chunks, into one buffer laid out as the header said (and into ``digest``,
+    as they arrive)."""
+    return from_chunks(header.layout, _chunks(messages, "update", progress, digest))

@@ -16,7 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from medfed.common import files
@@ -153,3 +155,40 @@ def grouped_bars(
     path: Path, title: str, groups: Sequence[str], bars: Mapping[str, Sequence[float | None]], ylabel: str
 ) -> None:
     _save(bars_figure(title, groups, bars, ylabel), path)
+
+
+STATE_COLOURS = {"accepted": "#2e7d32", "refused": "#c62828", "missing": "#ef6c00", "not chosen": "#e0e0e0"}
+"""the cells of a contribution grid, by what happened to a hospital in a round"""
+
+
+def grid_figure(
+    title: str, rows: Sequence[str], columns: Sequence[int], cells: Mapping[tuple[str, int], str]
+) -> Figure:
+    """One cell per (row, column), coloured by its state in STATE_COLOURS (absent: "not chosen"); the
+    legend sits under the grid, and round labels thin out so they never touch."""
+    states = list(STATE_COLOURS)
+    codes = [[states.index(cells.get((row, column), "not chosen")) for column in columns] for row in rows]
+    width = min(18.0, max(6.0, 0.28 * len(columns) + 2.5))
+    height = min(14.0, max(2.6, 0.34 * len(rows) + 1.9))
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    palette = ListedColormap([STATE_COLOURS[s] for s in states])
+    ax.imshow(codes, cmap=palette, vmin=-0.5, vmax=len(states) - 0.5, aspect="auto", interpolation="nearest")
+    ax.set_xticks([x - 0.5 for x in range(len(columns) + 1)], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(len(rows) + 1)], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    fits = max(1, int((width - 2.5) / 0.3))  # round labels that fit side by side
+    shown = list(range(0, len(columns), -(-len(columns) // fits)))
+    ax.set_xticks(shown, [str(columns[i]) for i in shown])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("round")
+    ax.set_title(title)
+    handles = [Patch(color=STATE_COLOURS[s], label=s) for s in states]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(states), frameon=False, fontsize=8)
+    return fig
+
+
+def grid(
+    path: Path, title: str, rows: Sequence[str], columns: Sequence[int], cells: Mapping[tuple[str, int], str]
+) -> None:
+    _save(grid_figure(title, rows, columns, cells), path)

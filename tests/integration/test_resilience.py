@@ -104,6 +104,12 @@ def test_coordinator_killed_twice_resumes_with_complete_history_and_the_same_mod
     assert re.search(r"took part in 4 of the 4 round\(s\) \([12] of them twice", procs.log("hospital_a"))
     assert all("\r" not in procs.log(name) for name in HOSPITALS)  # no progress bars in log files
     assert all(sorted(json.loads(line)["clients"]) == list(HOSPITALS) for line in (out / "history.jsonl").open())
+    # The audit chain survived both kills: a round recorded but not checkpointed was cut, the rest verifies.
+    verified = run_cli("medfed.tools.audit.cli", "verify", str(out), "--allow-unsigned")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    chain = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in chain if r["kind"] == "round"] == [1, 2, 3, 4] and chain[0]["kind"] == "start"
+    assert [r["kind"] for r in chain].count("resume") == 1  # the first restart had nothing to resume from
     resumed, _ = load_model(out)
     uninterrupted, _ = load_model(reference)
     # Same seeds, same checkpointed model: only float64 summation order may differ between the runs.

@@ -3,6 +3,7 @@ plain run's within the quantization bound, and the coordinator never received a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def test_a_secure_run_ends_with_the_plain_runs_model_within_the_quantization_bou
                                             if np.asarray(v).dtype.kind == "f") for r in history)  # fmt: skip
     logs = "".join(secure_procs.log(h) for h in ("hospital_a", "hospital_b", "hospital_c"))
     assert logs.count("securely aggregated with 2 other hospital(s)") == 6
+    # Both runs' chains verify; the secure one credits each hospital with the masked vector it signed.
+    ca = str(tmp_path / "pki" / "ca.crt")
+    for run in ("plain", "secure"):
+        verified = run_cli("medfed.tools.audit.cli", "verify", str(tmp_path / run), "--ca", ca)
+        assert verified.returncode == 0 and verified.stdout.strip().endswith("verified: " + str(tmp_path / run))
+    chain = [json.loads(line) for line in (tmp_path / "secure" / "audit.jsonl").read_text().splitlines()]
+    assert [r["secure"] for r in chain if r["kind"] == "round"] == [True, True]
+    federation = hashlib.sha256(chain[0]["federation_id"].encode()).hexdigest()[:16]
+    kept = tmp_path / "data" / "hospital_b" / "medfed-state" / f"receipts-{federation}.jsonl"
+    proved = run_cli("medfed.tools.audit.cli", "receipt", str(kept), "--run", str(tmp_path / "secure"), "--ca", ca)
+    assert proved.returncode == 0 and proved.stdout.count("credited in the run's chain") == 2, proved.stdout
 
 
 def test_secure_aggregation_refuses_what_would_need_individual_updates() -> None:

@@ -20,14 +20,23 @@ from medfed.client.protocol import NodeError
 from medfed.client.trainer import Trainer
 from medfed.common import pki
 from medfed.common.data.folders import DatasetInfo, HospitalData, Split
+from medfed.common.messages import ModelSpec, TrainSettings, UpdateHeader
+from medfed.common.provenance.digests import update_digest
+from medfed.common.provenance.signing import Signer, sign_update
+from medfed.common.tensors import encode
 from medfed.common.wire.convert import info_to_proto
 from medfed.common.wire.options import channel_options
+from medfed.common.wire.provenance import receipt_from_proto
+from medfed.common.wire.stream import update_messages
 from medfed.common.wire.tls import channel_credentials, server_credentials
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from medfed.server.audit_log import AuditLog
 from medfed.server.auth import PeerAuthenticator
 from medfed.server.coordinator import Coordinator
+from medfed.server.rounds import Task
 from medfed.server.servicer import create_server
+from medfed.server.strategy.fedavg import FedAvg
 from tests.helpers import run_cli
 from tests.tcp_proxy import TcpProxy
 
@@ -286,3 +295,44 @@ def test_a_connection_accepted_and_closed_is_an_outage_not_a_refusal(certs: Pki,
     assert all(d is not None and not d.final and "accepted the connection and closed it" in d.text for d in outages)
     assert proxy.closed_connections == 3  # the plaintext probe looked twice: a preface, then a ClientHello
     assert refused is not None and refused.final and "requires TLS" in refused.text
+
+
+def test_an_update_signed_with_another_key_than_its_certificates_is_refused_and_a_signed_one_gets_a_receipt(
+    certs: Pki, tmp_path: Path
+) -> None:
+    server_cert, server_key = certs.cert("server")
+    audit = AuditLog(tmp_path / "audit.jsonl", "fed-tls", Signer(pki.load_key(server_key), pki.load_cert(server_cert)))
+    coordinator = Coordinator(data_info=INFO, federation_id="fed-tls", receipts=audit)
+    server, port = create_server(
+        coordinator, "127.0.0.1:0", credentials=server_credentials(server_cert, server_key, certs.ca),
+        authenticator=PeerAuthenticator(pki.load_cert(certs.ca), certs.crl), poll_timeout=0.5,
+    )  # fmt: skip
+    server.start()
+    try:
+        a = stub(certs, port, "hospital_a")
+        session = join(a)
+        model = {"w": np.zeros(3, dtype=np.float32)}
+        task = Task(1, 1, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(model))
+        coordinator.open_round(task, ["hospital_a"], FedAvg().begin(model))
+        update = encode({"w": np.ones(3, dtype=np.float32)})
+        digest = update_digest("fed-tls", 1, 5, update.layout, update.buffer, delta=False)
+
+        def send(signature: bytes) -> pb.SubmitReply:
+            header = UpdateHeader(session, 1, 5, {}, update.layout, signature=signature)
+            return a.SubmitUpdate(update_messages(header, update), timeout=10)
+
+        other = Signer(pki.load_key(certs.cert("hospital_b")[1]), pki.load_cert(certs.cert("hospital_b")[0]))
+        forged, unsigned = refusal(lambda: send(sign_update(other, digest))), refusal(lambda: send(b""))
+        own_key, own_cert = pki.load_key(certs.cert("hospital_a")[1]), pki.load_cert(certs.cert("hospital_a")[0])
+        reply = send(sign_update(Signer(own_key, own_cert), digest))
+    finally:
+        server.stop(grace=None).wait()
+
+    assert forged.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "signature does not verify with the key of the certificate that sent it" in forged.details()
+    assert unsigned.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not signed" in unsigned.details()
+    receipt = receipt_from_proto(reply.receipt)
+    assert receipt.update == digest.hex() and receipt.hospital == "hospital_a" and receipt.round == 1
+    assert receipt.problem(pki.load_cert(certs.ca)) is None
+    outcome = coordinator.close_round()
+    assert [c.name for c in outcome.contributions] == ["hospital_a"] and len(outcome.refused) == 2

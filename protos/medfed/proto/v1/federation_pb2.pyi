@@ -1011,10 +1011,17 @@ class UpdateHeader(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     TENSORS_FIELD_NUMBER: _builtins.int
     PRIVACY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     round: _builtins.int
     num_examples: _builtins.int
     kind: Global___UpdateKind.ValueType
+    signature: _builtins.bytes
+    """The hospital's signature (ECDSA with its TLS certificate's key) over the update's digest: SHA-256 of the
+    federation id, round, num_examples, kind, tensor table and every byte of the stream (the README's
+    provenance section has the exact bytes). Required under TLS: the audit chain credits the update to the
+    certificate that signed it.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -1033,10 +1040,11 @@ class UpdateHeader(_message.Message):
         kind: Global___UpdateKind.ValueType = ...,
         tensors: Global___ModelHeader | None = ...,
         privacy: Global___PrivacyReport | None = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["privacy", b"privacy", "tensors", b"tensors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "privacy", b"privacy", "round", b"round", "session_id", b"session_id", "tensors", b"tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "privacy", b"privacy", "round", b"round", "session_id", b"session_id", "signature", b"signature", "tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1122,19 +1130,80 @@ class SubmitReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    @_builtins.property
+    def receipt(self) -> Global___Receipt:
+        """absent on an --insecure coordinator (it has no key to sign with)"""
+
     def __init__(
         self,
         *,
         message: _builtins.str = ...,
+        receipt: Global___Receipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "receipt", b"receipt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitReply: _TypeAlias = SubmitReply  # noqa: Y015
+
+@_typing.final
+class Receipt(_message.Message):
+    """The coordinator's word that it accepted an update, signed with its TLS certificate's key. The hospital
+    keeps it, so it can prove its contribution against the run's audit chain (fed-audit receipt).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    HOSPITAL_FIELD_NUMBER: _builtins.int
+    UPDATE_DIGEST_FIELD_NUMBER: _builtins.int
+    NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
+    COORDINATOR_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    federation_id: _builtins.str
+    round: _builtins.int
+    hospital: _builtins.str
+    update_digest: _builtins.bytes
+    """32 bytes: the digest the hospital signed"""
+    num_examples: _builtins.int
+    time: _builtins.str
+    """ISO 8601, UTC"""
+    chain_head: _builtins.str
+    """hex hash of the audit chain's last record when the update was accepted"""
+    coordinator: _builtins.str
+    """hex SHA-256 of the signing certificate (DER)"""
+    certificate: _builtins.str
+    """that certificate, PEM"""
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        federation_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        hospital: _builtins.str = ...,
+        update_digest: _builtins.bytes = ...,
+        num_examples: _builtins.int = ...,
+        time: _builtins.str = ...,
+        chain_head: _builtins.str = ...,
+        coordinator: _builtins.str = ...,
+        certificate: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "chain_head", b"chain_head", "coordinator", b"coordinator", "federation_id", b"federation_id", "hospital", b"hospital", "num_examples", b"num_examples", "round", b"round", "signature", b"signature", "time", b"time", "update_digest", b"update_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 
 @_typing.final
 class LeaveRequest(_message.Message):

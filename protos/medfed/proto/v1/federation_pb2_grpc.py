@@ -86,7 +86,8 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitUpdate(self, request_iterator, context):
-        """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages.
+        """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
+        is answered with the coordinator's signed receipt (under TLS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class FederationStub:
       a TaskHeader followed by the global model's bytes as `chunk` messages.
     """
     SubmitUpdate: _grpc.StreamUnaryMultiCallable[_federation_pb2.UpdateMessage, _federation_pb2.SubmitReply]
-    """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages."""
+    """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
+    is answered with the coordinator's signed receipt (under TLS).
+    """
     Leave: _grpc.UnaryUnaryMultiCallable[_federation_pb2.LeaveRequest, _federation_pb2.LeaveReply]
     """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatReply]
@@ -69,7 +71,9 @@ class FederationAsyncStub(FederationStub):
       a TaskHeader followed by the global model's bytes as `chunk` messages.
     """
     SubmitUpdate: _aio.StreamUnaryMultiCallable[_federation_pb2.UpdateMessage, _federation_pb2.SubmitReply]  # type: ignore[assignment]
-    """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages."""
+    """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
+    is answered with the coordinator's signed receipt (under TLS).
+    """
     Leave: _aio.UnaryUnaryMultiCallable[_federation_pb2.LeaveRequest, _federation_pb2.LeaveReply]  # type: ignore[assignment]
     """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
     Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatReply]  # type: ignore[assignment]
@@ -108,7 +112,9 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_federation_pb2.UpdateMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.SubmitReply, _abc.Awaitable[_federation_pb2.SubmitReply]]:
-        """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages."""
+        """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
+        is answered with the coordinator's signed receipt (under TLS).
+        """
 
     @_abc_1.abstractmethod
     def Leave(
