@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from medfed.client.identity import Identity
+from medfed.client.local_state import STATE_FOLDER
 from medfed.client.policy import HospitalPolicy
 from medfed.client.privacy import HospitalPrivacy
 from medfed.client.protocol import (
@@ -77,7 +78,8 @@ class HospitalNode:
     ) -> None:
         """``stay``: after a federation ends (or this node leaves it), wait for the coordinator's next one
         instead of returning; ``policy``: the rules every task is checked against before training;
-        ``provenance``: what signs each update and keeps the coordinator's receipts (under TLS)."""
+        ``provenance``: what signs each update and keeps the coordinator's receipts (by default, with
+        ``identity``, in the data folder's medfed-state/)."""
         self._connection, self._data, self._trainer = connection, data, trainer
         self._name, self._max_wait = name, max_wait
         self._sleep, self._clock = sleep, clock
@@ -89,7 +91,8 @@ class HospitalNode:
         self._policy, self._stay = policy, stay
         self._identity = identity
         """the TLS files a secure round's keys are signed with and checked against"""
-        self._provenance = provenance
+        self._provenance = provenance or (Provenance(identity, name, data.path / STATE_FOLDER) if identity else None)
+        """signs each update (a coordinator under TLS refuses unsigned ones) and keeps the receipts"""
         self._refused: set[str] = set()
         """federations this node left (a broken policy, a task it cannot do): with --stay, not joined again"""
 

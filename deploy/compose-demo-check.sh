@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the image and run the three-hospital compose demo for real, as CI does: 2 rounds over mutual TLS,
-# then check that the final model and history exist and that all three hospitals took part in every
-# round, and tear everything down (containers, volumes, networks, the Docker daemon this script started).
+# then check that the final model and history exist, that all three hospitals took part in every
+# round, that fed-audit verifies the run's audit chain and a hospital's receipts, and tear everything down (containers, volumes, networks, the Docker daemon this script started).
 #
 #   sudo deploy/compose-demo-check.sh          (from the repository root; PYTHON=... picks the host Python)
 #   sudo deploy/compose-demo-check.sh --prepare   (only what needs no daemon: packages, base, wheelhouse;
@@ -156,6 +156,8 @@ for h in hospital-a hospital-b hospital-c; do
     [ "$HCODE" = 0 ] || { tail -40 "$RUN_DIR/compose.log"; echo "FAILED: $h exited with $HCODE"; exit 1; }
 done
 docker cp "$SERVER:/results" "$RUN_DIR/results"
+docker cp "$SERVER:/pki/server/ca.crt" "$RUN_DIR/ca.crt"
+docker cp "$("${COMPOSE[@]}" ps -q hospital-b):/state" "$RUN_DIR/state-hospital-b"
 "$PYTHON" - "$RUN_DIR/results" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -168,6 +170,11 @@ for record in history:
     assert sorted(record["clients"]) == ["hospital_a", "hospital_b", "hospital_c"], record["clients"]
 print(f"[compose-demo] 2 rounds, all three hospitals in each; final test accuracy {history[-1]['accuracy']:.3f}")
 EOF
+# The run's signed audit chain verifies against the demo's CA, and a hospital's receipts are borne out by it.
+"$PYTHON" -m medfed.tools.audit.cli verify "$RUN_DIR/results" --ca "$RUN_DIR/ca.crt" \
+    || { echo "FAILED: fed-audit verify did not verify the demo's run"; exit 1; }
+"$PYTHON" -m medfed.tools.audit.cli receipt "$RUN_DIR"/state-hospital-b/receipts-*.jsonl --run "$RUN_DIR/results" \
+    --ca "$RUN_DIR/ca.crt" || { echo "FAILED: hospital_b's receipts are not borne out by the chain"; exit 1; }
 grep -q "policy /etc/medfed/policy.toml: every task is checked" "$RUN_DIR/compose.log" \
     || { echo "FAILED: the hospitals did not run under deploy/hospital-policy.toml"; exit 1; }
 if [ -n "${MEDFED_SECURE_AGGREGATION:-}" ]; then

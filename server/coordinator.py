@@ -1,20 +1,10 @@
 """The coordinator: a small facade over who is in the federation (server/membership.py) and the open
-round (server/rounds.py), both under one condition variable, plus the admission of uploads.
+round (server/rounds.py), both under one condition variable; uploads (server/uploads.py) and secure
+aggregation's stages (server/secure_stages.py) are mixed in, under the same condition.
 
 No gRPC in here: the servicer translates calls into these methods and the errors of server/errors.py
 into status codes, and the driver (server/driver.py) opens and closes rounds. Hospitals long-poll
 ``next_instruction`` and are woken when a round opens or the federation ends.
-
-An upload is checked completely from its header (session, identity, round, selection, duplicate,
-tensor table, size, sample count, metrics) and reserves its hospital's slot *before* a byte of it is
-accepted, so no hospital can have two uploads in flight or make the coordinator buffer more than one
-model for it. At most ``max_receiving`` uploads are read at once (the others wait, their bytes held
-back by gRPC's flow control), so the coordinator's memory stays flat in the number of hospitals:
-the global model, the float64 sums (twice the model) and ``max_receiving`` uploads. (Sending the model
-is bounded in server/transfers.py.) An upload is folded into the round's accumulator only after it
-arrived whole and passed server/admission.py, under a separate lock so that a 45 MB fold never blocks
-joins and polls; ``close_round`` takes that lock too, so no fold can land in a closed round. A refused
-update changes nothing.
 
 A session ends when its hospital joins again (from another process), or at once when its certificate
 is revoked (``revoke``): its polls and downloads are refused from then on and no round waits for it.
@@ -27,39 +17,25 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from datetime import datetime
-from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-import numpy as np
-from cryptography import x509
-
-from medfed.common.compression import DecodedUpdate
 from medfed.common.data.folders import DatasetInfo
-from medfed.common.errors import SecureAggregationError
-from medfed.common.messages import PrivacyReport
 from medfed.common.peer_text import quoted
-from medfed.common.provenance.digests import update_digest
-from medfed.common.provenance.receipts import Receipt
-from medfed.common.tensors import Layout, encode
-from medfed.server.admission import check_header, check_secure_header, check_signature, refusal
-from medfed.server.errors import CoordinatorError, InvalidUpdate, NotFound, PermissionDenied, Rejected
+from medfed.server.errors import CoordinatorError, NotFound, PermissionDenied, Rejected
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
 from medfed.server.rounds import (
-    Contribution,
     Finished,
     Instruction,
     OpenRound,
-    RefusedUpdate,
     RoundOutcome,
     Task,
-    UpdateProof,
     Wait,
 )
-from medfed.server.secure_aggregation import SecureAccumulator, SecureRound
-from medfed.server.strategy import Accumulator, AggregationError
+from medfed.server.secure_stages import SecureStages
+from medfed.server.strategy import Accumulator
+from medfed.server.uploads import ReceiptIssuer, Uploads
 
 log = logging.getLogger("medfed.server")
 
@@ -67,46 +43,7 @@ DEFAULT_MAX_EXAMPLES = 1_000_000
 T = TypeVar("T")
 
 
-class PendingUpdate:
-    """An upload whose header was accepted: its hospital's slot stays reserved until ``commit`` or exit.
-
-    Entering waits for one of the coordinator's receive slots; leaving frees both."""
-
-    def __init__(
-        self, coordinator: Coordinator, current: OpenRound, contribution: Contribution, layout: Layout,
-        signature: bytes = b"", certificate: x509.Certificate | None = None,
-    ) -> None:  # fmt: skip
-        self._coordinator, self._round, self._contribution = coordinator, current, contribution
-        self._layout = layout
-        self._signature, self._certificate = signature, certificate
-        self.name = contribution.name
-
-    def commit(self, state: Mapping[str, np.ndarray], digest: bytes | None = None) -> Receipt | None:
-        """Fold the received tensors (as the header described them, ``digest`` their digest as received)
-        into the round; returns the coordinator's receipt for them (None without a signing key)."""
-        decoded = DecodedUpdate(state, self._layout, self._round.task.payload.tensors())
-        proof = UpdateProof(digest, self._signature, self._certificate)
-        return self._coordinator._fold(self._round, replace(self._contribution, proof=proof), state, decoded)
-
-    def __enter__(self) -> PendingUpdate:
-        try:
-            self._coordinator._receive_slot(self._round)
-        except BaseException:
-            self._coordinator._release(self._round, self.name, holds_slot=False)
-            raise
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self._coordinator._release(self._round, self.name)
-
-
-class ReceiptIssuer(Protocol):
-    """Signs receipts for accepted updates (server/audit_log.py)."""
-
-    def receipt(self, hospital: str, round_number: int, update: bytes, num_examples: int) -> Receipt | None: ...
-
-
-class Coordinator:
+class Coordinator(Uploads, SecureStages):
     def __init__(
         self,
         data_info: DatasetInfo | None = None,
@@ -397,218 +334,3 @@ class Coordinator:
             self._round = None
             self._cond.notify_all()
             return current.outcome()
-
-    # ----- uploads ---------------------------------------------------------------------------
-
-    def begin_update(
-        self,
-        session_id: str,
-        round_number: int,
-        num_examples: int,
-        metrics: Mapping[str, float],
-        layout: Layout,
-        *,
-        caller: str | None = None,
-        privacy: PrivacyReport | None = None,
-        delta: bool = False,
-        signature: bytes = b"",
-        certificate: x509.Certificate | None = None,
-    ) -> PendingUpdate:
-        """Check an upload's header and reserve its slot; use the result as a context manager.
-        ``signature``: the hospital's over the update's digest; ``certificate``: the TLS connection's."""
-        with self._cond:
-            hospital = self._hospital(session_id, caller)
-            current = self._round
-            if current is None:
-                raise Rejected(f"round {round_number} is not open: no round is open now")
-            current.check_upload(hospital.name, round_number)
-            settings = current.task.settings
-            try:
-                if isinstance(current.accumulator, SecureAccumulator):
-                    check_secure_header(hospital.name, layout, current.accumulator.secure.setup.length, num_examples,
-                                        hospital.num_examples, delta=delta)  # fmt: skip
-                else:
-                    check_header(
-                        hospital.name, layout, current.task.payload.layout, settings.update_encoding, delta=delta,
-                        num_examples=num_examples, joined_with=hospital.num_examples,
-                    )  # fmt: skip
-            except CoordinatorError as exc:
-                current.refuse(RefusedUpdate(hospital.name, num_examples, str(exc)))
-                raise
-            current.receiving.add(hospital.name)
-            self.monitor.uploading(hospital.name)
-            contribution = Contribution(hospital.name, num_examples, dict(metrics), privacy, layout.total_bytes)
-            return PendingUpdate(self, current, contribution, layout, signature, certificate)
-
-    def submit_update(
-        self,
-        session_id: str,
-        round_number: int,
-        num_examples: int,
-        metrics: Mapping[str, float],
-        state: Mapping[str, np.ndarray],
-        *,
-        caller: str | None = None,
-    ) -> Receipt | None:
-        """``begin_update`` and ``commit`` in one step, for callers that hold the whole update already."""
-        encoded = encode(state)
-        digest = update_digest(self.federation_id, round_number, num_examples, encoded.layout, encoded.buffer,
-                               delta=False)  # fmt: skip
-        with self.begin_update(session_id, round_number, num_examples, metrics, encoded.layout, caller=caller) as up:
-            return up.commit(encoded.tensors(), digest)
-
-    def _fold(
-        self,
-        current: OpenRound,
-        contribution: Contribution,
-        state: Mapping[str, np.ndarray],
-        decoded: Mapping[str, np.ndarray],
-    ) -> Receipt | None:
-        """``state`` as received, ``decoded`` its full values: checked by server/admission.py, then folded."""
-        with self._fold_lock:
-            with self._cond:
-                if self._round is not current:
-                    raise Rejected(f"round {current.task.round} closed while the update was being received")
-                if contribution.name not in current.selected:
-                    raise PermissionDenied(f"{contribution.name} is no longer part of round {current.task.round}")
-            try:
-                self._check_and_add(current, contribution, state, decoded)
-            except InvalidUpdate as exc:
-                with self._cond:
-                    current.refuse(RefusedUpdate(contribution.name, contribution.num_examples, str(exc),
-                                                 contribution.proof))  # fmt: skip
-                raise
-            with self._cond:
-                current.contributions[contribution.name] = contribution
-                current.receiving.discard(contribution.name)
-                self._cond.notify_all()
-            epsilon = contribution.privacy.epsilon if contribution.privacy is not None else None
-            self.monitor.reported(contribution.name, contribution.nbytes, contribution.metrics, epsilon)
-        proof = contribution.proof
-        if self._receipts is None or proof is None or proof.digest is None:
-            return None
-        return self._receipts.receipt(contribution.name, current.task.round, proof.digest, contribution.num_examples)
-
-    def _check_and_add(
-        self,
-        current: OpenRound,
-        contribution: Contribution,
-        state: Mapping[str, np.ndarray],
-        decoded: Mapping[str, np.ndarray],
-    ) -> None:
-        """Caller holds the fold lock: refuse (InvalidUpdate) or fold the update into the round's sum."""
-        if contribution.proof is not None:
-            check_signature(contribution.name, contribution.proof)
-        if isinstance(current.accumulator, SecureAccumulator):
-            # Masked values look uniform: nothing to check in them. The sum is kept under the condition,
-            # which the secure stages read.
-            with self._cond:
-                try:
-                    current.accumulator.add_from(contribution.name, state, contribution.num_examples)
-                except AggregationError as exc:
-                    raise InvalidUpdate(str(exc)) from None
-            return
-        if (reason := refusal(state, decoded, current.task.payload.tensors())) is not None:
-            raise InvalidUpdate(reason)
-        try:
-            current.accumulator.add(decoded, contribution.num_examples)
-        except AggregationError as exc:
-            raise InvalidUpdate(str(exc)) from None
-
-    def _receive_slot(self, current: OpenRound) -> None:
-        """Wait for a free receive slot; refuse if the round closes meanwhile (nothing read in vain)."""
-        with self._cond:
-            while self._receiving_now >= self._max_receiving and self._round is current:
-                self._cond.wait()
-            if self._round is not current:
-                raise Rejected(f"round {current.task.round} closed while the update waited to be received")
-            self._receiving_now += 1
-
-    def _release(self, current: OpenRound, name: str, *, holds_slot: bool = True) -> None:
-        self.monitor.upload_ended(name)
-        with self._cond:
-            current.receiving.discard(name)
-            if holds_slot:
-                self._receiving_now -= 1
-            self._cond.notify_all()
-
-    # ----- secure aggregation's stages (server/secure_aggregation.py) ----------------------------
-
-    def joined_examples(self, name: str) -> int:
-        """The training-set size ``name`` declared at join (its weight in a secure round)."""
-        with self._cond:
-            return self._members.hospitals[name].num_examples
-
-    def secure_stage(
-        self,
-        session_id: str,
-        round_number: int,
-        stage: int,
-        send: Callable[[SecureRound, str], None],
-        answer: Callable[[SecureRound, str], T],
-        *,
-        caller: str | None = None,
-        timeout: float,
-    ) -> T:
-        """A hospital's part of ``stage`` (``send``), then, once the driver closes the stage, the next
-        stage's input for it (``answer``)."""
-        deadline = self._clock() + timeout
-        with self._cond:
-            hospital = self._hospital(session_id, caller)
-            current = self._round
-            if current is None or current.task.round != round_number:
-                raise Rejected(f"round {round_number} is not open")
-            accumulator = current.accumulator
-            if not isinstance(accumulator, SecureAccumulator):
-                raise Rejected(f"round {round_number} is not securely aggregated")
-            if hospital.name not in current.selected:
-                raise PermissionDenied(f"{hospital.name} was not chosen for round {round_number}")
-            try:
-                send(accumulator.secure, hospital.name)
-            except SecureAggregationError as exc:
-                raise InvalidUpdate(str(exc)) from None
-            self._cond.notify_all()
-            last = stage >= 5  # a reveal is the hospital's last word: nothing to wait for
-            while not last and accumulator.secure.stage <= stage and self._round is current and not accumulator.failed:
-                if self._finished is not None:
-                    raise Rejected(f"the federation is over ({self._finished.reason})")
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    raise Rejected(f"round {round_number}'s secure stage {stage} did not close in {timeout:.0f} s")
-                self._cond.wait(remaining)
-            if self._round is not current or accumulator.failed is not None:
-                raise Rejected(f"round {round_number} ended: {accumulator.failed or 'it closed'}")
-            try:
-                return answer(accumulator.secure, hospital.name)
-            except SecureAggregationError as exc:
-                raise Rejected(str(exc)) from None
-
-    def secure_wait(self, stage: int, deadline: float) -> set[str]:
-        """The driver: wait until everyone ``stage`` waits for answered, or the deadline; who is missing."""
-        with self._cond:
-            secure = self._open_secure().secure
-            while self._finished is None:
-                pending = secure.pending(stage)
-                remaining = deadline - self._clock()
-                if not pending or remaining <= 0:
-                    return pending
-                self._cond.wait(remaining)
-            return secure.pending(stage)
-
-    def secure_advance(self, stage: int) -> str | None:
-        """The driver: close ``stage``; returns why the round fails (too few hospitals left), or None."""
-        with self._cond:
-            accumulator = self._open_secure()
-            try:
-                accumulator.secure.advance(stage)
-            except SecureAggregationError as exc:
-                accumulator.failed = str(exc)
-            self._cond.notify_all()
-            return accumulator.failed
-
-    def _open_secure(self) -> SecureAccumulator:
-        """Caller holds the condition: the open round's secure accumulator (the driver's own calls)."""
-        current = self._round
-        if current is None or not isinstance(current.accumulator, SecureAccumulator):
-            raise RuntimeError("no secure round is open")
-        return current.accumulator

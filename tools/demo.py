@@ -122,6 +122,7 @@ def _run(argv: Sequence[str] | None) -> int:
     if last is not None and last.test is not None:
         _print_summary(last.test.per_class_accuracy, {n: m.counts.get("train", []) for n, m in manifests.items()})
     print(f"done: model, history and report (report.md, plots) in {run_dir}, logs in {logs}")
+    print(f"the run's signed audit chain: fed-audit verify {run_dir} --ca {out / 'pki' / 'ca.crt'}")
     return 0
 
 

@@ -89,8 +89,10 @@ def test_each_hospital_sees_only_its_own_key_and_data(compose: dict[str, Any]) -
         volumes = [v.split(":")[0] for v in service["volumes"]]
         argv = invocations(service)[0]
 
-        assert volumes == [f"pki-hospital-{h[-1]}", f"data-hospital-{h[-1]}", "./hospital-policy.toml"]
+        assert volumes == [f"pki-hospital-{h[-1]}", f"data-hospital-{h[-1]}", "./hospital-policy.toml",
+                           f"state-hospital-{h[-1]}"]  # fmt: skip
         assert service["volumes"][2].endswith(":ro") and argv[argv.index("--policy") + 1] == "/etc/medfed/policy.toml"
+        assert service["volumes"][1].endswith(":ro") and argv[argv.index("--state-dir") + 1] == "/state"
         assert argv[argv.index("--data") + 1] == f"/{h}"
         assert argv[argv.index("--tls-key") + 1] == f"/pki/{h}/{h}.key"
         assert "--insecure" not in argv
