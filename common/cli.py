@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -22,6 +23,8 @@ log = logging.getLogger("medfed")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, what a shell tool exits with when its output's reader closed it"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,6 +90,9 @@ def run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: Se
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: still one line unless --verbose
         _fail(prog, f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)", verbose)
         return EXIT_FAILURE

@@ -1,5 +1,8 @@
 """Usage errors are one line: what is wrong, the flag that was meant, where the help is."""
 
+import subprocess
+import sys
+
 import pytest
 
 from medfed.client.app import build_parser as client_parser
@@ -26,3 +29,18 @@ def test_a_bad_value_is_one_line_too(capsys: pytest.CaptureFixture[str]) -> None
     err = usage_error(["--data", "d", "--threads", "many"], capsys, build=client_parser)
 
     assert err.count("\n") == 1 and err.startswith("fed-client: error: argument --threads: invalid int value")
+
+
+def test_output_into_a_reader_that_went_away_ends_quietly_with_141() -> None:
+    """``fed-audit show RUN | head -1``: the reader closes the pipe; no traceback, no 'internal error'."""
+    code = (
+        "import sys\n"
+        "from medfed.common.cli import run_command\n"
+        "sys.exit(run_command('fed-x', lambda argv: [print('row ' * 50) for _ in range(100_000)] and 0))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.read(100)
+    child.stdout.close()
+    assert child.wait(timeout=60) == 141
+    assert child.stderr.read() == b""
