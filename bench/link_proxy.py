@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -73,7 +74,7 @@ class Direction:
                     self.queued += len(data)
                     self.cond.notify_all()
         except OSError:
-            pass
+            pass  # the connection was reset: the reading is over either way
         finally:
             with self.cond:
                 self.closed = True
@@ -162,10 +163,8 @@ def start_link(upstream_port: int, rtt_ms: float, rate_mbit: float | None, port_
 
 def stop_link(proxy: subprocess.Popen[bytes]) -> None:
     """Stop the proxy and every connection it carries."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proxy.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proxy.wait()
 
 
