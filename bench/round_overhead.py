@@ -5,6 +5,7 @@ and back and aggregates, so the round time is the system's overhead. Data is gen
 28x28 images per hospital); the model is ResNet-18 (11.2M parameters, 44.7 MB).
 
     python bench/round_overhead.py --hospitals 3 10 --rounds 6
+    python bench/round_overhead.py --hospitals 3 10 --rtt-ms 50 --rate-mbit 100   (an emulated hospital link)
 
 Round 1 is a warm-up and is left out of the median. Reported per N: median round time, bytes moved
 per round (model bytes handed to hospitals plus update bytes received, from history.jsonl), the
@@ -14,6 +15,11 @@ builds the first model and, with no test set, is gone before round 1. The floors
 run: the time plain loopback TCP takes to carry one round's bytes from one process to another, and
 the time to serialise the state_dict once and to deserialise it once. Results go to stdout and to
 bench/round_overhead.json.
+
+With ``--rtt-ms`` (and ``--rate-mbit``) every hospital reaches the coordinator through bench/link_proxy.py,
+an emulated link that delays every byte by half the round trip in each direction and caps each
+hospital's connection at the rate in each direction; the link floor is then the time each hospital's
+own bytes (the model down, its update up) take at that rate.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from many_hospitals import import_floor_mb  # bench/ is on sys.path when run as a script
+from link_proxy import start_link, stop_link  # bench/ is on sys.path when run as a script
+from many_hospitals import import_floor_mb
 
 from medfed.common import __version__
 from medfed.common.data.folders import DatasetInfo
@@ -57,13 +64,15 @@ def tiny_dataset(hospitals: int, seed: int = 0) -> SourceDataset:
     return SourceDataset(info, {"train": (images, labels)})
 
 
-def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str]) -> dict[str, float]:
+def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str], rtt_ms: float | None = None,
+            rate_mbit: float | None = None) -> dict[str, float]:  # fmt: skip
     data = work / f"data{hospitals}"
     partition_to_folders(tiny_dataset(hospitals), data, clients=hospitals, scheme="iid")
     names = sorted(p.name for p in data.iterdir())
     out, port_file = work / f"run{hospitals}", work / f"port{hospitals}"
     procs = ProcessGroup(work / f"logs{hospitals}")
     hospital_peak = 0.0
+    link = None
     try:
         server = procs.start(
             "server", "medfed.server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
@@ -71,6 +80,8 @@ def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str
             "--out", str(out), *extra,
         )  # fmt: skip
         port = procs.wait_for_port("server", port_file, 120)
+        if rtt_ms is not None:
+            link, port = start_link(port, rtt_ms, rate_mbit, work / f"link{hospitals}.port")
         client_args = ["--server", f"127.0.0.1:{port}", "--insecure", "--threads", "1", "--no-progress"]
         clients = [procs.start(name, "medfed.client", "--data", str(data / name), *client_args) for name in names]
         while server.poll() is None and not procs.failed():
@@ -79,6 +90,8 @@ def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str
         codes = procs.wait_all(timeout=1800)
     finally:
         procs.stop_all()
+        if link is not None:
+            stop_link(link)
     if any(codes.values()):
         raise SystemExit(f"a process failed: {codes}; logs in {procs.log_dir}")
     history = RunDir(out).history()
@@ -93,6 +106,11 @@ def measure(hospitals: int, rounds: int, model: str, work: Path, extra: list[str
         "rounds_measured": len(measured),
         "bytes_per_round": statistics.median(r.bytes_down + r.bytes_up for r in measured),
         "bytes_up_per_round": statistics.median(r.bytes_up for r in measured),
+        "link_floor_s": (
+            statistics.median(r.bytes_down + r.bytes_up for r in measured) / hospitals * 8 / (rate_mbit * 1e6)
+        )
+        if rate_mbit
+        else None,
         "coordinator_peak_rss_mb": history[-1].server_peak_rss_mb,
         "model_helper_peak_rss_mb": history[-1].model_helper_peak_rss_mb,
         "hospital_peak_rss_mb": round(hospital_peak, 1),
@@ -156,11 +174,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run, the first being a warm-up")
     parser.add_argument("--model", default="resnet18", choices=["cnn", "resnet18"])
     parser.add_argument("--server-arg", action="append", default=[], help="extra fed-server argument (repeatable)")
+    parser.add_argument("--rtt-ms", type=float, help="reach the coordinator over an emulated link of this round trip")
+    parser.add_argument("--rate-mbit", type=float, help="with --rtt-ms: each hospital's link rate, each direction")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("round_overhead.json"))
     args = parser.parse_args()
     encode_s, decode_s, model_bytes = serde_seconds(args.model)
     with tempfile.TemporaryDirectory(prefix="medfed-bench-") as tmp:
-        results = [measure(n, args.rounds, args.model, Path(tmp), args.server_arg) for n in args.hospitals]
+        results = [measure(n, args.rounds, args.model, Path(tmp), args.server_arg, args.rtt_ms, args.rate_mbit)
+                   for n in args.hospitals]  # fmt: skip
     for r in results:
         r["loopback_floor_s"] = loopback_seconds(int(r["bytes_per_round"]))
     machine = (
@@ -170,20 +191,25 @@ def main() -> None:
     summary = {
         "machine": machine, "model": args.model, "model_bytes": model_bytes, "rounds": args.rounds,
         "server_args": args.server_arg, "serialize_s": encode_s, "deserialize_s": decode_s,
+        "link": {"rtt_ms": args.rtt_ms, "rate_mbit": args.rate_mbit} if args.rtt_ms is not None else "loopback",
         "import_floor_mb": import_floor_mb(), "results": results,
     }  # fmt: skip
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(machine)
     print(f"model {args.model} ({model_bytes / MIB:.1f} MiB), --local-epochs 0, {args.rounds} rounds (first left out)")
+    if args.rtt_ms is not None:
+        rate = f"{args.rate_mbit:g} Mbit/s per hospital" if args.rate_mbit else "no rate cap"
+        print(f"link: {args.rtt_ms:g} ms round trip, {rate} (bench/link_proxy.py)")
     print(f"serialise once: {encode_s * 1000:.1f} ms, deserialise once: {decode_s * 1000:.1f} ms")
     print(f"importing the coordinator's modules alone: {summary['import_floor_mb']:.0f} MB peak RSS\n")
     print("| hospitals | median round (s) | min (s) | max (s) | MB moved per round | loopback floor (s) "
-          "| coordinator peak RSS (MB) | its PyTorch helper's peak RSS (MB) | hospital peak RSS (MB) |"
-          "\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "| link floor (s) | coordinator peak RSS (MB) | its PyTorch helper's peak RSS (MB) | hospital peak RSS (MB) |"
+          "\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in results:
+        floor = f"{r['link_floor_s']:.2f}" if r["link_floor_s"] else "-"
         print(
             f"| {r['hospitals']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} "
-            f"| {r['bytes_per_round'] / 1e6:.0f} | {r['loopback_floor_s']:.3f} "
+            f"| {r['bytes_per_round'] / 1e6:.0f} | {r['loopback_floor_s']:.3f} | {floor} "
             f"| {r['coordinator_peak_rss_mb']:.0f} | {r['model_helper_peak_rss_mb']:.0f} "
             f"| {r['hospital_peak_rss_mb']:.0f} |"
         )

@@ -9,8 +9,9 @@ to one of client/protocol.py's outcomes, so the hospital's loop (client/node.py)
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -37,7 +38,7 @@ from medfed.common.wire import secure
 from medfed.common.wire.convert import info_to_proto
 from medfed.common.wire.proto import pb, pb_grpc
 from medfed.common.wire.provenance import receipt_from_proto
-from medfed.common.wire.stream import read_task, update_messages
+from medfed.common.wire.stream import read_task, update_chunk_messages, update_header_message
 
 log = logging.getLogger("medfed.client")
 
@@ -151,10 +152,7 @@ class GrpcConnection:
 
     def submit(self, header: UpdateHeader, model: EncodedModel) -> SubmitOutcome:
         try:
-            reply = self._retrying(
-                "sending the update",
-                lambda: self._stub.SubmitUpdate(update_messages(header, model), timeout=TRANSFER_DEADLINE_S),
-            )
+            reply = self._retrying("sending the update", lambda: self._upload(header, model))
         except grpc.RpcError as exc:
             code = _code(exc)
             if code in _SUBMITTED:
@@ -169,6 +167,29 @@ class GrpcConnection:
         except WireFormatError as exc:
             log.warning("the coordinator's receipt is malformed (%s); the update was accepted", exc)
             return SubmitOutcome(Submitted.ACCEPTED)
+
+    def _upload(self, header: UpdateHeader, model: EncodedModel) -> pb.SubmitReply:
+        """One Upload call: the header, then, only once the coordinator has admitted the upload (a receive
+        slot is its), the bytes; so while it waits nothing but the header is on its way."""
+        admitted, over = threading.Event(), threading.Event()
+
+        def messages() -> Iterator[pb.UpdateMessage]:  # gRPC reads these in a thread of its own
+            yield update_header_message(header, model.layout)
+            admitted.wait()
+            if not over.is_set():
+                yield from update_chunk_messages(model)
+
+        try:
+            for reply in self._stub.Upload(messages(), timeout=TRANSFER_DEADLINE_S):
+                kind = reply.WhichOneof("kind")
+                if kind == "admitted":
+                    admitted.set()
+                elif kind == "done":
+                    return reply.done
+        finally:
+            over.set()
+            admitted.set()
+        raise NodeError("the coordinator ended the upload without saying whether it accepted the update")
 
     def _secure(self, what: str, request: pb.SecAggRequest, reply_kind: str) -> pb.SecAggReply:
         """One SecureAggregate call: retried while the coordinator is unreachable; a round the coordinator

@@ -53,12 +53,33 @@ def encode_update(
     return encode(out, delta_scales=scales)
 
 
+INT8_BLOCK = 1 << 16
+"""elements quantized at a time: the float64 scratch of one block (512 KiB) stays in the CPU's cache"""
+
+
 def _int8_delta(value: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, float]:
-    delta = value.astype(np.float64) - base.astype(np.float64)
-    largest = float(np.abs(delta).max()) if delta.size else 0.0
+    """The int8 difference of ``value`` from ``base`` and its scale, computed in float64 a block at a time
+    (the same numbers as whole-array float64 arithmetic, without 88 MB temporaries for ResNet-18)."""
+    flat_value, flat_base = value.reshape(-1), base.reshape(-1)
+    scratch = np.empty(min(INT8_BLOCK, flat_value.size), dtype=np.float64)
+
+    def delta(start: int) -> np.ndarray:
+        stop = min(start + INT8_BLOCK, flat_value.size)
+        d = scratch[: stop - start]
+        np.subtract(flat_value[start:stop], flat_base[start:stop], out=d, dtype=np.float64)
+        return d
+
+    largest = max((float(np.abs(delta(start)).max()) for start in range(0, flat_value.size, INT8_BLOCK)),
+                  default=0.0)  # fmt: skip
     scale = largest / INT8_LEVELS if largest > 0 else 1.0  # an unchanged tensor: all zeros, any scale
-    q = np.clip(np.rint(delta / scale), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
-    return q, scale
+    q = np.empty(flat_value.size, dtype=np.int8)
+    for start in range(0, flat_value.size, INT8_BLOCK):
+        d = delta(start)
+        np.divide(d, scale, out=d)
+        np.rint(d, out=d)
+        np.clip(d, -INT8_LEVELS, INT8_LEVELS, out=d)
+        q[start : start + d.size] = d
+    return q.reshape(value.shape), scale
 
 
 def check_form(layout: Layout, expected: Layout, encoding: Encoding, *, delta: bool = False) -> None:
@@ -111,13 +132,24 @@ class DecodedUpdate(Mapping[str, np.ndarray]):
         scale = self._scales.get(name)
         if scale is None:
             return value
-        rebuilt = value.astype(np.float64)
-        rebuilt *= scale
-        rebuilt += self._global[name]
-        return rebuilt
+        q, base = value.reshape(-1), self._global[name].reshape(-1)
+        rebuilt = np.empty(q.size, dtype=np.float64)
+        for start in range(0, q.size, INT8_BLOCK):  # a block at a time, in cache: same numbers, one pass
+            block = rebuilt[start : start + INT8_BLOCK]
+            np.multiply(q[start : start + INT8_BLOCK], scale, out=block, dtype=np.float64)
+            block += base[start : start + INT8_BLOCK]
+        return rebuilt.reshape(value.shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._state)
 
     def __len__(self) -> int:
         return len(self._state)
+
+    def is_delta(self, name: str) -> bool:
+        return name in self._scales
+
+    def magnitude_bound(self, name: str) -> float:
+        """An upper bound of |value| over a rebuilt delta tensor, without rebuilding it: max|g| + 127 s."""
+        base = self._global[name]
+        return (float(np.abs(base).max()) if base.size else 0.0) + INT8_LEVELS * self._scales[name]

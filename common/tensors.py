@@ -122,12 +122,10 @@ def to_chunks(state: Mapping[str, np.ndarray], chunk_size: int = CHUNK_SIZE) -> 
     return encoded.layout, encoded.chunks(chunk_size)
 
 
-def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
-    """Reassemble a state dict; the returned tensors are views into one preallocated buffer.
-
-    Chunks must arrive in order, each starting where the previous one ended."""
-    _require_little_endian()
-    buffer = np.empty(layout.total_bytes, dtype=np.uint8)
+def in_order(layout: Layout, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+    """The chunks of a stream that ``layout`` describes, each checked to start where the previous one ended
+    and to stay within the stream; refused (WireFormatError) at the first that does not, and at the end
+    when the stream stopped short. Both receivers (into memory, into a file) read through this."""
     received = 0
     for offset, data in chunks:
         if offset != received:
@@ -136,8 +134,18 @@ def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
         end = received + len(data)
         if end > layout.total_bytes:
             raise WireTooLarge(f"stream longer than the {layout.total_bytes} bytes its header declared")
-        buffer[received:end] = np.frombuffer(data, dtype=np.uint8)
+        yield offset, data
         received = end
     if received != layout.total_bytes:
         raise WireFormatError(f"stream ended after {received} of {layout.total_bytes} bytes")
+
+
+def from_chunks(layout: Layout, chunks: Iterable[Chunk]) -> StateDict:
+    """Reassemble a state dict; the returned tensors are views into one preallocated buffer.
+
+    Chunks must arrive in order, each starting where the previous one ended."""
+    _require_little_endian()
+    buffer = np.empty(layout.total_bytes, dtype=np.uint8)
+    for offset, data in in_order(layout, chunks):
+        buffer[offset : offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
     return _views(buffer, layout)

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from medfed.common.compression import IncompatibleUpdate, check_form
+from medfed.common.compression import DecodedUpdate, IncompatibleUpdate, check_form
 from medfed.common.limits import Encoding
 from medfed.common.peer_text import quoted
 from medfed.common.provenance.signing import update_signed
@@ -89,22 +89,24 @@ def float_range(dtype: np.dtype) -> float:
     return float(np.finfo(dtype).max)
 
 
-def refusal(
-    sent: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]
-) -> str | None:
+def refusal(sent: Mapping[str, np.ndarray], values: DecodedUpdate, model: Mapping[str, np.ndarray]) -> str | None:
     """Why an update cannot be accepted, or None. ``sent``: the tensors as they arrived; ``values``:
-    their full values (int8 deltas rebuilt); ``model``: the round's global model (for the dtypes)."""
+    their full values (int8 deltas rebuilt when read); ``model``: the round's global model (for the
+    dtypes). An int8 delta is rebuilt here only when a cheap bound (max|g| + 127 s) says it might leave
+    its range, and for the BatchNorm statistics checked: folding rebuilds each tensor once anyway."""
     for name, value in sent.items():
         if is_float(value.dtype) and not np.isfinite(value).all():
             return f"tensor {quoted(name)} holds NaN or infinite values"
     for name, target in model.items():
-        full = values[name]
         if is_float(target.dtype):
-            if full.dtype != target.dtype and full.size and float(np.abs(full).max()) > float_range(target.dtype):
-                return f"tensor {quoted(name)} leaves the range of {target.dtype} once rebuilt (an int8 delta's scale)"
-            if name.endswith(VARIANCE_SUFFIX) and full.size and float(full.min()) < 0:
+            if values.is_delta(name) and values.magnitude_bound(name) > float_range(target.dtype):
+                full = values[name]
+                if full.size and float(np.abs(full).max()) > float_range(target.dtype):
+                    return (f"tensor {quoted(name)} leaves the range of {target.dtype} once rebuilt "
+                            "(an int8 delta's scale)")  # fmt: skip
+            if name.endswith(VARIANCE_SUFFIX) and (full := values[name]).size and float(full.min()) < 0:
                 return f"tensor {quoted(name)} holds negative variances (BatchNorm's running_var must be >= 0)"
-        elif name.endswith(COUNTER_SUFFIX) and full.size and full.min() < 0:
+        elif name.endswith(COUNTER_SUFFIX) and (full := values[name]).size and full.min() < 0:
             return f"tensor {quoted(name)} is a negative count (BatchNorm's num_batches_tracked must be >= 0)"
     return None
 

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent-uploads",
         type=int,
-        help="updates received at once; each holds one model in memory, the others wait "
+        help="updates received at once, each at its hospital's pace (the others wait, having sent only their "
+        "header); the first two are held in memory, the rest written to OUT/receiving/ as they arrive "
         f"(default {d('max_concurrent_uploads')})",
     )
     p.add_argument(
@@ -165,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent-downloads",
         type=int,
-        help="hospitals sent the model at once; each costs a few MB of send buffers, the others wait "
-        f"(default {d('max_concurrent_downloads')})",
+        help="hospitals sent the model at once; each costs up to its link's flow-control window in send "
+        f"buffers, the others wait (default {d('max_concurrent_downloads')})",
     )
     p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")
@@ -458,6 +459,7 @@ def _serve(
         federation_id=audit.federation_id,
         heartbeat_timeout=cfg.heartbeat_timeout,
         max_receiving=cfg.max_concurrent_uploads,
+        spool_dir=run_dir.receiving,
         monitor=monitor,
         receipts=audit,
     )

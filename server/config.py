@@ -63,8 +63,8 @@ class ServerConfig(TlsFiles):
     tls_crl: Path | None = None
     allow: list[str] | None = None
     max_examples: int = Field(1_000_000, ge=1)
-    max_concurrent_uploads: int = Field(2, ge=1, le=1000)
-    max_concurrent_downloads: int = Field(4, ge=1, le=1000)
+    max_concurrent_uploads: int = Field(16, ge=1, le=1000)
+    max_concurrent_downloads: int = Field(16, ge=1, le=1000)
     stall_timeout: float = Field(60.0, gt=0)
     port_file: Path | None = None
     health_address: Annotated[str, AfterValidator(check_address)] | None = None

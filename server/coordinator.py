@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import TypeVar
 
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.peer_text import quoted
 from medfed.server.errors import CoordinatorError, NotFound, PermissionDenied, Rejected
+from medfed.server.intake import Intake
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
 from medfed.server.rounds import (
@@ -54,14 +57,17 @@ class Coordinator(Uploads, SecureStages):
         federation_id: str | None = None,
         heartbeat_timeout: float | None = None,
         max_receiving: int = 2,
+        intake: Intake | None = None,
+        spool_dir: Path | None = None,
         monitor: Monitor | None = None,
         receipts: ReceiptIssuer | None = None,
     ) -> None:
-        """``receipts``: what signs a receipt for each accepted update (none: no receipts)."""
-        if max_receiving < 1:
-            raise ValueError(f"max_receiving must be at least 1, got {max_receiving}")
-        self._receiving_now = 0
-        self._max_receiving = max_receiving
+        """``max_receiving``: uploads admitted at once at most (``intake`` for more say in it: server/intake.py);
+        uploads beyond the ones held in memory are received into files in ``spool_dir`` (default the
+        system's temporary folder); ``receipts``: what signs a receipt for each accepted update (none: no
+        receipts)."""
+        self.intake = intake or Intake(max_receiving, clock=clock)
+        self.spool_dir = spool_dir or Path(tempfile.gettempdir()) / "medfed-uploads"
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()
         self._clock = clock

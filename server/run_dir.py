@@ -8,6 +8,7 @@
   checkpoint.json that names a complete model file;
 - ``checkpoint-round-NNNNNN.strategy.safetensors``: the strategy's tensors, for strategies with any;
 - ``round-updates/``: a robust strategy's store of the open round's updates, deleted as it closes;
+- ``receiving/``: uploads being received into files (server/spool.py), each deleted once folded;
 - ``model.safetensors`` and ``model.json``: the final model and what it is (never pickle);
 - ``audit.jsonl``: the signed, hash-chained record of who contributed what to every round
   (server/audit_log.py), whose last record holds the final model's digest;
@@ -43,6 +44,8 @@ CHECKPOINT_STRATEGY = "checkpoint-round-{:06d}.strategy.safetensors"
 """the strategy's tensors (server momentum, Adam's moments), when it has any"""
 UPDATE_STORE = "round-updates"
 """a robust strategy's disk-backed store of the open round's updates (deleted when the round closes)"""
+RECEIVING = "receiving"
+"""uploads being received into files, beyond the ones held in memory (server/spool.py; each deleted once folded)"""
 MODEL_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 REPORT_FILE = "report.md"
@@ -220,9 +223,15 @@ class RunDir:
     def update_store(self) -> Path:
         return self.directory / UPDATE_STORE
 
+    @property
+    def receiving(self) -> Path:
+        return self.directory / RECEIVING
+
     def clear_update_store(self) -> None:
-        """Remove what a robust strategy's round left on disk when the coordinator was stopped in it."""
+        """Remove what a round left on disk when the coordinator was stopped in it: a robust strategy's
+        store, uploads half received into files."""
         shutil.rmtree(self.update_store, ignore_errors=True)
+        shutil.rmtree(self.receiving, ignore_errors=True)
 
     def save_checkpoint(
         self, checkpoint: Checkpoint, state: Mapping[str, np.ndarray], strategy: StrategyState | None = None

@@ -16,10 +16,9 @@ from grpc_health.v1.health import HealthServicer
 
 from medfed.common.errors import WireFormatError, WireTooLarge
 from medfed.common.limits import MAX_TEXT
-from medfed.common.messages import FinishedNotice, TaskHeader, UpdateHeader
+from medfed.common.messages import FinishedNotice, TaskHeader
 from medfed.common.peer_text import STATUS_LIMIT, cleaned, quoted
 from medfed.common.provenance.digests import UpdateDigest
-from medfed.common.provenance.receipts import Receipt
 from medfed.common.wire.convert import (
     check_text,
     info_from_proto,
@@ -30,8 +29,8 @@ from medfed.common.wire.provenance import receipt_to_proto
 from medfed.common.wire.stream import (
     finished_message,
     read_update_header,
-    read_update_model,
     task_messages,
+    update_chunks,
     wait_message,
 )
 from medfed.server.auth import AuthContext, PeerAuthenticator, certificate_expiry, peer_certificate
@@ -52,7 +51,7 @@ from medfed.server.errors import (
 from medfed.server.refusal_log import RefusalLog
 from medfed.server.rounds import Finished, Task
 from medfed.server.secure_exchange import secure_exchange
-from medfed.server.transfers import SendSlots, Ticket, TransferWatch
+from medfed.server.transfers import SendSlots, TransferWatch
 
 log = logging.getLogger("medfed.server")
 
@@ -195,52 +194,49 @@ class FederationServicer(pb_grpc.FederationServicer):
             else:
                 coordinator.monitor.download_ended(name)
 
-    def SubmitUpdate(
+    def Upload(
         self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext
-    ) -> pb.SubmitReply:
+    ) -> Iterator[pb.UploadReply]:
+        """The header, checked; then, once a receive slot is this upload's, ``admitted`` (the hospital sends
+        its bytes only then); then the bytes, into memory or a file; then ``done``."""
+        caller = None
         # A hospital that stalls mid-upload must not hold its slot and a thread forever.
         with self.watch.watch("an upload", context.cancel, timeout=self._upload_timeout) as ticket:
-            header, name, receipt = self._receive(request_iterator, context, ticket)
-        log.debug("round %d: update from %s accepted", header.round, name)
-        reply = pb.SubmitReply(message=f"update for round {header.round} accepted")
+            try:
+                caller = self._caller(context)
+                header = read_update_header(request_iterator)
+                with self._coordinator.begin_update(
+                    header.session_id,
+                    header.round,
+                    header.num_examples,
+                    header.metrics,
+                    header.layout,
+                    caller=caller,
+                    privacy=header.privacy,
+                    delta=header.delta,
+                    signature=header.signature,
+                    certificate=peer_certificate(cast(AuthContext, context.auth_context())) if caller else None,
+                ) as pending:
+                    ticket.describe(f"the upload of {pending.name}'s update for round {header.round}")
+                    ticket.progress()  # it holds a receive slot from here on: a stall now counts
+                    yield pb.UploadReply(admitted=pb.Admitted())
+                    digest = UpdateDigest(self._coordinator.federation_id, header.round, header.num_examples,
+                                          header.layout, delta=header.delta)  # fmt: skip
+                    state = pending.receive(update_chunks(request_iterator, ticket.progress, digest))
+                    receipt = pending.commit(state, digest.digest())
+            except Refusal as exc:
+                self._refuse(context, "update", exc, caller)
+            except grpc.RpcError:
+                log.warning(
+                    "an upload from %s was abandoned (the hospital went away, stalled, or took longer than %.0f s)",
+                    quoted(peer_of(context, caller)), self._upload_timeout,
+                )  # fmt: skip
+                abort(context, Rejected("upload abandoned"))
+        log.debug("round %d: update from %s accepted", header.round, pending.name)
+        done = pb.SubmitReply(message=f"update for round {header.round} accepted")
         if receipt is not None:
-            reply.receipt.CopyFrom(receipt_to_proto(receipt))
-        return reply
-
-    def _receive(
-        self, request_iterator: Iterator[pb.UpdateMessage], context: grpc.ServicerContext, ticket: Ticket
-    ) -> tuple[UpdateHeader, str, Receipt | None]:
-        caller = None
-        try:
-            caller = self._caller(context)
-            header = read_update_header(request_iterator)
-            with self._coordinator.begin_update(
-                header.session_id,
-                header.round,
-                header.num_examples,
-                header.metrics,
-                header.layout,
-                caller=caller,
-                privacy=header.privacy,
-                delta=header.delta,
-                signature=header.signature,
-                certificate=peer_certificate(cast(AuthContext, context.auth_context())) if caller else None,
-            ) as pending:
-                ticket.describe(f"the upload of {pending.name}'s update for round {header.round}")
-                ticket.progress()  # it holds a receive slot from here on: a stall now counts
-                digest = UpdateDigest(self._coordinator.federation_id, header.round, header.num_examples,
-                                      header.layout, delta=header.delta)  # fmt: skip
-                state = read_update_model(header, request_iterator, ticket.progress, digest)
-                receipt = pending.commit(state, digest.digest())
-        except Refusal as exc:
-            self._refuse(context, "update", exc, caller)
-        except grpc.RpcError:
-            log.warning(
-                "an upload from %s was abandoned (the hospital went away, stalled, or took longer than %.0f s)",
-                quoted(peer_of(context, caller)), self._upload_timeout,
-            )  # fmt: skip
-            abort(context, Rejected("upload abandoned"))
-        return header, pending.name, receipt
+            done.receipt.CopyFrom(receipt_to_proto(receipt))
+        yield pb.UploadReply(done=done)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         caller = None

@@ -1,21 +1,26 @@
-"""Uploads, for the coordinator (server/coordinator.py mixes this in): an update is checked completely
-from its header (session, identity, round, selection, duplicate, tensor table, size, sample count,
-metrics) and reserves its hospital's slot *before* a byte of it is accepted, so no hospital can have two
-uploads in flight or make the coordinator buffer more than one model for it. At most ``max_receiving``
-uploads are read at once (the others wait, their bytes held back by gRPC's flow control), so the
-coordinator's memory stays flat in the number of hospitals: the global model, the float64 sums (twice
-the model) and ``max_receiving`` uploads. An upload is folded into the round's accumulator only after it
-arrived whole, its signature checked and its values passed server/admission.py, under a separate lock
-so that a 45 MB fold never blocks joins and polls; ``close_round`` takes that lock too, so no fold can
-land in a closed round. A refused update changes nothing, and the round notes it for the audit chain;
-an accepted one is answered with a signed receipt (server/audit_log.py).
+"""Uploads, for the coordinator (server/coordinator.py mixes this in).
+
+An update is checked completely from its header (session, identity, round, selection, duplicate, tensor
+table, size, sample count, metrics) and reserves its hospital's slot *before* a byte of it is accepted,
+so no hospital can have two uploads in flight. Then it waits for one of ``max_receiving`` receive slots;
+only once it holds one is it admitted (the servicer tells the hospital, which sends its bytes only
+then), so a hospital waiting for a slot has sent nothing but its header, and an admitted upload can
+stream as fast as its link allows. The first ``in_memory`` uploads admitted at a time are received into
+memory, the others into files in the run folder (server/spool.py), so the coordinator's memory stays
+flat in the number of hospitals uploading at once: the global model, the float64 sums (twice the model)
+and ``in_memory`` updates. An upload is folded into the round's accumulator only after it arrived
+whole, its signature checked and its values passed server/admission.py, under a separate lock so that
+a 45 MB fold never blocks joins and polls; ``close_round`` takes that lock too, so no fold can land in a
+closed round. A refused update changes nothing, and the round notes it for the audit chain; an accepted
+one is answered with a signed receipt (server/audit_log.py).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
@@ -26,13 +31,15 @@ from medfed.common.compression import DecodedUpdate
 from medfed.common.messages import PrivacyReport
 from medfed.common.provenance.digests import update_digest
 from medfed.common.provenance.receipts import Receipt
-from medfed.common.tensors import Layout, encode
+from medfed.common.tensors import Chunk, Layout, encode, from_chunks
 from medfed.server.admission import check_header, check_secure_header, check_signature, refusal
 from medfed.server.errors import CoordinatorError, InvalidUpdate, PermissionDenied, Rejected
+from medfed.server.intake import Admission, Intake
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital
 from medfed.server.rounds import Contribution, OpenRound, RefusedUpdate, UpdateProof
 from medfed.server.secure_aggregation import SecureAccumulator
+from medfed.server.spool import SpooledUpdate, spool
 from medfed.server.strategy import AggregationError
 
 
@@ -45,7 +52,8 @@ class ReceiptIssuer(Protocol):
 class PendingUpdate:
     """An upload whose header was accepted: its hospital's slot stays reserved until ``commit`` or exit.
 
-    Entering waits for one of the coordinator's receive slots; leaving frees both."""
+    Entering waits for one of the coordinator's receive slots (the upload is then admitted); leaving
+    frees both, and deletes what ``receive`` spooled to a file."""
 
     def __init__(
         self, coordinator: Uploads, current: OpenRound, contribution: Contribution, layout: Layout,
@@ -55,6 +63,26 @@ class PendingUpdate:
         self._layout = layout
         self._signature, self._certificate = signature, certificate
         self.name = contribution.name
+        self.admission: Admission | None = None
+        """where it is received (memory or a file) and how much has arrived; set once it is admitted"""
+        self._spooled: SpooledUpdate | None = None
+
+    def receive(self, chunks: Iterable[Chunk]) -> Mapping[str, np.ndarray]:
+        """The update's byte stream, into memory or into a file as the admission decided."""
+        admission = self.admission
+        assert admission is not None, "receive() before the upload was admitted"
+
+        clock = self._coordinator.intake.clock
+
+        def counted() -> Iterator[Chunk]:
+            for chunk in chunks:
+                admission.arrived(len(chunk[1]), clock())
+                yield chunk
+
+        if admission.in_memory:
+            return from_chunks(self._layout, counted())
+        self._spooled = spool(self._layout, counted(), self._coordinator.spool_dir)
+        return self._spooled
 
     def commit(self, state: Mapping[str, np.ndarray], digest: bytes | None = None) -> Receipt | None:
         """Fold the received tensors (as the header described them, ``digest`` their digest as received)
@@ -65,14 +93,16 @@ class PendingUpdate:
 
     def __enter__(self) -> PendingUpdate:
         try:
-            self._coordinator._receive_slot(self._round)
+            self.admission = self._coordinator._receive_slot(self._round, self._layout.total_bytes)
         except BaseException:
-            self._coordinator._release(self._round, self.name, holds_slot=False)
+            self._coordinator._release(self._round, self.name, None)
             raise
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self._coordinator._release(self._round, self.name)
+        if self._spooled is not None:
+            self._spooled.close()
+        self._coordinator._release(self._round, self.name, self.admission)
 
 
 class Uploads:
@@ -81,8 +111,8 @@ class Uploads:
     _cond: threading.Condition
     _fold_lock: threading.Lock
     _round: OpenRound | None
-    _receiving_now: int
-    _max_receiving: int
+    intake: Intake
+    spool_dir: Path
     _receipts: ReceiptIssuer | None
     federation_id: str
     monitor: Monitor
@@ -150,7 +180,7 @@ class Uploads:
         current: OpenRound,
         contribution: Contribution,
         state: Mapping[str, np.ndarray],
-        decoded: Mapping[str, np.ndarray],
+        decoded: DecodedUpdate,
     ) -> Receipt | None:
         """``state`` as received, ``decoded`` its full values: checked by server/admission.py, then folded."""
         with self._fold_lock:
@@ -182,7 +212,7 @@ class Uploads:
         current: OpenRound,
         contribution: Contribution,
         state: Mapping[str, np.ndarray],
-        decoded: Mapping[str, np.ndarray],
+        decoded: DecodedUpdate,
     ) -> None:
         """Caller holds the fold lock: refuse (InvalidUpdate) or fold the update into the round's sum."""
         if contribution.proof is not None:
@@ -203,19 +233,22 @@ class Uploads:
         except AggregationError as exc:
             raise InvalidUpdate(str(exc)) from None
 
-    def _receive_slot(self, current: OpenRound) -> None:
-        """Wait for a free receive slot; refuse if the round closes meanwhile (nothing read in vain)."""
+    def _receive_slot(self, current: OpenRound, nbytes: int) -> Admission:
+        """Wait until the intake admits the upload (server/intake.py); refuse if the round closes meanwhile
+        (nothing read in vain)."""
         with self._cond:
-            while self._receiving_now >= self._max_receiving and self._round is current:
-                self._cond.wait()
-            if self._round is not current:
-                raise Rejected(f"round {current.task.round} closed while the update waited to be received")
-            self._receiving_now += 1
+            while True:
+                if self._round is not current:
+                    raise Rejected(f"round {current.task.round} closed while the update waited to be received")
+                if (admission := self.intake.admit(nbytes)) is not None:
+                    return admission
+                self._cond.wait(self.intake.retry_in())
 
-    def _release(self, current: OpenRound, name: str, *, holds_slot: bool = True) -> None:
+    def _release(self, current: OpenRound, name: str, admission: Admission | None) -> None:
+        """``admission``: the upload's, None when it was never admitted."""
         self.monitor.upload_ended(name)
         with self._cond:
             current.receiving.discard(name)
-            if holds_slot:
-                self._receiving_now -= 1
+            if admission is not None:
+                self.intake.release(admission)
             self._cond.notify_all()

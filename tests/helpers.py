@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -114,3 +115,29 @@ def write_image_folder(
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             Image.fromarray(image).save(root / split / dataset.info.class_names[int(label)] / f"{i:05d}{suffix}")
     return root
+
+
+def upload(stub: Any, messages: Iterable[Any], timeout: float = 30.0) -> Any:
+    """A hospital's side of the Upload call for raw messages: the first (the header), then the rest once the
+    coordinator admits the upload; returns the ``done`` reply (a SubmitReply), or raises the call's error."""
+    stream = iter(messages)
+    admitted, over = threading.Event(), threading.Event()
+
+    def requests() -> Iterator[Any]:
+        first = next(stream, None)
+        if first is not None:
+            yield first
+        admitted.wait()
+        if not over.is_set():
+            yield from stream
+
+    try:
+        for reply in stub.Upload(requests(), timeout=timeout):
+            if reply.WhichOneof("kind") == "admitted":
+                admitted.set()
+            else:
+                return reply.done
+    finally:
+        over.set()
+        admitted.set()
+    raise AssertionError("the upload ended without a reply")

@@ -16,6 +16,8 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._backend: int | None = None
         self.closed_connections = 0
+        self.bytes_upstream = 0
+        """bytes relayed from clients to the backend, all connections together"""
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
@@ -39,16 +41,17 @@ class TcpProxy:
                 client.close()  # accepted, then closed without a word: the backend is down
                 continue
             upstream = socket.create_connection(("127.0.0.1", backend))
-            for source, sink in ((client, upstream), (upstream, client)):
-                relay = threading.Thread(target=self._relay, args=(source, sink), daemon=True)
+            for source, sink, up in ((client, upstream, True), (upstream, client, False)):
+                relay = threading.Thread(target=self._relay, args=(source, sink, up), daemon=True)
                 relay.start()
                 self._threads.append(relay)
 
-    @staticmethod
-    def _relay(source: socket.socket, sink: socket.socket) -> None:
+    def _relay(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         try:
             while data := source.recv(1 << 16):
                 sink.sendall(data)
+                if upstream:
+                    self.bytes_upstream += len(data)
         except OSError:
             pass
         finally:

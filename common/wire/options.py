@@ -3,15 +3,16 @@
 Models stream in 1 MiB chunks, so both sides keep gRPC's default 4 MiB message limit. Keepalive pings
 keep idle connections (a hospital training for a long time) from being dropped by middleboxes; the
 server accepts pings as often as the client sends them, so neither side ever sees "too many pings".
+
+Flow-control windows follow each connection's bandwidth-delay product (gRPC's BDP probing, on in both
+directions), so a hospital 50 or 200 ms away streams at its link's rate. That costs the coordinator
+memory only for the uploads it admits (server/intake.py): a hospital waiting for a receive slot has
+sent nothing but its update's header. (It used to be a fixed 256 KiB receive window per stream, which
+bounded what waiting uploads could pile up, and capped an upload at about 5 MB/s over a 50 ms round trip.)
 """
 
 from __future__ import annotations
 
-RECEIVE_WINDOW = 256 << 10
-"""The coordinator's fixed HTTP/2 receive window per stream. gRPC's default lets bandwidth probing grow
-it to many MB per stream, and every upload waiting for a receive slot then piles that much into the
-coordinator's memory. 256 KiB keeps that at N x 256 KiB and still carries about 12 MB/s per upload
-over a 20 ms round trip (more than most hospital uplinks)."""
 CLIENT_KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 
@@ -21,8 +22,7 @@ Options = list[tuple[str, int | str]]
 def server_options() -> Options:
     return [
         ("grpc.so_reuseport", 0),
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW),
+        ("grpc.http2.bdp_probe", 1),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),

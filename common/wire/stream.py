@@ -14,7 +14,7 @@ from medfed.common.errors import WireFormatError, WireTooLarge
 from medfed.common.limits import MAX_MODEL_BYTES, MAX_SIGNATURE
 from medfed.common.messages import FinishedNotice, ReceivedTask, TaskHeader, UpdateHeader
 from medfed.common.provenance.digests import UpdateDigest
-from medfed.common.tensors import Chunk, EncodedModel, StateDict, from_chunks
+from medfed.common.tensors import Chunk, EncodedModel, Layout, StateDict, from_chunks
 from medfed.common.wire.convert import (
     layout_from_proto,
     layout_to_proto,
@@ -96,21 +96,32 @@ def read_task(messages: Iterable[pb.TaskMessage]) -> ReceivedTask | FinishedNoti
 # ----- updates: hospital -> coordinator --------------------------------------------------------------
 
 
-def update_messages(header: UpdateHeader, model: EncodedModel) -> Iterator[pb.UpdateMessage]:
+def update_header_message(header: UpdateHeader, layout: Layout) -> pb.UpdateMessage:
+    """An upload's first message: the hospital sends it, then waits to be admitted before the chunks."""
     message = pb.UpdateHeader(
         session_id=header.session_id,
         round=header.round,
         num_examples=header.num_examples,
         metrics=header.metrics,
         kind=pb.UPDATE_KIND_DELTA if header.delta else pb.UPDATE_KIND_WEIGHTS,
-        tensors=layout_to_proto(model.layout),
+        tensors=layout_to_proto(layout),
         signature=header.signature,
     )
     if header.privacy is not None:
         message.privacy.CopyFrom(report_to_proto(header.privacy))
-    yield pb.UpdateMessage(header=message)
+    return pb.UpdateMessage(header=message)
+
+
+def update_chunk_messages(model: EncodedModel) -> Iterator[pb.UpdateMessage]:
     for offset, data in model.chunks():
         yield pb.UpdateMessage(chunk=pb.Chunk(offset=offset, data=data))
+
+
+def update_messages(header: UpdateHeader, model: EncodedModel) -> Iterator[pb.UpdateMessage]:
+    """A whole upload at once, header and chunks, without waiting to be admitted (tests play hospitals
+    that do not wait with this)."""
+    yield update_header_message(header, model.layout)
+    yield from update_chunk_messages(model)
 
 
 def read_update_header(messages: Iterator[pb.UpdateMessage]) -> UpdateHeader:
@@ -135,10 +146,18 @@ def read_update_header(messages: Iterator[pb.UpdateMessage]) -> UpdateHeader:
     )
 
 
+def update_chunks(
+    messages: Iterable[pb.UpdateMessage], progress: Callable[[], None] | None = None,
+    digest: UpdateDigest | None = None,
+) -> Iterator[Chunk]:  # fmt: skip
+    """The rest of an update, after its header: its chunks (into ``digest`` as they arrive), for the
+    receiver to put in memory or in a file (common/tensors.in_order checks their order)."""
+    return _chunks(messages, "update", progress, digest)
+
+
 def read_update_model(
     header: UpdateHeader, messages: Iterable[pb.UpdateMessage], progress: Callable[[], None] | None = None,
     digest: UpdateDigest | None = None,
 ) -> StateDict:  # fmt: skip
-    """The rest of an update: its chunks, into one buffer laid out as the header said (and into ``digest``,
-    as they arrive)."""
-    return from_chunks(header.layout, _chunks(messages, "update", progress, digest))
+    """The rest of an update, into one buffer laid out as the header said."""
+    return from_chunks(header.layout, update_chunks(messages, progress, digest))

@@ -28,7 +28,7 @@ from medfed.server.run_dir import RunDir, load_model
 from medfed.server.servicer import create_server
 from medfed.server.strategy.fedavg import fedavg
 from medfed.tools.local_run import ProcessGroup
-from tests.helpers import InProcessModels, start_server, synthetic_dataset
+from tests.helpers import InProcessModels, start_server, synthetic_dataset, upload
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 Code = grpc.StatusCode
@@ -114,10 +114,10 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
     _, model = fetch(stub, hostile)
     update_a, update_b = shifted(model, 1.0), shifted(model, 3.0)
     bystander = join(stub, "bystander", 10)  # joins a round that is already full: not chosen
-    stub.SubmitUpdate(iter(messages(a, update_a, n=10)), timeout=30)
+    upload(stub, iter(messages(a, update_a, n=10)), timeout=30)
 
-    def upload(msgs: list[pb.UpdateMessage]) -> Callable[[], object]:
-        return lambda: stub.SubmitUpdate(iter(msgs), timeout=30)
+    def sends(msgs: list[pb.UpdateMessage]) -> Callable[[], object]:
+        return lambda: upload(stub, iter(msgs), timeout=30)
 
     def edit_header(change: Callable[[pb.UpdateHeader], None], state: State | None = None) -> list[pb.UpdateMessage]:
         msgs = messages(hostile, state if state is not None else model)
@@ -139,42 +139,42 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
     overlong_last = pb.UpdateMessage(chunk=pb.Chunk(offset=last.offset, data=last.data + b"extra"))
     forged_poll = pb.TaskRequest(session_id="forged")
     cases: dict[str, tuple[Callable[[], object], Code]] = {
-        "forged session (upload)": (upload(messages("forged", model)), Code.UNAUTHENTICATED),
+        "forged session (upload)": (sends(messages("forged", model)), Code.UNAUTHENTICATED),
         "forged session (poll)": (lambda: next(iter(stub.GetTask(forged_poll))), Code.UNAUTHENTICATED),
         "forged session (leave)": (lambda: stub.Leave(pb.LeaveRequest(session_id="forged")), Code.UNAUTHENTICATED),
-        "round that is not open": (upload(messages(hostile, model, round_number=2)), Code.FAILED_PRECONDITION),
-        "hospital not chosen": (upload(messages(bystander, model)), Code.PERMISSION_DENIED),
-        "second submission": (upload(messages(a, shifted(model, 100.0))), Code.ALREADY_EXISTS),
-        "renamed tensor": (upload(messages(hostile, renamed)), Code.INVALID_ARGUMENT),
-        "reshaped tensor": (upload(messages(hostile, reshaped)), Code.INVALID_ARGUMENT),
-        "other dtype": (upload(messages(hostile, retyped)), Code.INVALID_ARGUMENT),
-        "NaN": (upload(messages(hostile, nan)), Code.INVALID_ARGUMENT),
-        "Inf": (upload(messages(hostile, inf)), Code.INVALID_ARGUMENT),
-        "stream longer than the model": (upload([*good, past_end]), Code.RESOURCE_EXHAUSTED),
-        "bytes past the announced end": (upload([*good[:-1], overlong_last]), Code.RESOURCE_EXHAUSTED),
-        "header announcing too many bytes": (upload(edit_header(
+        "round that is not open": (sends(messages(hostile, model, round_number=2)), Code.FAILED_PRECONDITION),
+        "hospital not chosen": (sends(messages(bystander, model)), Code.PERMISSION_DENIED),
+        "second submission": (sends(messages(a, shifted(model, 100.0))), Code.ALREADY_EXISTS),
+        "renamed tensor": (sends(messages(hostile, renamed)), Code.INVALID_ARGUMENT),
+        "reshaped tensor": (sends(messages(hostile, reshaped)), Code.INVALID_ARGUMENT),
+        "other dtype": (sends(messages(hostile, retyped)), Code.INVALID_ARGUMENT),
+        "NaN": (sends(messages(hostile, nan)), Code.INVALID_ARGUMENT),
+        "Inf": (sends(messages(hostile, inf)), Code.INVALID_ARGUMENT),
+        "stream longer than the model": (sends([*good, past_end]), Code.RESOURCE_EXHAUSTED),
+        "bytes past the announced end": (sends([*good[:-1], overlong_last]), Code.RESOURCE_EXHAUSTED),
+        "header announcing too many bytes": (sends(edit_header(
             lambda h: setattr(h.tensors, "total_bytes", h.tensors.total_bytes * 4))), Code.RESOURCE_EXHAUSTED),
-        "chunks out of order": (upload([good[0], good[2], good[1], *good[3:]]), Code.INVALID_ARGUMENT),
-        "overlapping chunks": (upload([good[0], good[1], good[1], *good[2:]]), Code.INVALID_ARGUMENT),
-        "stream cut short": (upload(good[:-1]), Code.INVALID_ARGUMENT),
-        "no header": (upload(good[1:]), Code.INVALID_ARGUMENT),
-        "two headers": (upload([good[0], *good]), Code.INVALID_ARGUMENT),
+        "chunks out of order": (sends([good[0], good[2], good[1], *good[3:]]), Code.INVALID_ARGUMENT),
+        "overlapping chunks": (sends([good[0], good[1], good[1], *good[2:]]), Code.INVALID_ARGUMENT),
+        "stream cut short": (sends(good[:-1]), Code.INVALID_ARGUMENT),
+        "no header": (sends(good[1:]), Code.INVALID_ARGUMENT),
+        "two headers": (sends([good[0], *good]), Code.INVALID_ARGUMENT),
         "delta update": (
-            upload(edit_header(lambda h: setattr(h, "kind", pb.UPDATE_KIND_DELTA))), Code.INVALID_ARGUMENT),
-        "zero examples": (upload(messages(hostile, model, n=0)), Code.INVALID_ARGUMENT),
-        "negative examples": (upload(messages(hostile, model, n=-5)), Code.INVALID_ARGUMENT),
-        "more examples than declared": (upload(messages(hostile, model, n=11)), Code.INVALID_ARGUMENT),
-        "non-finite metric": (upload(messages(hostile, model, metrics={"loss": float("nan")})), Code.INVALID_ARGUMENT),
-        "too many metrics": (upload(messages(hostile, model, metrics=too_many)), Code.RESOURCE_EXHAUSTED),
-        "huge metric name": (upload(messages(hostile, model, metrics={"x" * 1000: 1.0})), Code.RESOURCE_EXHAUSTED),
-        "message over the 4 MiB limit": (upload([good[0], pb.UpdateMessage(chunk=pb.Chunk(
+            sends(edit_header(lambda h: setattr(h, "kind", pb.UPDATE_KIND_DELTA))), Code.INVALID_ARGUMENT),
+        "zero examples": (sends(messages(hostile, model, n=0)), Code.INVALID_ARGUMENT),
+        "negative examples": (sends(messages(hostile, model, n=-5)), Code.INVALID_ARGUMENT),
+        "more examples than declared": (sends(messages(hostile, model, n=11)), Code.INVALID_ARGUMENT),
+        "non-finite metric": (sends(messages(hostile, model, metrics={"loss": float("nan")})), Code.INVALID_ARGUMENT),
+        "too many metrics": (sends(messages(hostile, model, metrics=too_many)), Code.RESOURCE_EXHAUSTED),
+        "huge metric name": (sends(messages(hostile, model, metrics={"x" * 1000: 1.0})), Code.RESOURCE_EXHAUSTED),
+        "message over the 4 MiB limit": (sends([good[0], pb.UpdateMessage(chunk=pb.Chunk(
             offset=0, data=bytes(5 << 20)))]), Code.RESOURCE_EXHAUSTED),
-        "privacy report with NaN epsilon": (upload(edit_header(lambda h: h.privacy.CopyFrom(pb.PrivacyReport(
+        "privacy report with NaN epsilon": (sends(edit_header(lambda h: h.privacy.CopyFrom(pb.PrivacyReport(
             mechanism="local", clip=1, noise_multiplier=1, sampling_rate=1, steps=1, releases=1,
             epsilon=float("nan"), delta=1e-5)))), Code.INVALID_ARGUMENT),
-        "privacy report of an unknown mechanism": (upload(edit_header(lambda h: h.privacy.CopyFrom(
+        "privacy report of an unknown mechanism": (sends(edit_header(lambda h: h.privacy.CopyFrom(
             pb.PrivacyReport(mechanism="x" * 500)))), Code.RESOURCE_EXHAUSTED),
-        "privacy report with delta 1": (upload(edit_header(lambda h: h.privacy.CopyFrom(pb.PrivacyReport(
+        "privacy report with delta 1": (sends(edit_header(lambda h: h.privacy.CopyFrom(pb.PrivacyReport(
             mechanism="dp_sgd", clip=1, noise_multiplier=1, sampling_rate=0.1, steps=3, releases=1,
             epsilon=2, delta=1)))), Code.INVALID_ARGUMENT),
         "join with 1001 classes": (lambda: join(stub, "hostile_2", 10, bad_info), Code.RESOURCE_EXHAUSTED),
@@ -192,7 +192,7 @@ def test_hostile_inputs_are_refused_precisely_and_change_nothing(federation: Fed
         assert round_number == 1, name
 
     assert observed == {name: code for name, (_, code) in cases.items()}
-    stub.SubmitUpdate(iter(messages(b, update_b, n=30)), timeout=30)
+    upload(stub, iter(messages(b, update_b, n=30)), timeout=30)
     stub.Leave(pb.LeaveRequest(session_id=hostile, reason="done"))
     driver.join(timeout=60)
     assert not driver.is_alive()
@@ -221,14 +221,14 @@ def test_an_upload_cut_half_way_frees_the_slot_and_the_retry_counts_once(federat
         current = coordinator._round
         return current is None or "hospital_a" not in current.receiving
 
-    cut = status(lambda: stub.SubmitUpdate(cut_half_way(), timeout=30))
+    cut = status(lambda: upload(stub, cut_half_way(), timeout=30))
     deadline = time.monotonic() + 10
-    while (retried := status(lambda: stub.SubmitUpdate(iter(full), timeout=30))) == Code.UNAVAILABLE:
+    while (retried := status(lambda: upload(stub, iter(full), timeout=30))) == Code.UNAVAILABLE:
         # the coordinator had not yet seen the cut: wait until it frees the slot (it notifies), then retry
         with coordinator._cond:
             assert coordinator._cond.wait_for(slot_free, timeout=deadline - time.monotonic())
-    again = status(lambda: stub.SubmitUpdate(iter(full), timeout=30))
-    stub.SubmitUpdate(iter(messages(b, shifted(model, 3.0))), timeout=30)
+    again = status(lambda: upload(stub, iter(full), timeout=30))
+    upload(stub, iter(messages(b, shifted(model, 3.0))), timeout=30)
     driver.join(timeout=60)
 
     assert (cut, retried, again) == (Code.UNKNOWN, Code.OK, Code.ALREADY_EXISTS)
@@ -262,22 +262,20 @@ def test_updates_that_would_poison_the_average_are_refused_and_the_run_keeps_the
     driver = start_driver(federation, min_clients=3, min_fit=2, update_encoding="int8")
     _, model = fetch(stub, hostile)
     flipped = {k: (-v if is_float(v.dtype) else v) for k, v in model.items()}  # BatchNorm statistics included
-    upload = {
+    poisoned = {
         "sign-flipped model (negative running variances)": messages(hostile, flipped),
         "int8 delta whose scale is finite but rebuilds beyond float32": int8_messages(
             hostile, shifted(model, 1.0), model, scale=1e37
         ),
     }
 
-    observed = {
-        what: status(lambda msgs=msgs: stub.SubmitUpdate(iter(msgs), timeout=30)) for what, msgs in upload.items()
-    }
-    stub.SubmitUpdate(iter(int8_messages(a, shifted(model, 1.0), model)), timeout=30)
-    stub.SubmitUpdate(iter(messages(b, shifted(model, 3.0), n=30)), timeout=30)
+    observed = {what: status(lambda msgs=msgs: upload(stub, iter(msgs), timeout=30)) for what, msgs in poisoned.items()}
+    upload(stub, iter(int8_messages(a, shifted(model, 1.0), model)), timeout=30)
+    upload(stub, iter(messages(b, shifted(model, 3.0), n=30)), timeout=30)
     stub.Leave(pb.LeaveRequest(session_id=hostile, reason="done"))
     driver.join(timeout=60)
 
-    assert observed == dict.fromkeys(upload, Code.INVALID_ARGUMENT)
+    assert observed == dict.fromkeys(poisoned, Code.INVALID_ARGUMENT)
     assert not driver.is_alive()
     final, _ = load_model(federation.out)
     assert all(np.isfinite(v).all() for v in final.values())
@@ -324,9 +322,9 @@ def test_an_accepted_update_that_breaks_the_global_model_fails_its_round_not_the
             fetch(stub, hostile)
             sent.append(model)
             huge = {k: (v * np.float32(1e30) if is_float(v.dtype) else v) for k, v in model.items()}
-            stub.SubmitUpdate(iter(messages(honest, model, round_number=round_number)), timeout=30)
+            upload(stub, iter(messages(honest, model, round_number=round_number)), timeout=30)
             poisoned = huge if round_number == 1 else model
-            stub.SubmitUpdate(iter(messages(hostile, poisoned, round_number=round_number)), timeout=30)
+            upload(stub, iter(messages(hostile, poisoned, round_number=round_number)), timeout=30)
         code = procs.procs["server"].wait(timeout=120)
         channel.close()
     finally:

@@ -37,7 +37,7 @@ from medfed.server.coordinator import Coordinator
 from medfed.server.rounds import Task
 from medfed.server.servicer import create_server
 from medfed.server.strategy.fedavg import FedAvg
-from tests.helpers import run_cli
+from tests.helpers import run_cli, upload
 from tests.tcp_proxy import TcpProxy
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(4, 4))
@@ -319,7 +319,7 @@ def test_an_update_signed_with_another_key_than_its_certificates_is_refused_and_
 
         def send(signature: bytes) -> pb.SubmitReply:
             header = UpdateHeader(session, 1, 5, {}, update.layout, signature=signature)
-            return a.SubmitUpdate(update_messages(header, update), timeout=10)
+            return upload(a, update_messages(header, update), timeout=10)
 
         other = Signer(pki.load_key(certs.cert("hospital_b")[1]), pki.load_cert(certs.cert("hospital_b")[0]))
         forged, unsigned = refusal(lambda: send(sign_update(other, digest))), refusal(lambda: send(b""))

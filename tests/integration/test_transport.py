@@ -18,6 +18,7 @@ from medfed.server.coordinator import Coordinator
 from medfed.server.rounds import Task
 from medfed.server.servicer import create_server
 from medfed.server.strategy.fedavg import FedAvg
+from tests.helpers import upload
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 GLOBAL = {
@@ -70,7 +71,7 @@ def test_models_larger_than_the_message_limit_stream_both_ways(federation) -> No
     header = next(stream).task
     chunks = ((m.chunk.offset, m.chunk.data) for m in stream)
     received = from_chunks(layout_from_proto(header.tensors, max_total_bytes=1 << 30), chunks)
-    reply = stub.SubmitUpdate(update_messages(session, received), timeout=30)
+    reply = upload(stub, update_messages(session, received), timeout=30)
 
     assert header.round == 1 and np.array_equal(received["big"], GLOBAL["big"])
     assert "accepted" in reply.message
@@ -91,12 +92,12 @@ def test_malformed_update_streams_get_invalid_argument(federation) -> None:
     }
     for what, messages in cases.items():
         with pytest.raises(grpc.RpcError) as err:
-            stub.SubmitUpdate(iter(messages), timeout=30)
+            upload(stub, iter(messages), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
 
-    stub.SubmitUpdate(iter(valid), timeout=30)  # the round still accepts a good update afterwards
+    upload(stub, iter(valid), timeout=30)  # the round still accepts a good update afterwards
     with pytest.raises(grpc.RpcError) as err:
-        stub.SubmitUpdate(iter(valid), timeout=30)
+        upload(stub, iter(valid), timeout=30)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -140,11 +141,11 @@ def test_a_stalled_upload_is_cancelled_and_frees_its_hospitals_slot() -> None:
             release.wait(60)
 
         with pytest.raises(grpc.RpcError) as err:
-            stub.SubmitUpdate(stalls(), timeout=30)
+            upload(stub, stalls(), timeout=30)
         release.set()
 
         assert err.value.code() == grpc.StatusCode.CANCELLED
-        assert "accepted" in stub.SubmitUpdate(iter(valid), timeout=30).message
+        assert "accepted" in upload(stub, iter(valid), timeout=30).message
     finally:
         server.stop(grace=None).wait()
 

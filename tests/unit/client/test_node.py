@@ -1,5 +1,6 @@
 """The hospital's connection loop against a scripted fake coordinator: retries, rejoins, refusals."""
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class FakeStub:
     """Each call takes the next scripted outcome: an exception to raise, or a value (or callable) to return."""
 
     def __init__(self, joins: list[Any], polls: list[Any], submits: list[Any]) -> None:
-        self.script = {"Join": joins, "GetTask": polls, "SubmitUpdate": submits}
+        self.script = {"Join": joins, "GetTask": polls, "Upload": submits}
         self.calls: list[str] = []
         self.submitted: list[pb.UpdateHeader] = []
 
@@ -89,10 +90,16 @@ class FakeStub:
     def GetTask(self, request: pb.TaskRequest, timeout: float) -> Iterator[pb.TaskMessage]:
         return iter(self._next("GetTask"))
 
-    def SubmitUpdate(self, messages: Iterator[pb.UpdateMessage], timeout: float) -> pb.SubmitReply:
+    def Upload(self, messages: Iterator[pb.UpdateMessage], timeout: float) -> Iterator[pb.UploadReply]:
+        """Admits the upload after its header, reads its chunks (in a thread, as gRPC does), then answers
+        with the scripted outcome."""
         self.submitted.append(next(messages).header)
-        list(messages)
-        return self._next("SubmitUpdate")
+        reader = threading.Thread(target=lambda: list(messages))
+        yield pb.UploadReply(admitted=pb.Admitted())
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the hospital did not send its chunks once admitted"
+        yield pb.UploadReply(done=self._next("Upload"))
 
     def Leave(self, request: pb.LeaveRequest, timeout: float) -> pb.LeaveReply:
         return pb.LeaveReply()

@@ -34,11 +34,14 @@ def test_an_honest_update_passes_and_each_poisoned_one_is_refused_with_its_reaso
     flipped = sign_flipped(MODEL)
     nan = {**MODEL, "conv.weight": np.full((3, 4), np.nan, dtype=np.float32)}
 
-    assert refusal(honest, honest, MODEL) is None
-    assert "holds negative variances" in (refusal(flipped, flipped, MODEL) or "")
-    assert "'conv.weight' holds NaN" in (refusal(nan, nan, MODEL) or "")
+    def values(state: dict[str, np.ndarray]) -> DecodedUpdate:
+        return DecodedUpdate(state, layout_of(state), MODEL)
+
+    assert refusal(honest, values(honest), MODEL) is None
+    assert "holds negative variances" in (refusal(flipped, values(flipped), MODEL) or "")
+    assert "'conv.weight' holds NaN" in (refusal(nan, values(nan), MODEL) or "")
     negative_count = {**honest, "bn.num_batches_tracked": np.array(-3, dtype=np.int64)}
-    assert "negative count" in (refusal(negative_count, negative_count, MODEL) or "")
+    assert "negative count" in (refusal(negative_count, values(negative_count), MODEL) or "")
 
 
 def test_an_int8_delta_that_rebuilds_beyond_float32_is_refused() -> None:

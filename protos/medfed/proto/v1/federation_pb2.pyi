@@ -1126,6 +1126,51 @@ class UpdateMessage(_message.Message):
 Global___UpdateMessage: _TypeAlias = UpdateMessage  # noqa: Y015
 
 @_typing.final
+class UploadReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADMITTED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def admitted(self) -> Global___Admitted:
+        """a receive slot is this upload's: send the chunks"""
+
+    @_builtins.property
+    def done(self) -> Global___SubmitReply:
+        """the update was accepted"""
+
+    def __init__(
+        self,
+        *,
+        admitted: Global___Admitted | None = ...,
+        done: Global___SubmitReply | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "done", b"done", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "done", b"done", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["admitted", "done"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___UploadReply: _TypeAlias = UploadReply  # noqa: Y015
+
+@_typing.final
+class Admitted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Admitted: _TypeAlias = Admitted  # noqa: Y015
+
+@_typing.final
 class SubmitReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,10 +44,10 @@ class FederationStub:
                 request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.TaskRequest.SerializeToString,
                 response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.TaskMessage.FromString,
                 _registered_method=True)
-        self.SubmitUpdate = channel.stream_unary(
-                '/medfed.proto.v1.Federation/SubmitUpdate',
+        self.Upload = channel.stream_stream(
+                '/medfed.proto.v1.Federation/Upload',
                 request_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.UpdateMessage.SerializeToString,
-                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.SubmitReply.FromString,
+                response_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.UploadReply.FromString,
                 _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/medfed.proto.v1.Federation/Leave',
@@ -85,9 +85,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SubmitUpdate(self, request_iterator, context):
-        """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
-        is answered with the coordinator's signed receipt (under TLS).
+    def Upload(self, request_iterator, context):
+        """A round's result, admitted before its bytes flow: the hospital sends its UpdateHeader and waits; the
+        coordinator checks it and, once one of its receive slots is free for it, answers `admitted`; only
+        then does the hospital send the update's bytes as `chunk` messages. So a hospital waiting for a slot
+        has sent no more than its header, whatever the flow-control window, and the window of an admitted
+        upload can be as large as the link needs. The last reply is `done` (with, under TLS, the
+        coordinator's signed receipt).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +115,7 @@ class FederationServicer:
     def SecureAggregate(self, request, context):
         """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
         part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
-        input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
+        input. The masked vector itself travels as an update (Upload), streamed like any other.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,10 +134,10 @@ def add_FederationServicer_to_server(servicer, server):
                     request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.TaskRequest.FromString,
                     response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.TaskMessage.SerializeToString,
             ),
-            'SubmitUpdate': grpc.stream_unary_rpc_method_handler(
-                    servicer.SubmitUpdate,
+            'Upload': grpc.stream_stream_rpc_method_handler(
+                    servicer.Upload,
                     request_deserializer=medfed_dot_proto_dot_v1_dot_federation__pb2.UpdateMessage.FromString,
-                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.SubmitReply.SerializeToString,
+                    response_serializer=medfed_dot_proto_dot_v1_dot_federation__pb2.UploadReply.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
@@ -216,7 +220,7 @@ class Federation:
             _registered_method=True)
 
     @staticmethod
-    def SubmitUpdate(request_iterator,
+    def Upload(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -226,12 +230,12 @@ class Federation:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/medfed.proto.v1.Federation/SubmitUpdate',
+            '/medfed.proto.v1.Federation/Upload',
             medfed_dot_proto_dot_v1_dot_federation__pb2.UpdateMessage.SerializeToString,
-            medfed_dot_proto_dot_v1_dot_federation__pb2.SubmitReply.FromString,
+            medfed_dot_proto_dot_v1_dot_federation__pb2.UploadReply.FromString,
             options,
             channel_credentials,
             insecure,

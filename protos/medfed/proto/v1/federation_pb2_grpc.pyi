@@ -44,9 +44,13 @@ class FederationStub:
       a Wait (nothing to do yet: poll again), a Finished (the federation is over), or
       a TaskHeader followed by the global model's bytes as `chunk` messages.
     """
-    SubmitUpdate: _grpc.StreamUnaryMultiCallable[_federation_pb2.UpdateMessage, _federation_pb2.SubmitReply]
-    """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
-    is answered with the coordinator's signed receipt (under TLS).
+    Upload: _grpc.StreamStreamMultiCallable[_federation_pb2.UpdateMessage, _federation_pb2.UploadReply]
+    """A round's result, admitted before its bytes flow: the hospital sends its UpdateHeader and waits; the
+    coordinator checks it and, once one of its receive slots is free for it, answers `admitted`; only
+    then does the hospital send the update's bytes as `chunk` messages. So a hospital waiting for a slot
+    has sent no more than its header, whatever the flow-control window, and the window of an admitted
+    upload can be as large as the link needs. The last reply is `done` (with, under TLS, the
+    coordinator's signed receipt).
     """
     Leave: _grpc.UnaryUnaryMultiCallable[_federation_pb2.LeaveRequest, _federation_pb2.LeaveReply]
     """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
@@ -57,7 +61,7 @@ class FederationStub:
     SecureAggregate: _grpc.UnaryUnaryMultiCallable[_federation_pb2.SecAggRequest, _federation_pb2.SecAggReply]
     """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
     part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
-    input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
+    input. The masked vector itself travels as an update (Upload), streamed like any other.
     """
 
 @_typing.type_check_only
@@ -70,9 +74,13 @@ class FederationAsyncStub(FederationStub):
       a Wait (nothing to do yet: poll again), a Finished (the federation is over), or
       a TaskHeader followed by the global model's bytes as `chunk` messages.
     """
-    SubmitUpdate: _aio.StreamUnaryMultiCallable[_federation_pb2.UpdateMessage, _federation_pb2.SubmitReply]  # type: ignore[assignment]
-    """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
-    is answered with the coordinator's signed receipt (under TLS).
+    Upload: _aio.StreamStreamMultiCallable[_federation_pb2.UpdateMessage, _federation_pb2.UploadReply]  # type: ignore[assignment]
+    """A round's result, admitted before its bytes flow: the hospital sends its UpdateHeader and waits; the
+    coordinator checks it and, once one of its receive slots is free for it, answers `admitted`; only
+    then does the hospital send the update's bytes as `chunk` messages. So a hospital waiting for a slot
+    has sent no more than its header, whatever the flow-control window, and the window of an admitted
+    upload can be as large as the link needs. The last reply is `done` (with, under TLS, the
+    coordinator's signed receipt).
     """
     Leave: _aio.UnaryUnaryMultiCallable[_federation_pb2.LeaveRequest, _federation_pb2.LeaveReply]  # type: ignore[assignment]
     """A hospital leaves cleanly (shutdown); the coordinator stops waiting for it."""
@@ -83,7 +91,7 @@ class FederationAsyncStub(FederationStub):
     SecureAggregate: _aio.UnaryUnaryMultiCallable[_federation_pb2.SecAggRequest, _federation_pb2.SecAggReply]  # type: ignore[assignment]
     """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
     part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
-    input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
+    input. The masked vector itself travels as an update (Upload), streamed like any other.
     """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
@@ -107,13 +115,17 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def SubmitUpdate(
+    def Upload(
         self,
         request_iterator: _MaybeAsyncIterator[_federation_pb2.UpdateMessage],
         context: _ServicerContext,
-    ) -> _typing.Union[_federation_pb2.SubmitReply, _abc.Awaitable[_federation_pb2.SubmitReply]]:
-        """A round's result: one UpdateHeader, then the update's bytes as `chunk` messages. An accepted update
-        is answered with the coordinator's signed receipt (under TLS).
+    ) -> _typing.Union[_abc.Iterator[_federation_pb2.UploadReply], _abc.AsyncIterator[_federation_pb2.UploadReply]]:
+        """A round's result, admitted before its bytes flow: the hospital sends its UpdateHeader and waits; the
+        coordinator checks it and, once one of its receive slots is free for it, answers `admitted`; only
+        then does the hospital send the update's bytes as `chunk` messages. So a hospital waiting for a slot
+        has sent no more than its header, whatever the flow-control window, and the window of an admitted
+        upload can be as large as the link needs. The last reply is `done` (with, under TLS, the
+        coordinator's signed receipt).
         """
 
     @_abc_1.abstractmethod
@@ -142,7 +154,7 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_federation_pb2.SecAggReply, _abc.Awaitable[_federation_pb2.SecAggReply]]:
         """A stage of a securely aggregated round (TrainConfig.secure_aggregation): the hospital sends its
         part of the stage and the reply, when the coordinator closes the stage, carries the next stage's
-        input. The masked vector itself travels as an update (SubmitUpdate), streamed like any other.
+        input. The masked vector itself travels as an update (Upload), streamed like any other.
         """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

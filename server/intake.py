@@ -1,0 +1,141 @@
+"""Which uploads may stream now, and whether each is received into memory or into a file.
+
+An upload holds a receive slot from its admission until it is folded; a hospital sends its bytes only once
+admitted (the Upload call's ``admitted`` reply), so a waiting hospital costs the coordinator its header
+and nothing more. The first ``in_memory`` admitted uploads are received into memory, which is fastest.
+Further uploads are admitted, into files (server/spool.py), only while every upload under way is held
+back by its hospital's link: it comes in slower than ``slow_bps``, and carries less than ``link_bytes``
+per round trip (its rate times the time its first bytes took to follow the admission), far less than
+the 4 MiB gRPC's flow control lets a connection have in flight at the least. An upload that comes in at
+its window's pace (a fast link, the window still growing towards the link's bandwidth-delay product) or
+at the coordinator's (a fast link, a busy coordinator) is not link-bound, and then no more are let in.
+
+Why not a fixed number: on hospital links of 100 Mbit/s an upload of ResNet-18 takes 3.6 s, and two at a
+time leave the other hospitals' links idle for most of the round (ten hospitals: 18 s of uploads instead
+of 3.6 s). On fast links two uploads already bring in as much as the coordinator can take, and every
+further one only fills its flow-control window, which gRPC sizes to the link's bandwidth-delay product
+(tens of MB on a fast, long link), in the coordinator's memory: measured, ten hospitals 50 ms away with
+16 uploads admitted at once took the coordinator to 661 MB, with two to 409 MB. Rates are measured over
+``probe_s`` from an upload's first bytes (an upload not measured yet holds further admissions back);
+when every upload under way is link-bound, as many again may be admitted (two, then four, eight...), so
+ten slow links are all busy within a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+IN_MEMORY_UPLOADS = 2
+"""uploads received into memory at once (each holds one update until it is folded)"""
+SLOW_UPLOAD_BPS = 30e6
+"""an upload faster than this (240 Mbit/s) is not link-bound, whatever its round trip"""
+LINK_BOUND_BYTES = 2 << 20
+"""an upload carrying more than this per round trip is held back by its flow-control window, not its link"""
+PROBE_S = 0.25
+"""how long an upload's rate is measured over before it counts for further admissions"""
+
+
+@dataclass(eq=False)
+class Admission:
+    """One admitted upload: where it is received, and how much of it has arrived."""
+
+    in_memory: bool
+    nbytes: int
+    admitted_at: float
+    received: int = field(default=0)
+    """bytes received so far (the receiving thread adds to them with ``arrived``)"""
+    round_trip: float | None = None
+    """seconds from its admission to its first bytes: about one round trip to the hospital"""
+    rate: float | None = None
+    """bytes per second over its last measured ``probe_s``, None until then"""
+    mark: tuple[float, int] = (0.0, 0)
+    """(time, received) when its rate was last measured, or when its first bytes came"""
+
+    def arrived(self, nbytes: int, now: float) -> None:
+        if self.round_trip is None:
+            self.round_trip, self.mark = now - self.admitted_at, (now, 0)
+        self.received += nbytes
+
+    def link_bound(self, slow_bps: float, link_bytes: float) -> bool:
+        if self.rate is None or self.round_trip is None:
+            return False
+        return self.rate < slow_bps and self.rate * self.round_trip < link_bytes
+
+
+class Intake:
+    """Not thread-safe: the coordinator calls it under its condition."""
+
+    def __init__(
+        self,
+        max_uploads: int,
+        in_memory: int = IN_MEMORY_UPLOADS,
+        *,
+        slow_bps: float = SLOW_UPLOAD_BPS,
+        link_bytes: float = LINK_BOUND_BYTES,
+        probe_s: float = PROBE_S,
+        clock: Callable[[], float] = time.monotonic,
+        links_are_slow: Callable[[list[Admission]], bool] | None = None,
+    ) -> None:
+        """``links_are_slow``: whether the uploads under way leave room for more (default: every one of them
+        is link-bound, by ``slow_bps`` and ``link_bytes``)."""
+        if max_uploads < 1 or in_memory < 0:
+            raise ValueError(f"max_uploads must be at least 1 and in_memory at least 0: {max_uploads}, {in_memory}")
+        self.max_uploads, self.in_memory = max_uploads, in_memory
+        self._probe_s, self._clock = probe_s, clock
+        self._links_are_slow = links_are_slow or (
+            lambda admitted: all(a.link_bound(slow_bps, link_bytes) for a in admitted)
+        )
+        self._admitted: list[Admission] = []
+        self._extra_allowed = 0
+        """extra admissions left from the last time every upload under way was measured slow"""
+        self.memory_bytes = 0
+        """bytes of uploads being received into memory now"""
+        self.memory_bytes_peak = 0
+
+    @property
+    def receiving(self) -> int:
+        return len(self._admitted)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    def _measure(self, now: float) -> None:
+        for a in self._admitted:
+            if a.round_trip is None:
+                continue  # no byte yet
+            since, received = a.mark
+            if now - since >= self._probe_s and now > since:
+                a.rate = (a.received - received) / (now - since)
+                a.mark = (now, a.received)
+
+    def admit(self, nbytes: int) -> Admission | None:
+        """An admission for an upload of ``nbytes``, or None: wait (``retry_in``) and ask again."""
+        now = self._clock()
+        self._measure(now)
+        if self.receiving >= self.max_uploads:
+            return None
+        in_memory = sum(a.in_memory for a in self._admitted) < self.in_memory
+        if not in_memory:
+            if self._extra_allowed == 0:
+                if not self._links_are_slow(self._admitted):
+                    return None  # the window or the coordinator sets the pace: another would only wait in memory
+                self._extra_allowed = self.receiving  # all slow: as many again
+            self._extra_allowed -= 1
+        admission = Admission(in_memory, nbytes, now)
+        self._admitted.append(admission)
+        if in_memory:
+            self.memory_bytes += nbytes
+            self.memory_bytes_peak = max(self.memory_bytes_peak, self.memory_bytes)
+        return admission
+
+    def retry_in(self) -> float | None:
+        """How long a refused upload should wait before asking again (None: until an upload ends)."""
+        return None if self.receiving >= self.max_uploads else self._probe_s
+
+    def release(self, admission: Admission) -> None:
+        self._admitted.remove(admission)
+        if admission.in_memory:
+            self.memory_bytes -= admission.nbytes

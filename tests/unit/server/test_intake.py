@@ -1,0 +1,92 @@
+"""The coordinator's intake (server/intake.py): two uploads at once into memory, more only while every
+upload comes in slower than a slow link, one extra per probe interval, never more than the cap."""
+
+from __future__ import annotations
+
+import pytest
+
+from medfed.server.intake import Admission, Intake
+
+MB = 1_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def intake(clock: Clock, max_uploads: int = 16) -> Intake:
+    return Intake(max_uploads, in_memory=2, slow_bps=30 * MB, link_bytes=2 * MB, probe_s=0.25, clock=clock)
+
+
+def stream(admissions: list[Admission | None], clock: Clock, rate: float, seconds: float = 0.25,
+           round_trip: float = 0.05) -> None:  # fmt: skip
+    """Each admission's bytes for ``seconds`` at ``rate``; one not started yet starts ``round_trip`` from now."""
+    fresh = [a for a in admissions if a is not None and a.round_trip is None]
+    if fresh:
+        clock.now += round_trip
+        for a in fresh:
+            a.arrived(0, clock.now)
+    clock.now += seconds
+    for a in admissions:
+        assert a is not None
+        a.arrived(int(rate * seconds), clock.now)
+
+
+def test_two_uploads_are_admitted_into_memory_at_once_and_counted() -> None:
+    clock = Clock()
+    gate = intake(clock)
+
+    first, second = gate.admit(45 * MB), gate.admit(45 * MB)
+
+    assert first is not None and second is not None and first.in_memory and second.in_memory
+    assert gate.memory_bytes == gate.memory_bytes_peak == 90 * MB
+    assert gate.admit(45 * MB) is None  # no rate measured yet: nothing says the links are slow
+    gate.release(first)
+    assert gate.memory_bytes == 45 * MB and gate.memory_bytes_peak == 90 * MB
+    again = gate.admit(45 * MB)
+    assert again is not None and again.in_memory  # a freed memory slot is taken at once
+
+
+def test_uploads_on_slow_links_let_as_many_again_in_each_probe_and_into_files() -> None:
+    clock = Clock()
+    gate = intake(clock)
+    admitted = [gate.admit(45 * MB), gate.admit(45 * MB)]
+    for expected in (4, 8, 16):
+        stream(admitted, clock, 12.5 * MB)  # 100 Mbit/s each, 50 ms away: link-bound
+        while (extra := gate.admit(45 * MB)) is not None:
+            assert not extra.in_memory
+            admitted.append(extra)
+        assert gate.receiving == expected  # as many again, then the new ones must be measured first
+    assert gate.memory_bytes == 90 * MB and gate.admit(45 * MB) is None  # and never beyond the cap
+
+
+def test_uploads_at_the_coordinators_pace_or_their_windows_keep_the_others_waiting() -> None:
+    for rate, round_trip, why in ((80 * MB, 0.05, "the coordinator takes in 160 MB/s across the two"),
+                                  (20 * MB, 0.2, "4 MiB a round trip: a window growing on a fast link")):  # fmt: skip
+        clock = Clock()
+        gate = intake(clock)
+        admitted = [gate.admit(45 * MB), gate.admit(45 * MB)]
+        for _ in range(8):
+            stream(admitted, clock, rate, round_trip=round_trip)
+            assert gate.admit(45 * MB) is None, why
+        assert gate.receiving == 2 and gate.retry_in() == pytest.approx(0.25)
+
+
+def test_never_more_than_the_cap_and_then_wait_for_a_release() -> None:
+    clock = Clock()
+    gate = intake(clock, max_uploads=1)
+    only = gate.admit(10)
+    assert only is not None
+    clock.now += 10
+    assert gate.admit(10) is None and gate.retry_in() is None
+    gate.release(only)
+    assert gate.admit(10) is not None
+
+
+def test_an_impossible_intake_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Intake(0)
