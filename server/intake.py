@@ -4,21 +4,19 @@ An upload holds a receive slot from its admission until it is folded; a hospital
 admitted (the Upload call's ``admitted`` reply), so a waiting hospital costs the coordinator its header
 and nothing more. The first ``in_memory`` admitted uploads are received into memory, which is fastest.
 Further uploads are admitted, into files (server/spool.py), only while every upload under way is held
-back by its hospital's link: it comes in slower than ``slow_bps``, and carries less than ``link_bytes``
-per round trip (its rate times the time its first bytes took to follow the admission), far less than
-the 4 MiB gRPC's flow control lets a connection have in flight at the least. An upload that comes in at
-its window's pace (a fast link, the window still growing towards the link's bandwidth-delay product) or
-at the coordinator's (a fast link, a busy coordinator) is not link-bound, and then no more are let in.
+back by its hospital's link: it comes in slower than ``slow_bps`` and no faster than it did the probe
+before. An upload whose rate still grows is held back by its flow-control window, which gRPC widens
+round trip by round trip towards the link's bandwidth-delay product (a fast, long link); one faster
+than ``slow_bps`` by the coordinator itself. Neither leaves room for more.
 
 Why not a fixed number: on hospital links of 100 Mbit/s an upload of ResNet-18 takes 3.6 s, and two at a
 time leave the other hospitals' links idle for most of the round (ten hospitals: 18 s of uploads instead
 of 3.6 s). On fast links two uploads already bring in as much as the coordinator can take, and every
-further one only fills its flow-control window, which gRPC sizes to the link's bandwidth-delay product
-(tens of MB on a fast, long link), in the coordinator's memory: measured, ten hospitals 50 ms away with
-16 uploads admitted at once took the coordinator to 661 MB, with two to 409 MB. Rates are measured over
-``probe_s`` from an upload's first bytes (an upload not measured yet holds further admissions back);
-when every upload under way is link-bound, as many again may be admitted (two, then four, eight...), so
-ten slow links are all busy within a second.
+further one only fills its flow-control window (tens of MB on a fast, long link) in the coordinator's
+memory: measured, ten hospitals 50 ms away with 16 uploads admitted at once took the coordinator to
+661 MB, with two to 409 MB. Rates are measured over ``probe_s`` from an upload's first bytes, and an
+upload measured fewer than twice holds further admissions back; when every upload under way is
+link-bound, up to three times as many again may be admitted (two, then eight, then up to the cap).
 """
 
 from __future__ import annotations
@@ -30,9 +28,9 @@ from dataclasses import dataclass, field
 IN_MEMORY_UPLOADS = 2
 """uploads received into memory at once (each holds one update until it is folded)"""
 SLOW_UPLOAD_BPS = 30e6
-"""an upload faster than this (240 Mbit/s) is not link-bound, whatever its round trip"""
-LINK_BOUND_BYTES = 2 << 20
-"""an upload carrying more than this per round trip is held back by its flow-control window, not its link"""
+"""an upload faster than this (240 Mbit/s) is not taken to be held back by its hospital's link"""
+GROWING = 1.25
+"""an upload whose rate rose by more than this factor over its last probe is still widening its window"""
 PROBE_S = 0.25
 """how long an upload's rate is measured over before it counts for further admissions"""
 
@@ -50,6 +48,8 @@ class Admission:
     """seconds from its admission to its first bytes: about one round trip to the hospital"""
     rate: float | None = None
     """bytes per second over its last measured ``probe_s``, None until then"""
+    previous_rate: float | None = None
+    """the rate measured the probe before"""
     mark: tuple[float, int] = (0.0, 0)
     """(time, received) when its rate was last measured, or when its first bytes came"""
 
@@ -58,10 +58,11 @@ class Admission:
             self.round_trip, self.mark = now - self.admitted_at, (now, 0)
         self.received += nbytes
 
-    def link_bound(self, slow_bps: float, link_bytes: float) -> bool:
-        if self.rate is None or self.round_trip is None:
+    def link_bound(self, slow_bps: float) -> bool:
+        """Slow and steady: held back by the hospital's link, not by its window or the coordinator."""
+        if self.rate is None or self.previous_rate is None:
             return False
-        return self.rate < slow_bps and self.rate * self.round_trip < link_bytes
+        return self.rate < slow_bps and self.rate <= GROWING * self.previous_rate
 
 
 class Intake:
@@ -73,20 +74,17 @@ class Intake:
         in_memory: int = IN_MEMORY_UPLOADS,
         *,
         slow_bps: float = SLOW_UPLOAD_BPS,
-        link_bytes: float = LINK_BOUND_BYTES,
         probe_s: float = PROBE_S,
         clock: Callable[[], float] = time.monotonic,
         links_are_slow: Callable[[list[Admission]], bool] | None = None,
     ) -> None:
         """``links_are_slow``: whether the uploads under way leave room for more (default: every one of them
-        is link-bound, by ``slow_bps`` and ``link_bytes``)."""
+        is link-bound by ``slow_bps``)."""
         if max_uploads < 1 or in_memory < 0:
             raise ValueError(f"max_uploads must be at least 1 and in_memory at least 0: {max_uploads}, {in_memory}")
         self.max_uploads, self.in_memory = max_uploads, in_memory
         self._probe_s, self._clock = probe_s, clock
-        self._links_are_slow = links_are_slow or (
-            lambda admitted: all(a.link_bound(slow_bps, link_bytes) for a in admitted)
-        )
+        self._links_are_slow = links_are_slow or (lambda admitted: all(a.link_bound(slow_bps) for a in admitted))
         self._admitted: list[Admission] = []
         self._extra_allowed = 0
         """extra admissions left from the last time every upload under way was measured slow"""
@@ -108,7 +106,7 @@ class Intake:
                 continue  # no byte yet
             since, received = a.mark
             if now - since >= self._probe_s and now > since:
-                a.rate = (a.received - received) / (now - since)
+                a.previous_rate, a.rate = a.rate, (a.received - received) / (now - since)
                 a.mark = (now, a.received)
 
     def admit(self, nbytes: int) -> Admission | None:
@@ -122,7 +120,7 @@ class Intake:
             if self._extra_allowed == 0:
                 if not self._links_are_slow(self._admitted):
                     return None  # the window or the coordinator sets the pace: another would only wait in memory
-                self._extra_allowed = self.receiving  # all slow: as many again
+                self._extra_allowed = 3 * self.receiving  # all link-bound: up to three times as many again
             self._extra_allowed -= 1
         admission = Admission(in_memory, nbytes, now)
         self._admitted.append(admission)
