@@ -43,6 +43,8 @@ from medfed.server.uploads import ReceiptIssuer, Uploads
 log = logging.getLogger("medfed.server")
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
+MEMORY_FLOOR = 300_000_000
+"""the coordinator's memory bound is MEMORY_FLOOR + 4 x the model; extra uploads stop at 3 x (server/intake.py)"""
 T = TypeVar("T")
 
 
@@ -309,6 +311,7 @@ class Coordinator(Uploads, SecureStages):
         ``enough``, closes as soon as that many have arrived (the others' updates are then refused)."""
         with self._cond:
             self._round = OpenRound(task, set(selected), accumulator, min_fit, enough)
+            self.intake.memory_budget = MEMORY_FLOOR + 3 * task.payload.layout.total_bytes
             self._cond.notify_all()
 
     def add_to_round(self, names: list[str]) -> None:

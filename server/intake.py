@@ -17,6 +17,12 @@ memory: measured, ten hospitals 50 ms away with 16 uploads admitted at once took
 661 MB, with two to 409 MB. Rates are measured over ``probe_s`` from an upload's first bytes, and an
 upload measured fewer than twice holds further admissions back; when every upload under way is
 link-bound, up to three times as many again may be admitted (two, then eight, then up to the cap).
+
+And whatever the rates say, no upload beyond the in-memory ones is admitted while the coordinator's
+resident memory is at ``memory_budget`` or more (the coordinator sets it to 300 MB + 3 x the model: its
+bound of 300 MB + 4 x the model, less a model's room for the windows of what is admitted): on a
+machine whose CPU the hospitals share, as in this project's benchmarks, a starved coordinator reads
+its uploads slowly and steadily, which looks like slow links, and its memory is what then tells.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from medfed.server.memory import rss_bytes
+
 IN_MEMORY_UPLOADS = 2
 """uploads received into memory at once (each holds one update until it is folded)"""
-SLOW_UPLOAD_BPS = 30e6
-"""an upload faster than this (240 Mbit/s) is not taken to be held back by its hospital's link"""
+SLOW_UPLOAD_BPS = 20e6
+"""an upload faster than this (160 Mbit/s) is not taken to be held back by its hospital's link"""
 GROWING = 1.25
 """an upload whose rate rose by more than this factor over its last probe is still widening its window"""
 PROBE_S = 0.25
@@ -77,13 +85,16 @@ class Intake:
         probe_s: float = PROBE_S,
         clock: Callable[[], float] = time.monotonic,
         links_are_slow: Callable[[list[Admission]], bool] | None = None,
+        memory_now: Callable[[], int | None] = rss_bytes,
     ) -> None:
         """``links_are_slow``: whether the uploads under way leave room for more (default: every one of them
         is link-bound by ``slow_bps``)."""
         if max_uploads < 1 or in_memory < 0:
             raise ValueError(f"max_uploads must be at least 1 and in_memory at least 0: {max_uploads}, {in_memory}")
         self.max_uploads, self.in_memory = max_uploads, in_memory
-        self._probe_s, self._clock = probe_s, clock
+        self._probe_s, self._clock, self._memory_now = probe_s, clock, memory_now
+        self.memory_budget: int | None = None
+        """resident bytes at which no upload beyond the in-memory ones is admitted (None: no limit)"""
         self._links_are_slow = links_are_slow or (lambda admitted: all(a.link_bound(slow_bps) for a in admitted))
         self._admitted: list[Admission] = []
         self._extra_allowed = 0
@@ -117,6 +128,8 @@ class Intake:
             return None
         in_memory = sum(a.in_memory for a in self._admitted) < self.in_memory
         if not in_memory:
+            if self.memory_budget is not None and (self._memory_now() or 0) >= self.memory_budget:
+                return None
             if self._extra_allowed == 0:
                 if not self._links_are_slow(self._admitted):
                     return None  # the window or the coordinator sets the pace: another would only wait in memory

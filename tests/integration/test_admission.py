@@ -110,7 +110,9 @@ def test_however_many_hospitals_upload_at_once_two_updates_at_most_are_held_in_m
     hospitals = [f"hospital_{i}" for i in range(8)]
     model = {"w": np.zeros(250_000, dtype=np.float32), "n": np.array(1)}
     coordinator = Coordinator(
-        data_info=INFO, intake=Intake(len(hospitals), links_are_slow=lambda admitted: True), spool_dir=tmp_path
+        data_info=INFO,
+        intake=Intake(len(hospitals), links_are_slow=lambda admitted: True, memory_now=lambda: 0),
+        spool_dir=tmp_path,
     )
     sessions = {name: coordinator.join(name, 10, INFO) for name in hospitals}
     task = Task(1, 1, TrainSettings(1, 1e-3, 8, 0), ModelSpec("cnn", 1, 2), encode(model))
