@@ -44,7 +44,7 @@ log = logging.getLogger("medfed.server")
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
 MEMORY_FLOOR = 300_000_000
-"""the coordinator's memory bound is MEMORY_FLOOR + 4 x the model; extra uploads stop at 3 x (server/intake.py)"""
+"""the coordinator's memory bound is MEMORY_FLOOR + 4 x the model; extra uploads stop at 2 x (server/intake.py)"""
 T = TypeVar("T")
 
 
@@ -311,7 +311,7 @@ class Coordinator(Uploads, SecureStages):
         ``enough``, closes as soon as that many have arrived (the others' updates are then refused)."""
         with self._cond:
             self._round = OpenRound(task, set(selected), accumulator, min_fit, enough)
-            self.intake.memory_budget = MEMORY_FLOOR + 3 * task.payload.layout.total_bytes
+            self.intake.memory_budget = MEMORY_FLOOR + 2 * task.payload.layout.total_bytes
             self._cond.notify_all()
 
     def add_to_round(self, names: list[str]) -> None:

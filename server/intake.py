@@ -19,8 +19,8 @@ upload measured fewer than twice holds further admissions back; when every uploa
 link-bound, up to three times as many again may be admitted (two, then eight, then up to the cap).
 
 And whatever the rates say, no upload beyond the in-memory ones is admitted while the coordinator's
-resident memory is at ``memory_budget`` or more (the coordinator sets it to 300 MB + 3 x the model: its
-bound of 300 MB + 4 x the model, less a model's room for the windows of what is admitted): on a
+resident memory is at ``memory_budget`` or more (the coordinator sets it to 300 MB + 2 x the model: its
+bound of 300 MB + 4 x the model, less room for the windows of what is admitted): on a
 machine whose CPU the hospitals share, as in this project's benchmarks, a starved coordinator reads
 its uploads slowly and steadily, which looks like slow links, and its memory is what then tells.
 """
