@@ -44,8 +44,8 @@ def main() -> None:
             label(r["link"]), r["encoding"], str(r["hospitals"]), f"{r['median_s']:.2f}",
             f"{other['median_s']:.2f}" if other else "-", f"{floor:.2f}" if floor else "-",
             f"{r['median_s'] / floor:.2f}x" if floor else "-",
-            f"{r['median_s'] / loopback[r['hospitals']]:.2f}x" if r["hospitals"] in loopback else "-",
-            f"{r['median_s'] / fifty[r['hospitals']]:.2f}x" if r["hospitals"] in fifty else "-",
+            f"{r['median_s'] / loopback[r['hospitals']]:.2f}x" if r["hospitals"] in loopback and not floor else "-",
+            f"{r['median_s'] / fifty[r['hospitals']]:.2f}x" if r["hospitals"] in fifty and not floor else "-",
             f"{r['coordinator_peak_rss_mb']:.0f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

@@ -28,6 +28,7 @@ from medfed.server.errors import CoordinatorError, NotFound, PermissionDenied, R
 from medfed.server.intake import Intake
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
+from medfed.server.memory import rss_bytes
 from medfed.server.rounds import (
     Finished,
     Instruction,
@@ -81,6 +82,12 @@ class Coordinator(Uploads, SecureStages):
         self.monitor = monitor or Monitor()
         """the live view (server/live/): told what happens here, read by the dashboard"""
         self._receipts = receipts
+
+    def memory_room(self) -> bool:
+        """Whether the coordinator's resident memory leaves room for one more transfer beyond the few it
+        always allows (below 300 MB + 2 x the model; always before the first round)."""
+        budget = self.intake.memory_budget
+        return budget is None or (rss_bytes() or 0) < budget
 
     # ----- membership ------------------------------------------------------------------------
 

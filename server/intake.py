@@ -44,33 +44,47 @@ PROBE_S = 0.25
 
 
 @dataclass(eq=False)
-class Admission:
-    """One admitted upload: where it is received, and how much of it has arrived."""
+class Flow:
+    """One transfer's bytes over time: enough to tell whether its hospital's link holds it back."""
 
-    in_memory: bool
-    nbytes: int
-    admitted_at: float
-    received: int = field(default=0)
-    """bytes received so far (the receiving thread adds to them with ``arrived``)"""
+    started_at: float
+    moved: int = field(default=0)
+    """bytes moved so far (the transferring thread adds to them with ``arrived``)"""
     round_trip: float | None = None
-    """seconds from its admission to its first bytes: about one round trip to the hospital"""
+    """seconds from its start to its first bytes: about one round trip to the hospital"""
     rate: float | None = None
     """bytes per second over its last measured ``probe_s``, None until then"""
     previous_rate: float | None = None
     """the rate measured the probe before"""
     mark: tuple[float, int] = (0.0, 0)
-    """(time, received) when its rate was last measured, or when its first bytes came"""
+    """(time, moved) when its rate was last measured, or when its first bytes came"""
 
     def arrived(self, nbytes: int, now: float) -> None:
         if self.round_trip is None:
-            self.round_trip, self.mark = now - self.admitted_at, (now, 0)
-        self.received += nbytes
+            self.round_trip, self.mark = now - self.started_at, (now, 0)
+        self.moved += nbytes
+
+    def measure(self, now: float, probe_s: float) -> None:
+        if self.round_trip is None:
+            return  # no byte yet
+        since, moved = self.mark
+        if now - since >= probe_s and now > since:
+            self.previous_rate, self.rate = self.rate, (self.moved - moved) / (now - since)
+            self.mark = (now, self.moved)
 
     def link_bound(self, slow_bps: float) -> bool:
         """Slow and steady: held back by the hospital's link, not by its window or the coordinator."""
         if self.rate is None or self.previous_rate is None:
             return False
         return self.rate < slow_bps and self.rate <= GROWING * self.previous_rate
+
+
+@dataclass(eq=False)
+class Admission(Flow):
+    """One admitted upload: where it is received, and how much of it has arrived."""
+
+    in_memory: bool = True
+    nbytes: int = 0
 
 
 class Intake:
@@ -113,12 +127,7 @@ class Intake:
 
     def _measure(self, now: float) -> None:
         for a in self._admitted:
-            if a.round_trip is None:
-                continue  # no byte yet
-            since, received = a.mark
-            if now - since >= self._probe_s and now > since:
-                a.previous_rate, a.rate = a.rate, (a.received - received) / (now - since)
-                a.mark = (now, a.received)
+            a.measure(now, self._probe_s)
 
     def admit(self, nbytes: int) -> Admission | None:
         """An admission for an upload of ``nbytes``, or None: wait (``retry_in``) and ask again."""
@@ -129,13 +138,13 @@ class Intake:
         in_memory = sum(a.in_memory for a in self._admitted) < self.in_memory
         if not in_memory:
             if self.memory_budget is not None and (self._memory_now() or 0) >= self.memory_budget:
-                return None
+                return None  # no room: memory is what the extra uploads' windows would take
             if self._extra_allowed == 0:
                 if not self._links_are_slow(self._admitted):
                     return None  # the window or the coordinator sets the pace: another would only wait in memory
                 self._extra_allowed = 3 * self.receiving  # all link-bound: up to three times as many again
             self._extra_allowed -= 1
-        admission = Admission(in_memory, nbytes, now)
+        admission = Admission(now, in_memory=in_memory, nbytes=nbytes)
         self._admitted.append(admission)
         if in_memory:
             self.memory_bytes += nbytes

@@ -110,7 +110,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._poll_timeout = poll_timeout
         self._auth = authenticator
         self._upload_timeout = upload_timeout
-        self.send_slots = SendSlots(max_sending)
+        self.send_slots = SendSlots(max_sending, room=coordinator.memory_room)
         self.watch = TransferWatch(stall_timeout)
         self._refusals = RefusalLog(log)
 
@@ -187,6 +187,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                         self._refuse(context, "download", closed, name)
                     ticket.progress()
                     yield message
+                    slot.sent(len(message.chunk.data))
                 sent = True
         finally:
             if sent:

@@ -1,11 +1,14 @@
 """Bounds on the coordinator's model transfers, so that no hospital can stall the others.
 
-Send slots: at most ``limit`` hospitals are streamed the model at once (each stream holds a chunk or
-two plus whatever the receiver's flow-control window lets gRPC queue, which would otherwise add up over
-all hospitals), and each hospital holds at most one of them: a newer stream of the same hospital (a
-retry after a cut connection, or a hostile hospital opening many) takes over its slot and the older
-stream is cancelled. Without that, one hospital that opened several streams and never read them held
-every slot, and no other hospital could fetch the model.
+Send slots: ``base`` hospitals are streamed the model at once, and up to ``limit`` while every stream
+under way is held back by its hospital's link (slow and steady, as server/intake.py tells uploads) and
+``room()`` says the coordinator's memory allows: each stream holds a chunk or two plus whatever the
+receiver's flow-control window lets gRPC queue, which adds up over many fast hospitals (50 of them on
+loopback took the coordinator from 366 to 545 MB with 16 at once), while ten hospitals on 100 Mbit/s
+links left waiting by four slots would spend a round's download each idle. Each hospital holds at most
+one slot: a newer stream of the same hospital (a retry after a cut connection, or a hostile hospital
+opening many) takes over its slot and the older stream is cancelled. Without that, one hospital that
+opened several streams and never read them held every slot, and no other hospital could fetch the model.
 
 Stall watch: a transfer that makes no progress for ``stall_timeout`` seconds (a hospital that stops
 reading the model, or stops sending its update) or outlives its deadline is cancelled, which frees its
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from medfed.server.intake import PROBE_S, SLOW_UPLOAD_BPS, Flow
+
 log = logging.getLogger("medfed.server")
 
 WAIT_STEP_S = 1.0
@@ -31,6 +36,7 @@ WAIT_STEP_S = 1.0
 @dataclass(eq=False)
 class _Holder:
     cancel: Callable[[], object]
+    flow: Flow
 
 
 class SendSlot:
@@ -38,6 +44,10 @@ class SendSlot:
 
     def __init__(self, slots: SendSlots, hospital: str, holder: _Holder) -> None:
         self._slots, self._hospital, self._holder = slots, hospital, holder
+
+    def sent(self, nbytes: int) -> None:
+        """``nbytes`` more went out on this stream."""
+        self._holder.flow.arrived(nbytes, self._slots.clock())
 
     def release(self) -> None:
         self._slots._release(self._hospital, self._holder)
@@ -49,11 +59,26 @@ class SendSlot:
         self.release()
 
 
+BASE_SENDING = 4
+"""streams sent at once whatever the links"""
+
+
 class SendSlots:
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        base: int = BASE_SENDING,
+        *,
+        room: Callable[[], bool] = lambda: True,
+        slow_bps: float = SLOW_UPLOAD_BPS,
+        probe_s: float = PROBE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if limit < 1:
             raise ValueError(f"the send slot limit must be at least 1, got {limit}")
-        self._limit = limit
+        self._limit, self._base = limit, min(base, limit)
+        self._room, self._slow_bps, self._probe_s, self.clock = room, slow_bps, probe_s, clock
+        self._extra_allowed = 0
         self._cond = threading.Condition()
         self._holders: dict[str, _Holder] = {}
         self._newest: dict[str, _Holder] = {}
@@ -63,7 +88,7 @@ class SendSlots:
         """A slot for ``hospital``'s new stream, taken over from its older stream if it holds one; None
         when ``keep_waiting`` turned false (the caller hung up, the run ended) or a newer stream of the
         same hospital asked meanwhile."""
-        mine = _Holder(cancel)
+        mine = _Holder(cancel, Flow(self.clock()))
         displaced: _Holder | None = None
         with self._cond:
             self._newest[hospital] = mine
@@ -75,15 +100,30 @@ class SendSlots:
                 if hospital in self._holders:  # its older stream: cancelled, the slot passes on
                     displaced = self._holders[hospital]
                     break
-                if len(self._holders) < self._limit:
+                if len(self._holders) < self._base or self._one_more():
                     break
-                self._cond.wait(WAIT_STEP_S)
+                self._cond.wait(self._probe_s if len(self._holders) < self._limit else WAIT_STEP_S)
+            mine.flow.started_at = self.clock()
             self._holders[hospital] = mine
             del self._newest[hospital]
         if displaced is not None:
             log.info("%s asked for the model again: its earlier download is cancelled", hospital)
             displaced.cancel()  # outside the lock: gRPC may run callbacks
         return SendSlot(self, hospital, mine)
+
+    def _one_more(self) -> bool:
+        """Caller holds the condition: may a stream beyond ``base`` start now?"""
+        if len(self._holders) >= self._limit:
+            return False
+        now = self.clock()
+        for holder in self._holders.values():
+            holder.flow.measure(now, self._probe_s)
+        if self._extra_allowed == 0:
+            if not all(h.flow.link_bound(self._slow_bps) for h in self._holders.values()) or not self._room():
+                return False
+            self._extra_allowed = 3 * len(self._holders)  # all link-bound: up to three times as many again
+        self._extra_allowed -= 1
+        return True
 
     def _release(self, hospital: str, holder: _Holder) -> None:
         with self._cond:
