@@ -153,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent-uploads",
         type=int,
-        help="updates received at once, each at its hospital's pace (the others wait, having sent only their "
-        "header); the first two are held in memory, the rest written to OUT/receiving/ as they arrive "
-        f"(default {d('max_concurrent_uploads')})",
+        help="updates received at once at most, each at its hospital's pace (the others wait, having sent only "
+        "their header): two into memory, more while every upload under way is held back by its link and memory "
+        f"allows, written to OUT/receiving/ (default {d('max_concurrent_uploads')})",
     )
     p.add_argument(
         "--stall-timeout",
@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent-downloads",
         type=int,
-        help="hospitals sent the model at once; each costs up to its link's flow-control window in send "
-        f"buffers, the others wait (default {d('max_concurrent_downloads')})",
+        help="hospitals sent the model at once at most: four, more while every download under way is held back "
+        f"by its link and memory allows; the others wait (default {d('max_concurrent_downloads')})",
     )
     p.add_argument("--insecure", action="store_true", help="run without TLS (plaintext, hospitals not authenticated)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts)")

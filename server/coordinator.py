@@ -28,7 +28,6 @@ from medfed.server.errors import CoordinatorError, NotFound, PermissionDenied, R
 from medfed.server.intake import Intake
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
-from medfed.server.memory import rss_bytes
 from medfed.server.rounds import (
     Finished,
     Instruction,
@@ -45,7 +44,8 @@ log = logging.getLogger("medfed.server")
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
 MEMORY_FLOOR = 300_000_000
-"""the coordinator's memory bound is MEMORY_FLOOR + 4 x the model; extra uploads stop at 2 x (server/intake.py)"""
+"""the coordinator's memory bound is MEMORY_FLOOR + 4 x the model (streams beyond the few it always allows
+stay within it: server/intake.py)"""
 T = TypeVar("T")
 
 
@@ -82,12 +82,6 @@ class Coordinator(Uploads, SecureStages):
         self.monitor = monitor or Monitor()
         """the live view (server/live/): told what happens here, read by the dashboard"""
         self._receipts = receipts
-
-    def memory_room(self) -> bool:
-        """Whether the coordinator's resident memory leaves room for one more transfer beyond the few it
-        always allows (below 300 MB + 2 x the model; always before the first round)."""
-        budget = self.intake.memory_budget
-        return budget is None or (rss_bytes() or 0) < budget
 
     # ----- membership ------------------------------------------------------------------------
 
@@ -318,7 +312,7 @@ class Coordinator(Uploads, SecureStages):
         ``enough``, closes as soon as that many have arrived (the others' updates are then refused)."""
         with self._cond:
             self._round = OpenRound(task, set(selected), accumulator, min_fit, enough)
-            self.intake.memory_budget = MEMORY_FLOOR + 2 * task.payload.layout.total_bytes
+            self.intake.headroom.bound = MEMORY_FLOOR + 4 * task.payload.layout.total_bytes
             self._cond.notify_all()
 
     def add_to_round(self, names: list[str]) -> None:

@@ -18,15 +18,17 @@ memory: measured, ten hospitals 50 ms away with 16 uploads admitted at once took
 upload measured fewer than twice holds further admissions back; when every upload under way is
 link-bound, up to three times as many again may be admitted (two, then eight, then up to the cap).
 
-And whatever the rates say, no upload beyond the in-memory ones is admitted while the coordinator's
-resident memory is at ``memory_budget`` or more (the coordinator sets it to 300 MB + 2 x the model: its
-bound of 300 MB + 4 x the model, less room for the windows of what is admitted): on a
-machine whose CPU the hospitals share, as in this project's benchmarks, a starved coordinator reads
-its uploads slowly and steadily, which looks like slow links, and its memory is what then tells.
+And whatever the rates say, a stream beyond the ones always allowed (uploads here, downloads in
+server/transfers.py) is let in only if the coordinator's resident memory plus ``EXTRA_ALLOWANCE`` for it
+and for each such stream already under way stays below its bound of 300 MB + 4 x the model
+(``Headroom``): on a machine whose CPU the hospitals share, as in this project's benchmarks, a starved
+coordinator reads its streams slowly and steadily, which looks like slow links, and each stream then
+holds up to its flow-control window (4 MiB at least) in its memory.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,10 +39,36 @@ IN_MEMORY_UPLOADS = 2
 """uploads received into memory at once (each holds one update until it is folded)"""
 SLOW_UPLOAD_BPS = 20e6
 """an upload faster than this (160 Mbit/s) is not taken to be held back by its hospital's link"""
+EXTRA_ALLOWANCE = 8 << 20
+"""memory set aside for each stream beyond the ones always allowed: gRPC's least window (4 MiB), doubled"""
 GROWING = 1.25
 """an upload whose rate rose by more than this factor over its last probe is still widening its window"""
 PROBE_S = 0.25
 """how long an upload's rate is measured over before it counts for further admissions"""
+
+
+class Headroom:
+    """The coordinator's memory left for streams beyond the ones it always allows, uploads and downloads
+    together. Thread-safe."""
+
+    def __init__(self, resident: Callable[[], int | None] = rss_bytes, allowance: int = EXTRA_ALLOWANCE) -> None:
+        self._resident, self._allowance = resident, allowance
+        self._lock = threading.Lock()
+        self.bound: int | None = None
+        """resident bytes the coordinator must stay under (None: no limit, before the first round)"""
+        self.extras = 0
+
+    def take(self) -> bool:
+        """Room for one more extra stream? If so it counts from now until ``give_back``."""
+        with self._lock:
+            if self.bound is not None and (self._resident() or 0) + (self.extras + 1) * self._allowance >= self.bound:
+                return False
+            self.extras += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.extras -= 1
 
 
 @dataclass(eq=False)
@@ -99,16 +127,15 @@ class Intake:
         probe_s: float = PROBE_S,
         clock: Callable[[], float] = time.monotonic,
         links_are_slow: Callable[[list[Admission]], bool] | None = None,
-        memory_now: Callable[[], int | None] = rss_bytes,
+        headroom: Headroom | None = None,
     ) -> None:
         """``links_are_slow``: whether the uploads under way leave room for more (default: every one of them
         is link-bound by ``slow_bps``)."""
         if max_uploads < 1 or in_memory < 0:
             raise ValueError(f"max_uploads must be at least 1 and in_memory at least 0: {max_uploads}, {in_memory}")
         self.max_uploads, self.in_memory = max_uploads, in_memory
-        self._probe_s, self._clock, self._memory_now = probe_s, clock, memory_now
-        self.memory_budget: int | None = None
-        """resident bytes at which no upload beyond the in-memory ones is admitted (None: no limit)"""
+        self._probe_s, self._clock = probe_s, clock
+        self.headroom = headroom or Headroom()
         self._links_are_slow = links_are_slow or (lambda admitted: all(a.link_bound(slow_bps) for a in admitted))
         self._admitted: list[Admission] = []
         self._extra_allowed = 0
@@ -137,12 +164,12 @@ class Intake:
             return None
         in_memory = sum(a.in_memory for a in self._admitted) < self.in_memory
         if not in_memory:
-            if self.memory_budget is not None and (self._memory_now() or 0) >= self.memory_budget:
-                return None  # no room: memory is what the extra uploads' windows would take
             if self._extra_allowed == 0:
                 if not self._links_are_slow(self._admitted):
                     return None  # the window or the coordinator sets the pace: another would only wait in memory
                 self._extra_allowed = 3 * self.receiving  # all link-bound: up to three times as many again
+            if not self.headroom.take():
+                return None  # no room: memory is what the extra uploads' windows would take
             self._extra_allowed -= 1
         admission = Admission(now, in_memory=in_memory, nbytes=nbytes)
         self._admitted.append(admission)
@@ -159,3 +186,5 @@ class Intake:
         self._admitted.remove(admission)
         if admission.in_memory:
             self.memory_bytes -= admission.nbytes
+        else:
+            self.headroom.give_back()

@@ -110,7 +110,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._poll_timeout = poll_timeout
         self._auth = authenticator
         self._upload_timeout = upload_timeout
-        self.send_slots = SendSlots(max_sending, room=coordinator.memory_room)
+        self.send_slots = SendSlots(max_sending, headroom=coordinator.intake.headroom)
         self.watch = TransferWatch(stall_timeout)
         self._refusals = RefusalLog(log)
 

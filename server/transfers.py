@@ -2,7 +2,7 @@
 
 Send slots: ``base`` hospitals are streamed the model at once, and up to ``limit`` while every stream
 under way is held back by its hospital's link (slow and steady, as server/intake.py tells uploads) and
-``room()`` says the coordinator's memory allows: each stream holds a chunk or two plus whatever the
+``headroom`` (server/intake.py) says the coordinator's memory allows: each stream holds a chunk or two plus whatever the
 receiver's flow-control window lets gRPC queue, which adds up over many fast hospitals (50 of them on
 loopback took the coordinator from 366 to 545 MB with 16 at once), while ten hospitals on 100 Mbit/s
 links left waiting by four slots would spend a round's download each idle. Each hospital holds at most
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from medfed.server.intake import PROBE_S, SLOW_UPLOAD_BPS, Flow
+from medfed.server.intake import PROBE_S, SLOW_UPLOAD_BPS, Flow, Headroom
 
 log = logging.getLogger("medfed.server")
 
@@ -37,6 +37,8 @@ WAIT_STEP_S = 1.0
 class _Holder:
     cancel: Callable[[], object]
     flow: Flow
+    extra: bool = False
+    """one beyond ``base``: counted in the headroom"""
 
 
 class SendSlot:
@@ -69,7 +71,7 @@ class SendSlots:
         limit: int,
         base: int = BASE_SENDING,
         *,
-        room: Callable[[], bool] = lambda: True,
+        headroom: Headroom | None = None,
         slow_bps: float = SLOW_UPLOAD_BPS,
         probe_s: float = PROBE_S,
         clock: Callable[[], float] = time.monotonic,
@@ -77,7 +79,8 @@ class SendSlots:
         if limit < 1:
             raise ValueError(f"the send slot limit must be at least 1, got {limit}")
         self._limit, self._base = limit, min(base, limit)
-        self._room, self._slow_bps, self._probe_s, self.clock = room, slow_bps, probe_s, clock
+        self._headroom = headroom or Headroom(lambda: 0)
+        self._slow_bps, self._probe_s, self.clock = slow_bps, probe_s, clock
         self._extra_allowed = 0
         self._cond = threading.Condition()
         self._holders: dict[str, _Holder] = {}
@@ -100,7 +103,10 @@ class SendSlots:
                 if hospital in self._holders:  # its older stream: cancelled, the slot passes on
                     displaced = self._holders[hospital]
                     break
-                if len(self._holders) < self._base or self._one_more():
+                if len(self._holders) < self._base:
+                    break
+                if self._one_more():
+                    mine.extra = True
                     break
                 self._cond.wait(self._probe_s if len(self._holders) < self._limit else WAIT_STEP_S)
             mine.flow.started_at = self.clock()
@@ -119,9 +125,11 @@ class SendSlots:
         for holder in self._holders.values():
             holder.flow.measure(now, self._probe_s)
         if self._extra_allowed == 0:
-            if not all(h.flow.link_bound(self._slow_bps) for h in self._holders.values()) or not self._room():
+            if not all(h.flow.link_bound(self._slow_bps) for h in self._holders.values()):
                 return False
             self._extra_allowed = 3 * len(self._holders)  # all link-bound: up to three times as many again
+        if not self._headroom.take():
+            return False
         self._extra_allowed -= 1
         return True
 
@@ -129,6 +137,8 @@ class SendSlots:
         with self._cond:
             if self._holders.get(hospital) is holder:
                 del self._holders[hospital]
+                if holder.extra:
+                    self._headroom.give_back()
                 self._cond.notify_all()
 
     def wake(self) -> None:

@@ -23,7 +23,7 @@ from medfed.common.wire.stream import update_messages
 from medfed.proto.v1 import federation_pb2 as pb
 from medfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from medfed.server.coordinator import Coordinator
-from medfed.server.intake import Intake
+from medfed.server.intake import Headroom, Intake
 from medfed.server.rounds import Task
 from medfed.server.servicer import create_server
 from medfed.server.strategy.fedavg import FedAvg
@@ -111,7 +111,7 @@ def test_however_many_hospitals_upload_at_once_two_updates_at_most_are_held_in_m
     model = {"w": np.zeros(250_000, dtype=np.float32), "n": np.array(1)}
     coordinator = Coordinator(
         data_info=INFO,
-        intake=Intake(len(hospitals), links_are_slow=lambda admitted: True, memory_now=lambda: 0),
+        intake=Intake(len(hospitals), links_are_slow=lambda admitted: True, headroom=Headroom(lambda: 0)),
         spool_dir=tmp_path,
     )
     sessions = {name: coordinator.join(name, 10, INFO) for name in hospitals}

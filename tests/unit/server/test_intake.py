@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from medfed.server.intake import Admission, Intake
+from medfed.server.intake import Admission, Headroom, Intake
 
 MB = 1_000_000
 
@@ -21,7 +21,7 @@ class Clock:
 def intake(clock: Clock, max_uploads: int = 16, rss: list[int] | None = None) -> Intake:
     resident = rss if rss is not None else [0]
     return Intake(max_uploads, in_memory=2, slow_bps=30 * MB, probe_s=0.25, clock=clock,
-                  memory_now=lambda: resident[0])  # fmt: skip
+                  headroom=Headroom(lambda: resident[0]))  # fmt: skip
 
 
 def stream(admissions: list[Admission | None], clock: Clock, rate: float, seconds: float = 0.25,
@@ -85,18 +85,21 @@ def test_uploads_at_the_coordinators_pace_or_widening_their_windows_keep_the_oth
     assert gate.receiving == 2 and gate.retry_in() == pytest.approx(0.25)
 
 
-def test_no_upload_beyond_the_in_memory_ones_while_the_coordinators_memory_is_at_its_budget() -> None:
+def test_no_upload_beyond_the_in_memory_ones_without_room_for_its_window_under_the_memory_bound() -> None:
     clock, rss = Clock(), [400 * MB]
     gate = intake(clock, rss=rss)
-    gate.memory_budget = 435 * MB
+    gate.headroom.bound = 479 * MB  # 300 MB + 4 x ResNet-18
     admitted = [gate.admit(45 * MB), gate.admit(45 * MB)]
     stream(admitted, clock, 12.5 * MB)
     assert gate.admit(45 * MB) is None  # measured once
     stream(admitted, clock, 12.5 * MB)  # twice, slow and steady: link-bound
-    rss[0] = 440 * MB  # but a starved coordinator's buffers already hold its memory near the bound
+    rss[0] = 475 * MB  # but a starved coordinator's buffers already hold its memory near the bound
     assert gate.admit(45 * MB) is None
     rss[0] = 420 * MB
-    assert gate.admit(45 * MB) is not None
+    extra = gate.admit(45 * MB)
+    assert extra is not None and gate.headroom.extras == 1
+    gate.release(extra)
+    assert gate.headroom.extras == 0
 
 
 def test_never_more_than_the_cap_and_then_wait_for_a_release() -> None:
