@@ -17,6 +17,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +71,7 @@ class Coordinator(Uploads, SecureStages):
         system's temporary folder); ``receipts``: what signs a receipt for each accepted update (none: no
         receipts)."""
         self.intake = intake or Intake(max_receiving, clock=clock)
+        self._upload_line = deque()
         self.spool_dir = spool_dir or Path(tempfile.gettempdir()) / "medfed-uploads"
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()

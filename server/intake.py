@@ -21,9 +21,11 @@ link-bound, up to three times as many again may be admitted (two, then eight, th
 And whatever the rates say, a stream beyond the ones always allowed (uploads here, downloads in
 server/transfers.py) is let in only if the coordinator's resident memory plus ``EXTRA_ALLOWANCE`` for it
 and for each such stream already under way stays below its bound of 300 MB + 4 x the model
-(``Headroom``): on a machine whose CPU the hospitals share, as in this project's benchmarks, a starved
-coordinator reads its streams slowly and steadily, which looks like slow links, and each stream then
-holds up to its flow-control window (4 MiB at least) in its memory.
+(``Headroom``), and only while the coordinator's own threads are not kept waiting for a CPU (over the
+last ``probe_s``, less than ``STARVED`` of a thread's time on a run queue, summed over its threads). A
+coordinator short of CPU, as on a machine whose cores fifty hospitals share in this project's
+benchmarks, reads its streams slowly and steadily, which looks like slow links; each further stream
+then only holds its flow-control window (4 MiB at least) in memory and takes CPU from the others.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from medfed.server.memory import rss_bytes
+from medfed.server.memory import rss_bytes, run_queue_wait_ns
 
 IN_MEMORY_UPLOADS = 2
 """uploads received into memory at once (each holds one update until it is folded)"""
 SLOW_UPLOAD_BPS = 20e6
 """an upload faster than this (160 Mbit/s) is not taken to be held back by its hospital's link"""
+STARVED = 0.25
+"""share of a thread's time its threads may together spend waiting for a CPU before it counts as short of CPU"""
 EXTRA_ALLOWANCE = 8 << 20
 """memory set aside for each stream beyond the ones always allowed: gRPC's least window (4 MiB), doubled"""
 GROWING = 1.25
@@ -51,17 +55,43 @@ class Headroom:
     """The coordinator's memory left for streams beyond the ones it always allows, uploads and downloads
     together. Thread-safe."""
 
-    def __init__(self, resident: Callable[[], int | None] = rss_bytes, allowance: int = EXTRA_ALLOWANCE) -> None:
-        self._resident, self._allowance = resident, allowance
+    def __init__(
+        self,
+        resident: Callable[[], int | None] = rss_bytes,
+        allowance: int = EXTRA_ALLOWANCE,
+        *,
+        waited: Callable[[], int | None] = run_queue_wait_ns,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resident, self._allowance, self._waited, self._clock = resident, allowance, waited, clock
         self._lock = threading.Lock()
+        self._cpu_mark: tuple[float, int] | None = None
+        self._starved = True
+        """until measured: a coordinator just woken by a crowd of hospitals may well be short of CPU"""
         self.bound: int | None = None
         """resident bytes the coordinator must stay under (None: no limit, before the first round)"""
         self.extras = 0
+
+    def short_of_cpu(self) -> bool:
+        """Caller holds the lock: did the process's threads wait for a CPU more than STARVED of the time
+        since the last look (at least PROBE_S ago)?"""
+        now = self._clock()
+        if self._cpu_mark is not None and now - self._cpu_mark[0] < PROBE_S:
+            return self._starved  # reading every thread's schedstat is not free: at most once a probe
+        if (waited := self._waited()) is None:
+            return False
+        if self._cpu_mark is not None:
+            since, before = self._cpu_mark
+            self._starved = (waited - before) / 1e9 > STARVED * (now - since)
+        self._cpu_mark = (now, waited)
+        return self._starved
 
     def take(self) -> bool:
         """Room for one more extra stream? If so it counts from now until ``give_back``."""
         with self._lock:
             if self.bound is not None and (self._resident() or 0) + (self.extras + 1) * self._allowance >= self.bound:
+                return False
+            if self.short_of_cpu():
                 return False
             self.extras += 1
             return True

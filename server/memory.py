@@ -55,3 +55,19 @@ def rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def run_queue_wait_ns() -> int | None:
+    """How long this process's threads have waited for a CPU, in all (nanoseconds, from each thread's
+    schedstat), None where /proc cannot tell: what says the coordinator itself is short of CPU."""
+    total = 0
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total

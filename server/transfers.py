@@ -21,6 +21,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -79,13 +80,16 @@ class SendSlots:
         if limit < 1:
             raise ValueError(f"the send slot limit must be at least 1, got {limit}")
         self._limit, self._base = limit, min(base, limit)
-        self._headroom = headroom or Headroom(lambda: 0)
+        self._headroom = headroom or Headroom(lambda: 0, waited=lambda: None)
         self._slow_bps, self._probe_s, self.clock = slow_bps, probe_s, clock
         self._extra_allowed = 0
         self._cond = threading.Condition()
         self._holders: dict[str, _Holder] = {}
         self._newest: dict[str, _Holder] = {}
         """the latest stream of each hospital that asked; an older one still waiting gives up"""
+        self._line: deque[_Holder] = deque()
+        """streams waiting for a slot, first come first served: only the first polls, since a hundred
+        hospitals each looking four times a second took the CPU the streams under way needed"""
 
     def acquire(self, hospital: str, cancel: Callable[[], object], keep_waiting: Callable[[], bool]) -> SendSlot | None:
         """A slot for ``hospital``'s new stream, taken over from its older stream if it holds one; None
@@ -95,20 +99,30 @@ class SendSlots:
         displaced: _Holder | None = None
         with self._cond:
             self._newest[hospital] = mine
-            while True:
-                if self._newest.get(hospital) is not mine or not keep_waiting():
-                    if self._newest.get(hospital) is mine:
-                        del self._newest[hospital]
-                    return None
-                if hospital in self._holders:  # its older stream: cancelled, the slot passes on
-                    displaced = self._holders[hospital]
-                    break
-                if len(self._holders) < self._base:
-                    break
-                if self._one_more():
-                    mine.extra = True
-                    break
-                self._cond.wait(self._probe_s if len(self._holders) < self._limit else WAIT_STEP_S)
+            self._line.append(mine)
+            try:
+                while True:
+                    if self._newest.get(hospital) is not mine or not keep_waiting():
+                        if self._newest.get(hospital) is mine:
+                            del self._newest[hospital]
+                        return None
+                    if hospital in self._holders:  # its older stream: cancelled, the slot passes on
+                        displaced = self._holders[hospital]
+                        break
+                    if self._line[0] is not mine:
+                        self._cond.wait(WAIT_STEP_S)  # only the first in line asks for a slot
+                        continue
+                    if len(self._holders) < self._base:
+                        break
+                    if self._one_more():
+                        mine.extra = True
+                        break
+                    self._cond.wait(self._probe_s if len(self._holders) < self._limit else WAIT_STEP_S)
+            finally:
+                first = self._line[0] is mine
+                self._line.remove(mine)
+                if first:
+                    self._cond.notify_all()  # the next in line asks now
             mine.flow.started_at = self.clock()
             self._holders[hospital] = mine
             del self._newest[hospital]

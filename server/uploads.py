@@ -18,6 +18,7 @@ one is answered with a signed receipt (server/audit_log.py).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -112,6 +113,8 @@ class Uploads:
     _fold_lock: threading.Lock
     _round: OpenRound | None
     intake: Intake
+    _upload_line: deque[object]
+    """uploads waiting for admission, first come first served"""
     spool_dir: Path
     _receipts: ReceiptIssuer | None
     federation_id: str
@@ -234,15 +237,27 @@ class Uploads:
             raise InvalidUpdate(str(exc)) from None
 
     def _receive_slot(self, current: OpenRound, nbytes: int) -> Admission:
-        """Wait until the intake admits the upload (server/intake.py); refuse if the round closes meanwhile
-        (nothing read in vain)."""
+        """Wait in line until the intake admits the upload (server/intake.py); refuse if the round closes
+        meanwhile (nothing read in vain). Only the first in line polls the intake: a hundred hospitals
+        each asking four times a second took the CPU the uploads under way needed."""
+        place = object()
         with self._cond:
-            while True:
-                if self._round is not current:
-                    raise Rejected(f"round {current.task.round} closed while the update waited to be received")
-                if (admission := self.intake.admit(nbytes)) is not None:
-                    return admission
-                self._cond.wait(self.intake.retry_in())
+            self._upload_line.append(place)
+            try:
+                while True:
+                    if self._round is not current:
+                        raise Rejected(f"round {current.task.round} closed while the update waited to be received")
+                    if self._upload_line[0] is not place:
+                        self._cond.wait()  # only the first in line asks the intake, however many wait
+                    elif (admission := self.intake.admit(nbytes)) is not None:
+                        return admission
+                    else:
+                        self._cond.wait(self.intake.retry_in())
+            finally:
+                first = self._upload_line[0] is place
+                self._upload_line.remove(place)
+                if first:
+                    self._cond.notify_all()  # the next in line asks now
 
     def _release(self, current: OpenRound, name: str, admission: Admission | None) -> None:
         """``admission``: the upload's, None when it was never admitted."""

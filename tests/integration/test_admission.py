@@ -111,7 +111,9 @@ def test_however_many_hospitals_upload_at_once_two_updates_at_most_are_held_in_m
     model = {"w": np.zeros(250_000, dtype=np.float32), "n": np.array(1)}
     coordinator = Coordinator(
         data_info=INFO,
-        intake=Intake(len(hospitals), links_are_slow=lambda admitted: True, headroom=Headroom(lambda: 0)),
+        intake=Intake(
+            len(hospitals), links_are_slow=lambda admitted: True, headroom=Headroom(lambda: 0, waited=lambda: None)
+        ),
         spool_dir=tmp_path,
     )
     sessions = {name: coordinator.join(name, 10, INFO) for name in hospitals}

@@ -1,6 +1,7 @@
 """The round state machine, driven directly: no network, no processes."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ from medfed.server.errors import (
     SessionReplaced,
     UnknownSession,
 )
+from medfed.server.intake import Intake
 from medfed.server.rounds import Finished, Task, Wait
 from medfed.server.strategy.fedavg import FedAvg
+from tests.helpers import wait_until
 
 INFO = DatasetInfo(dataset="d", channels=1, class_names=("a", "b"), image_size=(8, 8))
 GLOBAL = {"w": np.zeros(3, dtype=np.float32), "n": np.array(0)}
@@ -346,3 +349,36 @@ def test_a_newer_poll_of_the_same_hospital_ends_its_older_one(coordinator: Coord
 
     assert isinstance(newer, Wait) and len(older) == 1 and isinstance(older[0], Wait)
     assert "newer poll" in older[0].reason
+
+
+def test_of_the_uploads_waiting_for_admission_only_the_first_in_line_asks_and_all_get_in() -> None:
+    """A hundred waiting hospitals each asking the intake four times a second took the CPU the uploads
+    under way needed (bench/many_hospitals.py, 100 hospitals on loopback): the others wait to be woken."""
+    looks: dict[int, int] = {}  # the intake's clock reads by thread: one per ask
+
+    def clock() -> float:
+        looks[threading.get_ident()] = looks.get(threading.get_ident(), 0) + 1
+        return time.monotonic()
+
+    intake = Intake(8, in_memory=1, probe_s=0.001, clock=clock, links_are_slow=lambda admitted: False)
+    coordinator = Coordinator(data_info=INFO, intake=intake)
+    names = [f"hospital_{i}" for i in range(6)]
+    sessions = [coordinator.join(name, 10, INFO) for name in names]
+    open_round(coordinator, 1, names)
+
+    def upload(session: str, value: float) -> None:
+        with coordinator.begin_update(session, 1, 10, {}, layout_of(GLOBAL)) as pending:
+            pending.commit(update(value))
+
+    with coordinator.begin_update(sessions[0], 1, 10, {}, layout_of(GLOBAL)) as first:
+        waiters = [threading.Thread(target=upload, args=(s, float(i))) for i, s in enumerate(sessions[1:], 1)]
+        for waiter in waiters:
+            waiter.start()
+        wait_until(lambda: sum(looks.values()) >= 300, 30, lambda: f"{sum(looks.values())} asks")
+        askers = [ident for ident, n in looks.items() if ident != threading.get_ident()]
+        first.commit(update(0.0))
+    for waiter in waiters:
+        waiter.join(timeout=30)
+
+    assert len(askers) == 1, f"{len(askers)} waiting uploads asked the intake"
+    np.testing.assert_allclose(coordinator.close_round().accumulator.result()["w"], np.full(3, 2.5))

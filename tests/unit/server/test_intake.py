@@ -21,7 +21,7 @@ class Clock:
 def intake(clock: Clock, max_uploads: int = 16, rss: list[int] | None = None) -> Intake:
     resident = rss if rss is not None else [0]
     return Intake(max_uploads, in_memory=2, slow_bps=30 * MB, probe_s=0.25, clock=clock,
-                  headroom=Headroom(lambda: resident[0]))  # fmt: skip
+                  headroom=Headroom(lambda: resident[0], waited=lambda: None))  # fmt: skip
 
 
 def stream(admissions: list[Admission | None], clock: Clock, rate: float, seconds: float = 0.25,
@@ -116,3 +116,16 @@ def test_never_more_than_the_cap_and_then_wait_for_a_release() -> None:
 def test_an_impossible_intake_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Intake(0)
+
+
+def test_a_coordinator_whose_threads_wait_for_a_cpu_takes_no_extra_stream() -> None:
+    clock, waited = Clock(), [0]
+    headroom = Headroom(lambda: 0, waited=lambda: waited[0], clock=clock)
+    headroom.bound = 479 * MB
+    assert not headroom.take()  # nothing measured yet
+    clock.now += 1.0
+    waited[0] += int(0.6e9)  # its threads spent 0.6 s of the last second waiting on a run queue
+    assert not headroom.take()
+    clock.now += 1.0
+    waited[0] += int(0.05e9)  # then hardly any
+    assert headroom.take() and headroom.take() and headroom.extras == 2

@@ -1,8 +1,10 @@
 """Send slots (one per hospital, a bounded number in all) and the stall watch, driven directly."""
 
 import threading
+import time
 
 from medfed.server.transfers import SendSlots, TransferWatch
+from tests.helpers import wait_until
 
 
 class Cancelled:
@@ -102,3 +104,30 @@ def test_a_transfer_past_its_deadline_is_cancelled_even_while_it_moves() -> None
             watch.check()
 
     assert cancel.calls == 1
+
+
+def test_of_the_streams_waiting_for_a_slot_only_the_first_in_line_asks() -> None:
+    """A hundred waiting hospitals each asking four times a second took the CPU the streams under way
+    needed (bench/many_hospitals.py, 100 hospitals on loopback): the others wait to be woken."""
+    looks: dict[int, int] = {}  # clock reads by thread: one when a stream arrives, one more per ask
+
+    def clock() -> float:
+        looks[threading.get_ident()] = looks.get(threading.get_ident(), 0) + 1
+        return time.monotonic()
+
+    slots = SendSlots(16, base=1, probe_s=0.001, clock=clock)
+    held = slots.acquire("hospital_a", Cancelled(), lambda: True)
+    running = threading.Event()
+    running.set()
+    waiters = [
+        threading.Thread(target=slots.acquire, args=(f"hospital_{i}", Cancelled(), running.is_set)) for i in range(5)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    wait_until(lambda: sum(looks.values()) >= 300, 30, lambda: f"{sum(looks.values())} clock reads")
+    askers = [ident for ident, n in looks.items() if n > 1 and ident != threading.get_ident()]
+    running.clear()
+    slots.wake()
+    for waiter in waiters:
+        waiter.join(timeout=30)
+    assert held is not None and len(askers) == 1, f"{len(askers)} waiting streams asked for a slot"
