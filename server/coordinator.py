@@ -315,6 +315,7 @@ class Coordinator(Uploads, SecureStages):
         with self._cond:
             self._round = OpenRound(task, set(selected), accumulator, min_fit, enough)
             self.intake.headroom.bound = MEMORY_FLOOR + 4 * task.payload.layout.total_bytes
+            self.intake.model_bytes = task.payload.layout.total_bytes
             self._cond.notify_all()
 
     def add_to_round(self, names: list[str]) -> None:

@@ -2,7 +2,8 @@
 
 An upload holds a receive slot from its admission until it is folded; a hospital sends its bytes only once
 admitted (the Upload call's ``admitted`` reply), so a waiting hospital costs the coordinator its header
-and nothing more. The first ``in_memory`` admitted uploads are received into memory, which is fastest.
+and nothing more. Admitted uploads are received into memory, which is fastest, up to ``in_memory`` times
+the model's bytes at once (two lossless updates, or eight int8 ones).
 Further uploads are admitted, into files (server/spool.py), only while every upload under way is held
 back by its hospital's link: it comes in slower than ``slow_bps`` and no faster than it did the probe
 before. An upload whose rate still grows is held back by its flow-control window, which gRPC widens
@@ -22,10 +23,13 @@ And whatever the rates say, a stream beyond the ones always allowed (uploads her
 server/transfers.py) is let in only if the coordinator's resident memory plus ``EXTRA_ALLOWANCE`` for it
 and for each such stream already under way stays below its bound of 300 MB + 4 x the model
 (``Headroom``), and only while the coordinator's own threads are not kept waiting for a CPU (over the
-last ``probe_s``, less than ``STARVED`` of a thread's time on a run queue, summed over its threads). A
-coordinator short of CPU, as on a machine whose cores fifty hospitals share in this project's
-benchmarks, reads its streams slowly and steadily, which looks like slow links; each further stream
-then only holds its flow-control window (4 MiB at least) in memory and takes CPU from the others.
+last ``probe_s``, less than ``STARVED`` of a thread's time on a run queue, summed over its threads) and
+it uses less than ``BUSY`` of a core. A coordinator short of CPU, as on a machine whose cores fifty
+hospitals share in this project's benchmarks, or one whose Python threads keep its interpreter lock
+busy, reads its streams slowly and steadily, which looks like slow links; a further stream then takes
+CPU from the others, and gRPC, which receives at the link's rate into a window sized by the link (up
+to the whole update on a fast link), holds what the coordinator has not read yet in memory: measured,
+six such uploads of ResNet-18 50 ms away took the coordinator to 646 MB.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ SLOW_UPLOAD_BPS = 20e6
 """an upload faster than this (160 Mbit/s) is not taken to be held back by its hospital's link"""
 STARVED = 0.25
 """share of a thread's time its threads may together spend waiting for a CPU before it counts as short of CPU"""
+BUSY = 0.8
+"""share of one core the coordinator may use before it counts as short of CPU: its Python threads share
+one interpreter lock, so a coordinator near one core reads every stream more slowly as streams are added"""
+STALE = 4
+"""a CPU look older than this many probes measures nothing about now"""
 EXTRA_ALLOWANCE = 8 << 20
 """memory set aside for each stream beyond the ones always allowed: gRPC's least window (4 MiB), doubled"""
 GROWING = 1.25
@@ -61,37 +70,46 @@ class Headroom:
         allowance: int = EXTRA_ALLOWANCE,
         *,
         waited: Callable[[], int | None] = run_queue_wait_ns,
+        used: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._resident, self._allowance, self._waited, self._clock = resident, allowance, waited, clock
+        """``waited``: nanoseconds the process's threads have waited for a CPU (None: cannot tell, and
+        the CPU is then not looked at); ``used``: CPU seconds the process has used."""
+        self._resident, self._allowance, self._clock = resident, allowance, clock
+        self._waited, self._used = waited, used
         self._lock = threading.Lock()
-        self._cpu_mark: tuple[float, int] | None = None
-        self._starved = True
+        self._cpu_mark: tuple[float, int, float] | None = None
+        self._starved = self._busy = True
         """until measured: a coordinator just woken by a crowd of hospitals may well be short of CPU"""
         self.bound: int | None = None
         """resident bytes the coordinator must stay under (None: no limit, before the first round)"""
         self.extras = 0
 
-    def short_of_cpu(self) -> bool:
-        """Caller holds the lock: did the process's threads wait for a CPU more than STARVED of the time
-        since the last look (at least PROBE_S ago)?"""
+    def short_of_cpu(self, *, waiting_counts: bool = True) -> bool:
+        """Caller holds the lock: over the last probe, did the process use more than ``BUSY`` of a core,
+        or (``waiting_counts``) did its threads wait for a CPU more than ``STARVED`` of the time?
+        Unknown counts as short."""
         now = self._clock()
-        if self._cpu_mark is not None and now - self._cpu_mark[0] < PROBE_S:
-            return self._starved  # reading every thread's schedstat is not free: at most once a probe
-        if (waited := self._waited()) is None:
-            return False
-        if self._cpu_mark is not None:
-            since, before = self._cpu_mark
-            self._starved = (waited - before) / 1e9 > STARVED * (now - since)
-        self._cpu_mark = (now, waited)
-        return self._starved
+        if self._cpu_mark is None or now - self._cpu_mark[0] >= PROBE_S:  # /proc is not free: once a probe
+            if (waited := self._waited()) is None:
+                return False
+            used = self._used()
+            if self._cpu_mark is not None and now - self._cpu_mark[0] <= STALE * PROBE_S:
+                since, waited_before, used_before = self._cpu_mark
+                self._starved = (waited - waited_before) / 1e9 > STARVED * (now - since)
+                self._busy = used - used_before > BUSY * (now - since)
+            else:
+                self._starved = self._busy = True  # nothing measured lately: look again next probe
+            self._cpu_mark = (now, waited, used)
+        return self._busy or (waiting_counts and self._starved)
 
-    def take(self) -> bool:
-        """Room for one more extra stream? If so it counts from now until ``give_back``."""
+    def take(self, *, waiting_counts: bool = True) -> bool:
+        """Room for one more extra stream? If so it counts from now until ``give_back``. ``waiting_counts``:
+        whether the coordinator's threads waiting for a CPU rules it out (see ``short_of_cpu``)."""
         with self._lock:
             if self.bound is not None and (self._resident() or 0) + (self.extras + 1) * self._allowance >= self.bound:
                 return False
-            if self.short_of_cpu():
+            if self.short_of_cpu(waiting_counts=waiting_counts):
                 return False
             self.extras += 1
             return True
@@ -170,6 +188,9 @@ class Intake:
         self._admitted: list[Admission] = []
         self._extra_allowed = 0
         """extra admissions left from the last time every upload under way was measured slow"""
+        self.model_bytes: int | None = None
+        """bytes of the round's model (set as each round opens): memory takes uploads up to ``in_memory``
+        times as many bytes (None: ``in_memory`` uploads, whatever their size)"""
         self.memory_bytes = 0
         """bytes of uploads being received into memory now"""
         self.memory_bytes_peak = 0
@@ -192,7 +213,10 @@ class Intake:
         self._measure(now)
         if self.receiving >= self.max_uploads:
             return None
-        in_memory = sum(a.in_memory for a in self._admitted) < self.in_memory
+        if self.model_bytes is None:
+            in_memory = sum(a.in_memory for a in self._admitted) < self.in_memory
+        else:  # a budget in bytes: four int8 updates take the room of one lossless one
+            in_memory = self.memory_bytes == 0 or self.memory_bytes + nbytes <= self.in_memory * self.model_bytes
         if not in_memory:
             if self._extra_allowed == 0:
                 if not self._links_are_slow(self._admitted):

@@ -142,7 +142,7 @@ class SendSlots:
             if not all(h.flow.link_bound(self._slow_bps) for h in self._holders.values()):
                 return False
             self._extra_allowed = 3 * len(self._holders)  # all link-bound: up to three times as many again
-        if not self._headroom.take():
+        if not self._headroom.take(waiting_counts=False):  # what it sends is the model's, already in memory
             return False
         self._extra_allowed -= 1
         return True

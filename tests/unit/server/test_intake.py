@@ -118,14 +118,48 @@ def test_an_impossible_intake_is_refused() -> None:
         Intake(0)
 
 
-def test_a_coordinator_whose_threads_wait_for_a_cpu_takes_no_extra_stream() -> None:
+def test_a_coordinator_whose_threads_wait_for_a_cpu_takes_no_extra_upload() -> None:
     clock, waited = Clock(), [0]
-    headroom = Headroom(lambda: 0, waited=lambda: waited[0], clock=clock)
+    headroom = Headroom(lambda: 0, waited=lambda: waited[0], used=lambda: 0.0, clock=clock)
     headroom.bound = 479 * MB
     assert not headroom.take()  # nothing measured yet
     clock.now += 1.0
     waited[0] += int(0.6e9)  # its threads spent 0.6 s of the last second waiting on a run queue
     assert not headroom.take()
+    assert headroom.take(waiting_counts=False)  # a download sends what is in memory already
     clock.now += 1.0
     waited[0] += int(0.05e9)  # then hardly any
-    assert headroom.take() and headroom.take() and headroom.extras == 2
+    assert headroom.take() and headroom.take() and headroom.extras == 3
+    clock.now += 5.0  # a look long ago says nothing about now: look again
+    assert not headroom.take()
+
+
+def test_a_coordinator_near_a_core_of_cpu_takes_no_extra_stream() -> None:
+    """Its Python threads share one interpreter lock: near one core, every stream added slows the others,
+    and each then looks like a slow link while gRPC holds what it has not read yet (646 MB measured)."""
+    clock, used = Clock(), [0.0]
+    headroom = Headroom(lambda: 0, waited=lambda: 0, used=lambda: used[0], clock=clock)
+    headroom.bound = 479 * MB
+    assert not headroom.take(waiting_counts=False)  # nothing measured yet
+    clock.now, used[0] = clock.now + 1.0, used[0] + 0.9
+    assert not headroom.take(waiting_counts=False)
+    clock.now, used[0] = clock.now + 1.0, used[0] + 0.3
+    assert headroom.take(waiting_counts=False) and headroom.extras == 1
+
+
+def test_memory_takes_uploads_by_their_bytes_so_int8_updates_come_in_four_times_as_many_at_once() -> None:
+    clock = Clock()
+    gate = intake(clock)
+    gate.model_bytes = 44 * MB
+
+    int8 = [gate.admit(11 * MB) for _ in range(8)]
+
+    assert all(a is not None and a.in_memory for a in int8) and gate.memory_bytes == 88 * MB
+    assert gate.admit(11 * MB) is None  # no rate measured yet: nothing says the links are slow
+    gate.release(int8[0])
+    lossless = gate.admit(44 * MB)
+    assert lossless is None  # 77 + 44 MB would pass two models' bytes
+    alone = intake(clock)
+    alone.model_bytes = 44 * MB
+    larger = alone.admit(50 * MB)
+    assert larger is not None and larger.in_memory  # the first is always taken, whatever its size
