@@ -17,7 +17,6 @@ import secrets
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TypeVar
 from medfed.common.data.folders import DatasetInfo
 from medfed.common.peer_text import quoted
 from medfed.server.errors import CoordinatorError, NotFound, PermissionDenied, Rejected
-from medfed.server.intake import Intake
+from medfed.server.intake import Intake, WaitingLine
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital, Membership, Presence
 from medfed.server.rounds import (
@@ -71,7 +70,7 @@ class Coordinator(Uploads, SecureStages):
         system's temporary folder); ``receipts``: what signs a receipt for each accepted update (none: no
         receipts)."""
         self.intake = intake or Intake(max_receiving, clock=clock)
-        self._upload_line = deque()
+        self._upload_line = WaitingLine()
         self.spool_dir = spool_dir or Path(tempfile.gettempdir()) / "medfed-uploads"
         self._cond = threading.Condition()
         self._fold_lock = threading.Lock()

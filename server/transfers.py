@@ -21,12 +21,11 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from medfed.server.intake import PROBE_S, SLOW_UPLOAD_BPS, Flow, Headroom
+from medfed.server.intake import PROBE_S, SLOW_UPLOAD_BPS, Flow, Headroom, WaitingLine
 
 log = logging.getLogger("medfed.server")
 
@@ -87,9 +86,7 @@ class SendSlots:
         self._holders: dict[str, _Holder] = {}
         self._newest: dict[str, _Holder] = {}
         """the latest stream of each hospital that asked; an older one still waiting gives up"""
-        self._line: deque[_Holder] = deque()
-        """streams waiting for a slot, first come first served: only the first polls, since a hundred
-        hospitals each looking four times a second took the CPU the streams under way needed"""
+        self._line = WaitingLine()
 
     def acquire(self, hospital: str, cancel: Callable[[], object], keep_waiting: Callable[[], bool]) -> SendSlot | None:
         """A slot for ``hospital``'s new stream, taken over from its older stream if it holds one; None
@@ -99,7 +96,7 @@ class SendSlots:
         displaced: _Holder | None = None
         with self._cond:
             self._newest[hospital] = mine
-            self._line.append(mine)
+            self._line.join(mine)
             try:
                 while True:
                     if self._newest.get(hospital) is not mine or not keep_waiting():
@@ -109,7 +106,7 @@ class SendSlots:
                     if hospital in self._holders:  # its older stream: cancelled, the slot passes on
                         displaced = self._holders[hospital]
                         break
-                    if self._line[0] is not mine:
+                    if not self._line.first(mine):
                         self._cond.wait(WAIT_STEP_S)  # only the first in line asks for a slot
                         continue
                     if len(self._holders) < self._base:
@@ -119,10 +116,7 @@ class SendSlots:
                         break
                     self._cond.wait(self._probe_s if len(self._holders) < self._limit else WAIT_STEP_S)
             finally:
-                first = self._line[0] is mine
-                self._line.remove(mine)
-                if first:
-                    self._cond.notify_all()  # the next in line asks now
+                self._line.leave(mine, self._cond)
             mine.flow.started_at = self.clock()
             self._holders[hospital] = mine
             del self._newest[hospital]

@@ -18,7 +18,6 @@ one is answered with a signed receipt (server/audit_log.py).
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from medfed.common.provenance.receipts import Receipt
 from medfed.common.tensors import Chunk, Layout, encode, from_chunks
 from medfed.server.admission import check_header, check_secure_header, check_signature, refusal
 from medfed.server.errors import CoordinatorError, InvalidUpdate, PermissionDenied, Rejected
-from medfed.server.intake import Admission, Intake
+from medfed.server.intake import Admission, Intake, WaitingLine
 from medfed.server.live.monitor import Monitor
 from medfed.server.membership import Hospital
 from medfed.server.rounds import Contribution, OpenRound, RefusedUpdate, UpdateProof
@@ -113,8 +112,7 @@ class Uploads:
     _fold_lock: threading.Lock
     _round: OpenRound | None
     intake: Intake
-    _upload_line: deque[object]
-    """uploads waiting for admission, first come first served"""
+    _upload_line: WaitingLine
     spool_dir: Path
     _receipts: ReceiptIssuer | None
     federation_id: str
@@ -238,26 +236,22 @@ class Uploads:
 
     def _receive_slot(self, current: OpenRound, nbytes: int) -> Admission:
         """Wait in line until the intake admits the upload (server/intake.py); refuse if the round closes
-        meanwhile (nothing read in vain). Only the first in line polls the intake: a hundred hospitals
-        each asking four times a second took the CPU the uploads under way needed."""
+        meanwhile (nothing read in vain). Only the first in line asks the intake (``WaitingLine``)."""
         place = object()
         with self._cond:
-            self._upload_line.append(place)
+            self._upload_line.join(place)
             try:
                 while True:
                     if self._round is not current:
                         raise Rejected(f"round {current.task.round} closed while the update waited to be received")
-                    if self._upload_line[0] is not place:
-                        self._cond.wait()  # only the first in line asks the intake, however many wait
+                    if not self._upload_line.first(place):
+                        self._cond.wait()
                     elif (admission := self.intake.admit(nbytes)) is not None:
                         return admission
                     else:
                         self._cond.wait(self.intake.retry_in())
             finally:
-                first = self._upload_line[0] is place
-                self._upload_line.remove(place)
-                if first:
-                    self._cond.notify_all()  # the next in line asks now
+                self._upload_line.leave(place, self._cond)
 
     def _release(self, current: OpenRound, name: str, admission: Admission | None) -> None:
         """``admission``: the upload's, None when it was never admitted."""
